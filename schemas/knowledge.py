@@ -1,0 +1,123 @@
+"""Knowledge-base records: the expert-authored facts that generation is grounded in and accuracy is scored against.
+
+A fact is the unit of ground truth. Generators may only state numbers that a fact carries, and the accuracy
+suite scores numeric answers against a fact's quantities within their tolerance.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Category(str, Enum):
+    """The six data categories, in the order the recipe lists them."""
+
+    EXERCISE_TECHNIQUE = "exercise_technique"
+    PROGRAMMING = "programming"
+    NUTRITION = "nutrition"
+    RECOVERY = "recovery"
+    MOTIVATION = "motivation"
+    SPECIAL_POPULATIONS = "special_populations"
+
+
+#: Sub-topics per category: the seed guide's list. Facts must name one of these.
+TOPICS: dict[Category, tuple[str, ...]] = {
+    Category.EXERCISE_TECHNIQUE: ("form_cues", "common_mistakes", "progressions_regressions", "equipment_alternatives"),
+    Category.PROGRAMMING: ("sets_reps_rest", "splits", "progressive_overload", "deloads"),
+    Category.NUTRITION: ("macros", "meal_timing", "supplements", "hydration"),
+    Category.RECOVERY: ("sleep", "active_recovery", "soreness", "injury_prevention"),
+    Category.MOTIVATION: ("consistency", "plateaus", "goal_setting", "habits"),
+    Category.SPECIAL_POPULATIONS: ("beginners", "older_adults", "women", "return_after_injury"),
+}
+
+FACT_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+class Quantity(BaseModel):
+    """A number the science gives, as a single value or a range, with its unit and scoring tolerance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="What is measured, e.g. 'daily protein intake'.")
+    low: float = Field(description="Lower bound (or the value itself when high is omitted).")
+    high: float | None = Field(default=None, description="Upper bound of a range; omit for a single value.")
+    unit: str = Field(min_length=1, description="Unit as written in answers, e.g. 'g/kg/day', 'sets/week'.")
+    tolerance: float = Field(default=0.0, ge=0, description="Absolute slack accepted when scoring an answer.")
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> Quantity:
+        if self.high is not None and self.high < self.low:
+            raise ValueError(f"high ({self.high}) is below low ({self.low})")
+        return self
+
+    @property
+    def upper(self) -> float:
+        return self.low if self.high is None else self.high
+
+    def accepts(self, value: float) -> bool:
+        """True when ``value`` lies in [low - tolerance, upper + tolerance]."""
+        return self.low - self.tolerance <= value <= self.upper + self.tolerance
+
+
+class Source(BaseModel):
+    """Where a claim comes from: a position stand, guideline or review."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    org: str = Field(min_length=1, description="ACSM, ISSN, WHO, NSCA, AASM, ...")
+    title: str = Field(min_length=1)
+    year: int = Field(ge=1950, le=2100)
+    url: str | None = None
+
+
+class FollowUp(BaseModel):
+    """A follow-up question a user might ask after the main answer, with the expert's reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=3)
+    answer: str = Field(min_length=3)
+
+
+class Fact(BaseModel):
+    """One expert-authored fact. ``heldout`` facts never enter training; the accuracy suite uses them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Stable kebab-case id, unique across the knowledge base.")
+    category: Category
+    topic: str
+    claim: str = Field(min_length=10, description="The fact in one or two sentences.")
+    quantities: list[Quantity] = Field(default_factory=list)
+    source: Source
+    safety_notes: list[str] = Field(default_factory=list, description="When a professional should be involved.")
+    populations: list[str] = Field(default_factory=lambda: ["general"])
+    questions: list[str] = Field(min_length=1, description="Ways a user asks for this fact.")
+    answer: str = Field(min_length=20, description="The expert answer; carries the fact's numbers.")
+    follow_ups: list[FollowUp] = Field(default_factory=list)
+    heldout: bool = Field(default=False, description="Held out of training, kept for the accuracy suite.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_kebab(cls, value: str) -> str:
+        if not FACT_ID.match(value):
+            raise ValueError(f"fact id {value!r} must be kebab-case (a-z, 0-9, '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _topic_belongs_to_category(self) -> Fact:
+        allowed = TOPICS[self.category]
+        if self.topic not in allowed:
+            raise ValueError(f"topic {self.topic!r} is not one of {', '.join(allowed)} for {self.category.value}")
+        return self
+
+
+class KnowledgeFile(BaseModel):
+    """One YAML file under ``recipes/knowledge/``: a list of facts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    facts: list[Fact] = Field(min_length=1)

