@@ -25,7 +25,10 @@ class Persona(BaseModel):
 
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     description: str = Field(min_length=3, description="Who the user is, e.g. 'a 68-year-old starting to lift'.")
-    goals: list[str] = Field(min_length=1, description="What this persona wants, used to phrase their turns.")
+    intro: list[str] = Field(min_length=1, description="First-person self-descriptions, e.g. \"I'm new to lifting\".")
+    goals: list[str] = Field(min_length=1, description="What this persona wants, e.g. 'build muscle'.")
+    coach_notes: list[str] = Field(default_factory=list,
+                                   description="Number-free advice a coach adds for this persona.")
     populations: list[str] = Field(default_factory=lambda: ["general"],
                                    description="Knowledge-base populations this persona draws facts for.")
     weight: float = Field(default=1.0, gt=0)

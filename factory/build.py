@@ -1,0 +1,214 @@
+"""``forma build``: recipe -> plan -> generate -> filter -> balance -> split -> export.
+
+Balancing never resamples: when filters drop samples, the planner makes new slots for the categories in deficit and
+the generator fills them, until every category holds its quota exactly (or the generator cannot find anything new,
+which is an error naming the category).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from factory import __version__
+from factory.card import write_card
+from factory.errors import FormaError
+from factory.export import (
+    SPLITS,
+    alpaca_record,
+    dataset_hash,
+    sha256_file,
+    sharegpt_record,
+    write_hf,
+    write_jsonl,
+    write_parquet,
+)
+from factory.planner import Planner, Slot
+from factory.recipe_loader import LoadedRecipe, load_recipe
+from factory.stages.base import RejectWriter, Stage, StageStats
+from factory.stages.exact import ExactDedupe
+from schemas.knowledge import Category
+from schemas.sample import Sample
+
+MAX_BALANCE_ROUNDS = 20
+
+
+class Generator(Protocol):
+    name: str
+
+    def generate(self, slot: Slot, attempt: int = 0) -> Sample: ...
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    samples: list[Sample]
+    counts: dict[str, int]
+    quotas: dict[str, int]
+    stats: list[StageStats]
+    rejects: int
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+    dataset_hash: str = ""
+
+
+def make_generator(loaded: LoadedRecipe) -> Generator:
+    backend = loaded.recipe.generator.backend
+    if backend == "template":
+        from factory.generators.template import TemplateGenerator
+
+        unsupported = [lang for lang in loaded.recipe.languages if lang != "en"]
+        if unsupported:
+            raise FormaError(f"the template generator writes English only; {unsupported} need an LLM backend",
+                             path=loaded.path, where="languages")
+        return TemplateGenerator(loaded.recipe, loaded.recipe.content_hash())
+    try:
+        from factory.generators.llm import make_llm_generator  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        raise FormaError(f"generator backend {backend!r} is not available in this build", path=loaded.path,
+                         where="generator.backend") from exc
+    generator: Generator = make_llm_generator(loaded)
+    return generator
+
+
+def filter_stages(loaded: LoadedRecipe) -> list[Stage]:
+    """The filters every generated sample passes through, in order. State persists across balance rounds."""
+    stages: list[Stage] = []
+    if loaded.recipe.dedupe.exact:
+        stages.append(ExactDedupe())
+    return stages
+
+
+def _chain(samples: Iterable[Sample], stages: list[Stage]) -> Iterator[Sample]:
+    for stage in stages:
+        samples = stage.run(samples)
+    yield from samples
+
+
+def assign_splits(samples: list[Sample], test_share: float) -> list[Sample]:
+    """Stratified by category; which samples go to test depends only on their ids (stable across rebuilds)."""
+    out: list[Sample] = []
+    by_category: dict[Category, list[Sample]] = {}
+    for s in samples:
+        by_category.setdefault(s.category, []).append(s)
+    for items in by_category.values():
+        n_test = round(len(items) * test_share)
+        test_ids = {s.id for s in sorted(items, key=lambda s: s.id)[:n_test]}
+        out.extend(s.model_copy(update={"split": "test" if s.id in test_ids else "train"}) for s in items)
+    return sorted(out, key=lambda s: s.lineage.slot)
+
+
+def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | None = None,
+                  total: int | None = None, progress: bool = False, console: Console | None = None) -> BuildResult:
+    """Build the dataset a recipe describes into ``out_dir``; see the module docstring for the flow."""
+    started = time.perf_counter()
+    loaded = load_recipe(recipe_path)
+    if total is not None and total <= 0:
+        raise FormaError(f"--total must be positive, got {total}")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FormaError(f"cannot create the output folder: {exc.strerror}", path=out) from None
+    planner = Planner(loaded, seed=seed)
+    quotas = planner.quotas(total)
+    generator = make_generator(loaded)
+    stages = filter_stages(loaded)
+
+    kept: dict[Category, list[Sample]] = {c: [] for c in quotas}
+    pending: list[Slot] = planner.plan(total)
+    with RejectWriter(out / "rejects.jsonl") as rejects, _progress(progress, console) as bar:
+        for stage in stages:
+            stage.bind(rejects)
+            stage.load()
+        task = bar.add_task("generating", total=sum(quotas.values()))
+        for round_no in range(MAX_BALANCE_ROUNDS):
+            generated = (generator.generate(slot) for slot in pending)
+            for sample in _chain(generated, stages):
+                bucket = kept[sample.category]
+                if len(bucket) < quotas[sample.category]:
+                    bucket.append(sample)
+                    bar.advance(task)
+            deficits = {c: quotas[c] - len(kept[c]) for c in quotas if len(kept[c]) < quotas[c]}
+            if not deficits:
+                break
+            bar.update(task, description=f"balancing (round {round_no + 2})")
+            pending = [slot for c, n in deficits.items() for slot in planner.extra(c, n)]
+        else:
+            short = ", ".join(f"{c.value} short by {n}" for c, n in deficits.items())
+            raise FormaError(f"could not fill the category quotas after {MAX_BALANCE_ROUNDS} rounds ({short}); "
+                             "the knowledge base is too small for this total, or the filters too strict",
+                             path=loaded.path, where="total")
+        for stage in stages:
+            stage.unload()
+        n_rejects = len(rejects.rejects)
+
+    samples = assign_splits([s for c in quotas for s in kept[c]], loaded.recipe.splits.test)
+    result = BuildResult(out=out, samples=samples, counts={c.value: len(kept[c]) for c in quotas},
+                         quotas={c.value: n for c, n in quotas.items()}, stats=[s.stats for s in stages],
+                         rejects=n_rejects, seconds=0.0, dataset_hash=dataset_hash(samples))
+    _write_outputs(result, loaded, planner.seed)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None:
+    out, samples, formats = result.out, result.samples, loaded.recipe.formats
+    by_split = {split: [s for s in samples if s.split == split] for split in SPLITS}
+    written: list[Path] = [out / "rejects.jsonl"]
+    write_jsonl(out / "samples.jsonl", (s.model_dump(mode="json") for s in samples))
+    written.append(out / "samples.jsonl")
+    for split, items in by_split.items():
+        if "sharegpt" in formats:
+            written.append(out / "sharegpt" / f"{split}.jsonl")
+            write_jsonl(written[-1], (sharegpt_record(s) for s in items))
+        if "alpaca" in formats:
+            written.append(out / "alpaca" / f"{split}.jsonl")
+            write_jsonl(written[-1], (alpaca_record(s) for s in items))
+    if "parquet" in formats:
+        written.extend(write_parquet(out / "parquet", by_split))
+    if "hf" in formats:
+        write_hf(out / "hf", by_split, result.dataset_hash)
+    result.files = {str(p.relative_to(out)): sha256_file(p) for p in written}
+    manifest: dict[str, Any] = {
+        "recipe": loaded.recipe.name, "recipe_hash": loaded.recipe.content_hash(), "recipe_file": str(loaded.path),
+        "seed": seed, "pipeline_version": __version__, "generator": loaded.recipe.generator.backend,
+        "dataset_hash": result.dataset_hash, "total": len(samples),
+        "splits": {k: len(v) for k, v in by_split.items()}, "quotas": result.quotas, "counts": result.counts,
+        "turns": dict(sorted(Counter(s.conversation.user_turns for s in samples).items())),
+        "stages": [s.model_dump() for s in result.stats], "rejects": result.rejects, "files": result.files,
+    }
+    write_card(out / "README.md", manifest, loaded)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class _NullProgress:
+    def __enter__(self) -> _NullProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool, console: Console | None) -> Any:
+    if not enabled:
+        return _NullProgress()
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console or Console(stderr=True), transient=False)

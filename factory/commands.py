@@ -1,0 +1,80 @@
+"""The factory's commands: ``forma recipe check``, ``forma build``, ``forma schema export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from factory.cli import run_guarded
+
+out = Console()
+
+
+def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML.")) -> None:
+    """Validate a recipe and its knowledge base; print the plan's quotas."""
+
+    def body() -> None:
+        from factory.planner import Planner
+        from factory.recipe_loader import load_recipe
+
+        loaded = load_recipe(file)
+        quotas = Planner(loaded).quotas()
+        table = Table(title=f"{loaded.recipe.name}: {loaded.recipe.total} conversations")
+        for column in ("category", "share", "quota", "training facts"):
+            table.add_column(column)
+        for category, share in loaded.recipe.categories.items():
+            table.add_row(category.value, f"{share:g}%", str(quotas[category]), str(len(loaded.facts_for(category))))
+        out.print(table)
+        out.print(f"[green]ok[/] {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out)")
+
+    run_guarded(body)
+
+
+def build(file: Path = typer.Argument(..., help="Recipe YAML."),
+          out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder (default: out/<recipe name>)."),
+          seed: int = typer.Option(None, help="Override the recipe's seed."),
+          total: int = typer.Option(None, help="Override the recipe's total."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
+    """Build the dataset a recipe describes: ShareGPT, Alpaca, HF dataset, parquet, rejects, card, manifest."""
+
+    def body() -> None:
+        from factory.build import build_dataset
+        from factory.recipe_loader import load_recipe
+
+        target = out_dir or Path("out") / load_recipe(file).recipe.name
+        result = build_dataset(file, target, seed=seed, total=total, progress=not quiet)
+        table = Table(title=f"{len(result.samples)} conversations in {result.seconds:.1f} s -> {result.out}")
+        for column in ("category", "quota", "actual"):
+            table.add_column(column)
+        for category, quota in result.quotas.items():
+            table.add_row(category, str(quota), str(result.counts[category]))
+        out.print(table)
+        out.print(f"rejects: {result.rejects} (see {result.out / 'rejects.jsonl'}); "
+                  f"dataset hash {result.dataset_hash[:16]}")
+
+    run_guarded(body)
+
+
+def schema_export(directory: Path = typer.Argument(..., help="Folder to write JSON Schema files into.")) -> None:
+    """Write JSON Schema for every record type, for tools outside Python."""
+
+    def body() -> None:
+        from schemas.jsonschema import export_json_schemas
+
+        for path in export_json_schemas(directory):
+            out.print(f"wrote {path}")
+
+    run_guarded(body)
+
+
+def register(app: typer.Typer) -> None:
+    recipe = typer.Typer(help="Work with recipes.", no_args_is_help=True)
+    recipe.command("check")(recipe_check)
+    app.add_typer(recipe, name="recipe")
+    app.command("build")(build)
+    schema = typer.Typer(help="Record schemas.", no_args_is_help=True)
+    schema.command("export")(schema_export)
+    app.add_typer(schema, name="schema")

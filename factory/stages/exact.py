@@ -1,0 +1,44 @@
+"""Exact dedupe: drop a sample whose normalized text was seen before, naming the sample it repeats."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+from pydantic import PrivateAttr
+
+from factory.stages.base import Stage
+from schemas.sample import Sample
+
+_SPACE = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalize(text: str) -> str:
+    """Case-, accent-, punctuation- and whitespace-insensitive form, so trivial edits still count as exact copies."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(normalize(text).encode("utf-8"), digest_size=16).hexdigest()
+
+
+class ExactDedupe(Stage):
+    """Keeps the first sample of each normalized text. State persists across :meth:`run` calls (balance rounds)."""
+
+    name: ClassVar[str] = "dedupe_exact"
+    _seen: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        for sample in samples:
+            key = text_hash(sample.conversation.text())
+            first = self._seen.get(key)
+            if first is not None:
+                self.drop(sample, "exact_duplicate", related_id=first, detail="same normalized text")
+                continue
+            self._seen[key] = sample.id
+            yield self.keep(sample)
