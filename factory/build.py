@@ -60,7 +60,8 @@ class BuildResult:
     dataset_hash: str = ""
 
 
-def make_generator(loaded: LoadedRecipe) -> Generator:
+def make_generator(loaded: LoadedRecipe, out: Path | None = None, resume: bool = False) -> Generator:
+    """The recipe's generator; LLM backends keep their reply cache under ``out`` (reused only with ``resume``)."""
     backend = loaded.recipe.generator.backend
     if backend == "template":
         from factory.generators.template import TemplateGenerator
@@ -75,15 +76,33 @@ def make_generator(loaded: LoadedRecipe) -> Generator:
     except ModuleNotFoundError as exc:
         raise FormaError(f"generator backend {backend!r} is not available in this build", path=loaded.path,
                          where="generator.backend") from exc
-    generator: Generator = make_llm_generator(loaded)
+    generator: Generator = make_llm_generator(loaded, out_dir=out, resume=resume)
     return generator
 
 
 def filter_stages(loaded: LoadedRecipe) -> list[Stage]:
     """The filters every generated sample passes through, in order. State persists across balance rounds."""
-    stages: list[Stage] = []
-    if loaded.recipe.dedupe.exact:
+    # Cheap and record-local first; validate before dedupe so an invalid sample never becomes the "original" that a
+    # valid duplicate is dropped for; decontaminate before dedupe so the dedupe indexes hold only clean samples.
+    from factory.stages.decontaminate import Decontaminate, eval_prompts
+    from factory.stages.near import NearDedupe
+    from factory.stages.semantic import SemanticDedupe
+    from factory.stages.validate import Validate
+
+    recipe = loaded.recipe
+    dd, dc, va = recipe.dedupe, recipe.decontamination, recipe.validation
+    stages: list[Stage] = [Validate(min_turn_chars=va.min_turn_chars, max_turn_chars=va.max_turn_chars,
+                                    max_total_chars=va.max_total_chars, check_language=va.check_language,
+                                    check_numbers=va.check_numbers, facts={f.id: f for f in loaded.facts})]
+    stages.append(Decontaminate(prompts=eval_prompts(loaded), ngram=dc.ngram, semantic_threshold=dc.semantic_threshold,
+                                backend=dd.embedding_backend, model_path=dd.embedding_model))
+    if dd.exact:
         stages.append(ExactDedupe())
+    stages.append(NearDedupe(threshold=dd.near_threshold, num_perm=dd.num_perm, shingle_words=dd.shingle_words,
+                             text=dd.near_text))
+    if dd.semantic_threshold is not None:
+        stages.append(SemanticDedupe(threshold=dd.semantic_threshold, text=dd.semantic_text,
+                                     backend=dd.embedding_backend, model_path=dd.embedding_model))
     return stages
 
 
@@ -91,6 +110,43 @@ def _chain(samples: Iterable[Sample], stages: list[Stage]) -> Iterator[Sample]:
     for stage in stages:
         samples = stage.run(samples)
     yield from samples
+
+
+GENERATE_BATCH = 16
+
+
+def generate_slots(generator: Generator, slots: list[Slot], rejects: RejectWriter,
+                   stats: StageStats) -> Iterator[Sample]:
+    """Samples for ``slots``; a slot the generator rejects (bad reply, failed grounding or judge) becomes a reject.
+
+    Generators with ``generate_batch`` (LLM backends) get slots in batches, so a server sees concurrent requests.
+    """
+    from factory.generators.llm import GenerationRejected
+    from schemas.sample import Reject
+
+    batch_fn = getattr(generator, "generate_batch", None)
+    size = GENERATE_BATCH if batch_fn is not None else 1
+    for start in range(0, len(slots), size):
+        chunk = slots[start:start + size]
+        results: list[Sample | GenerationRejected] = []
+        if batch_fn is not None:
+            results = batch_fn(chunk)
+        else:
+            for slot in chunk:
+                try:
+                    results.append(generator.generate(slot))
+                except GenerationRejected as exc:
+                    results.append(exc)
+        for result in results:
+            stats.seen += 1
+            if isinstance(result, GenerationRejected):
+                stats.dropped += 1
+                stats.reasons[result.reason] = stats.reasons.get(result.reason, 0) + 1
+                rejects.write(Reject(stage=result.stage, reason=result.reason, detail=result.detail,
+                                     record=result.record))
+            else:
+                stats.kept += 1
+                yield result
 
 
 def assign_splits(samples: list[Sample], test_share: float) -> list[Sample]:
@@ -107,8 +163,13 @@ def assign_splits(samples: list[Sample], test_share: float) -> list[Sample]:
 
 
 def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | None = None,
-                  total: int | None = None, progress: bool = False, console: Console | None = None) -> BuildResult:
-    """Build the dataset a recipe describes into ``out_dir``; see the module docstring for the flow."""
+                  total: int | None = None, progress: bool = False, console: Console | None = None,
+                  resume: bool = False, engine: str = "local", ray_address: str | None = None) -> BuildResult:
+    """Build the dataset a recipe describes into ``out_dir``; see the module docstring for the flow.
+
+    ``resume`` reuses the LLM replies cached in ``out_dir`` by an earlier (perhaps killed) build. ``engine``
+    "distilabel" runs generation and filters as a distilabel Pipeline (on Ray when ``ray_address`` is given).
+    """
     started = time.perf_counter()
     loaded = load_recipe(recipe_path)
     if total is not None and total <= 0:
@@ -120,8 +181,13 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
         raise FormaError(f"cannot create the output folder: {exc.strerror}", path=out) from None
     planner = Planner(loaded, seed=seed)
     quotas = planner.quotas(total)
-    generator = make_generator(loaded)
+    if engine not in ("local", "distilabel"):
+        raise FormaError(f"unknown engine {engine!r}", hint="use --engine local or --engine distilabel")
+    if ray_address is not None and engine != "distilabel":
+        raise FormaError("--ray-address needs --engine distilabel")
+    generator = make_generator(loaded, out, resume) if engine == "local" else None
     stages = filter_stages(loaded)
+    gen_stats = StageStats(stage="generate")
 
     kept: dict[Category, list[Sample]] = {c: [] for c in quotas}
     pending: list[Slot] = planner.plan(total)
@@ -131,8 +197,14 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
             stage.load()
         task = bar.add_task("generating", total=sum(quotas.values()))
         for round_no in range(MAX_BALANCE_ROUNDS):
-            generated = (generator.generate(slot) for slot in pending)
-            for sample in _chain(generated, stages):
+            if generator is None:
+                from factory.distilabel_pipeline import run_round
+
+                survivors: Iterable[Sample] = run_round(loaded, pending, stages, rejects, gen_stats, out=out,
+                                                        resume=resume, ray_address=ray_address)
+            else:
+                survivors = _chain(generate_slots(generator, pending, rejects, gen_stats), stages)
+            for sample in survivors:
                 bucket = kept[sample.category]
                 if len(bucket) < quotas[sample.category]:
                     bucket.append(sample)
@@ -149,11 +221,13 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
                              path=loaded.path, where="total")
         for stage in stages:
             stage.unload()
-        n_rejects = len(rejects.rejects)
+        if generator is not None and hasattr(generator, "close"):
+            generator.close()
+        n_rejects = rejects.count
 
     samples = assign_splits([s for c in quotas for s in kept[c]], loaded.recipe.splits.test)
     result = BuildResult(out=out, samples=samples, counts={c.value: len(kept[c]) for c in quotas},
-                         quotas={c.value: n for c, n in quotas.items()}, stats=[s.stats for s in stages],
+                         quotas={c.value: n for c, n in quotas.items()}, stats=[gen_stats, *(s.stats for s in stages)],
                          rejects=n_rejects, seconds=0.0, dataset_hash=dataset_hash(samples))
     _write_outputs(result, loaded, planner.seed)
     result.seconds = time.perf_counter() - started

@@ -89,7 +89,8 @@ def _validate(model: type[BaseModel], data: Any, path: Path, node: yaml.Node | N
         line = _line_of(node, loc)
         message = first["msg"]
         if first["type"] == "enum" and "categories" in loc:
-            message = f"unknown category {first.get('input')!r} (expected one of {', '.join(c.value for c in Category)})"
+            known = ", ".join(c.value for c in Category)
+            message = f"unknown category {first.get('input')!r} (expected one of {known})"
         elif first["type"] == "missing":
             message = "required field is missing"
         where = _dotted(loc) + (f" (line {line})" if line else "")

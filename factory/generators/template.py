@@ -8,6 +8,7 @@ phrasings, the persona's self-descriptions and goals, and the openers, connectiv
 from __future__ import annotations
 
 import random
+import re
 
 from factory.planner import Slot
 from schemas.conversation import Conversation, Role, Turn
@@ -54,6 +55,17 @@ def _lc(text: str) -> str:
 def _sentence(text: str) -> str:
     text = text.strip()
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+_WORD = re.compile(r"[a-z']+")
+_STOP = frozenset("a an and are as at be by for from has have if in is it of on or should that the their them "
+                  "they this to with you your".split())
+
+
+def _already_said(note: str, answer: str) -> bool:
+    """True when most of a safety note's content words are already in the answer (the expert wrote it in)."""
+    words = {w for w in _WORD.findall(note.lower()) if w not in _STOP}
+    return bool(words) and len(words & set(_WORD.findall(answer.lower()))) / len(words) >= 0.6
 
 
 class TemplateGenerator:
@@ -109,7 +121,7 @@ class TemplateGenerator:
         parts = [rng.choice(ACKNOWLEDGEMENTS) if first else "", _sentence(fact.answer)]
         if notes and rng.random() < 0.6:
             parts.append(_sentence(rng.choice(notes)))
-        safety = [n for n in fact.safety_notes if n.lower()[:40] not in fact.answer.lower()]
+        safety = [n for n in fact.safety_notes if not _already_said(n, fact.answer)]
         if safety:
             parts.append(rng.choice(SAFETY_LEADS).format(note=_sentence(_lc(safety[0]))))
         parts.append(rng.choice(CLOSERS) if first else "")

@@ -30,12 +30,18 @@ class StageStats(BaseModel):
 
 
 class RejectWriter:
-    """Appends every reject as one JSON line. Opened once per build; flushes per line so a killed build keeps them."""
+    """Appends every reject as one JSON line. Opened once per build; flushes per line so a killed build keeps them.
 
-    def __init__(self, path: Path | None = None) -> None:
+    In memory it keeps only a count and the first few examples per (stage, reason), for reports: a build that
+    drops millions of samples must not hold them all.
+    """
+
+    def __init__(self, path: Path | None = None, examples_per_reason: int = 5) -> None:
         self.path = path
         self._fh: IO[str] | None = None
-        self.rejects: list[Reject] = []
+        self.count = 0
+        self.examples: dict[tuple[str, str], list[Reject]] = {}
+        self.examples_per_reason = examples_per_reason
 
     def __enter__(self) -> RejectWriter:
         if self.path is not None:
@@ -44,7 +50,10 @@ class RejectWriter:
         return self
 
     def write(self, reject: Reject) -> None:
-        self.rejects.append(reject)
+        self.count += 1
+        examples = self.examples.setdefault((reject.stage, reject.reason), [])
+        if len(examples) < self.examples_per_reason:
+            examples.append(reject)
         if self._fh is not None:
             self._fh.write(json.dumps(reject.model_dump(mode="json"), ensure_ascii=False, sort_keys=True) + "\n")
             self._fh.flush()
