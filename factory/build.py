@@ -262,6 +262,10 @@ def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None
     }
     write_card(out / "README.md", manifest, loaded)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from factory.report import write_build_report  # out/report/ and reports/<dataset>/: report.html + report.json
+
+    write_build_report(out, out.name, backend=loaded.recipe.dedupe.embedding_backend,
+                       model_path=loaded.recipe.dedupe.embedding_model)
 
 
 class _NullProgress:

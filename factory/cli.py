@@ -23,6 +23,7 @@ err = Console(stderr=True)
 #: Modules that add commands: each defines ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES = (
     "factory.commands",
+    "factory.filter_commands",
     "factory.review.commands",
     "train.commands",
     "train.export_commands",

@@ -37,7 +37,12 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
           out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder (default: out/<recipe name>)."),
           seed: int = typer.Option(None, help="Override the recipe's seed."),
           total: int = typer.Option(None, help="Override the recipe's total."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          resume: bool = typer.Option(False, "--resume", help="Reuse the LLM replies an earlier build cached in --out."),
+          engine: str = typer.Option("local", "--engine", help="local, or distilabel (a distilabel Pipeline)."),
+          ray_address: str = typer.Option(None, "--ray-address",
+                                          help="Run the distilabel pipeline on this Ray cluster (needs --engine "
+                                               "distilabel).")) -> None:
     """Build the dataset a recipe describes: ShareGPT, Alpaca, HF dataset, parquet, rejects, card, manifest."""
 
     def body() -> None:
@@ -45,7 +50,8 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
         from factory.recipe_loader import load_recipe
 
         target = out_dir or Path("out") / load_recipe(file).recipe.name
-        result = build_dataset(file, target, seed=seed, total=total, progress=not quiet)
+        result = build_dataset(file, target, seed=seed, total=total, progress=not quiet, resume=resume,
+                               engine=engine, ray_address=ray_address)
         table = Table(title=f"{len(result.samples)} conversations in {result.seconds:.1f} s -> {result.out}")
         for column in ("category", "quota", "actual"):
             table.add_column(column)

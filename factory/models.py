@@ -67,7 +67,7 @@ def smollm2_hf(cache: Path | None = None) -> Path:
     reloads offline in seconds and generates the same text as the GGUF-loaded model.
     """
     gguf = smollm2_gguf()
-    target = (cache or cache_root()) / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
+    target = (cache or cache_root()) / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}-v3"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import torch
@@ -81,6 +81,11 @@ def smollm2_hf(cache: Path | None = None) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    # llama.cpp's converter needs `architectures`; transformers' GGUF tokenizer loader sets eos to <|im_start|>,
+    # while the GGUF (and SmolLM2) end turns with eos/pad id 2, <|im_end|>: take the GGUF's ids.
+    config["architectures"] = [type(model).__name__]
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
     config["tie_word_embeddings"] = True
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -88,6 +93,14 @@ def smollm2_hf(cache: Path | None = None) -> Path:
     if model.generation_config is not None:
         model.generation_config.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    # The GGUF loader writes a byte-level BPE with byte_fallback and a SentencePiece-style decoder; SmolLM2's own
+    # tokenizer.json has neither, and llama.cpp's converter reads that flag as a SentencePiece vocab. Byte-level
+    # BPE never falls back (every byte has a token), so this changes no token ids.
+    tok_path = tmp / "tokenizer.json"
+    tok_json = json.loads(tok_path.read_text())
+    tok_json["model"]["byte_fallback"] = False
+    tok_json["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    tok_path.write_text(json.dumps(tok_json, ensure_ascii=False))
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

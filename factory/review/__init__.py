@@ -5,6 +5,17 @@ duplicates), every fetched response is appended to a local journal before anythi
 is a pure function of the dataset and the journal (pulling twice gives the same merge).
 """
 
-from factory.review.merge import MergeResult, merge_reviews
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["MergeResult", "merge_reviews"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so importing factory.review.server does not pull in the merge code (and the other way round).
+    if name in __all__:
+        from factory.review import merge
+
+        return getattr(merge, name)
+    raise AttributeError(name)

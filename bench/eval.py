@@ -1,0 +1,129 @@
+"""Benchmark the eval harness on 2 cores.
+
+1. Overhead: the same prompts through bare llama-cpp-python and through the harness (GGUFRunner + scoring), in one
+   process, same model, same greedy settings; reports both wall times and the overhead (target <= 10%).
+2. The whole gate (every default suite, the demo policy, report written) on the SmolLM2 GGUF; target <= 5 minutes.
+   It uses a q8_0 made by ``train.gguf_export.export_gguf`` when ``--q8`` is given and that works, else the shipped
+   Q4_1.
+
+    python bench/eval.py [--prompts 24] [--max-tokens 128] [--q8] [--skip-gate] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _bare(model: Path, prompts: list[str], max_tokens: int, threads: int) -> tuple[float, list[str]]:
+    from llama_cpp import Llama
+
+    llm: Any = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=0,
+                     verbose=False)
+    texts = []
+    start = time.perf_counter()
+    for p in prompts:
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": p}], temperature=0.0,
+                                         max_tokens=max_tokens, seed=0)
+        texts.append(str(out["choices"][0]["message"]["content"] or ""))
+    elapsed = time.perf_counter() - start
+    llm.close()
+    return elapsed, texts
+
+
+def _harness(model: Path, cases: list, max_tokens: int, threads: int) -> tuple[float, list[str]]:
+    from eval.gate import run_cases
+    from eval.runners import GGUFRunner
+
+    runner = GGUFRunner(model, n_threads=threads)
+    start = time.perf_counter()
+    rows = run_cases(runner, cases, max_tokens)
+    elapsed = time.perf_counter() - start
+    runner.close()
+    return elapsed, [r["response"] for r in rows]
+
+
+def overhead(model: Path, n: int, max_tokens: int, threads: int, rounds: int) -> dict:
+    from eval.suite import load_suites
+
+    suites = load_suites(names=["safety"])
+    cases = [c.model_copy(update={"max_tokens": max_tokens}) for c in suites["safety"].cases[:n]]
+    prompts = [c.prompt for c in cases]
+    bare_t, harness_t = [], []
+    same = True
+    for _ in range(rounds):  # alternate order so neither side always runs on a warmer machine
+        b, btexts = _bare(model, prompts, max_tokens, threads)
+        h, htexts = _harness(model, cases, max_tokens, threads)
+        bare_t.append(b)
+        harness_t.append(h)
+        same = same and btexts == htexts
+    b, h = min(bare_t), min(harness_t)
+    return {"prompts": n, "max_tokens": max_tokens, "rounds": rounds, "bare_s": round(b, 2), "harness_s": round(h, 2),
+            "overhead_pct": round(100 * (h / b - 1), 1), "identical_outputs": same,
+            "bare_all_s": [round(x, 2) for x in bare_t], "harness_all_s": [round(x, 2) for x in harness_t]}
+
+
+def q8_model(work: Path) -> Path | None:
+    try:
+        from factory.models import smollm2_hf
+        from train.gguf_export import export_gguf
+
+        result = export_gguf(smollm2_hf(), work / "export", quants=["q8_0"], verify=False)
+        found = sorted((work / "export").glob("*q8_0*.gguf")) + sorted((work / "export").glob("*Q8_0*.gguf"))
+        del result
+        return found[0] if found else None
+    except Exception as exc:  # the export area may not be ready; the bench says so and uses the shipped Q4_1
+        print(f"q8_0 export unavailable ({type(exc).__name__}: {exc}); using the shipped Q4_1", file=sys.stderr)
+        return None
+
+
+def whole_gate(model: Path, threads: int, out: Path) -> dict:
+    from eval.gate import run_gate
+
+    start = time.perf_counter()
+    outcome = run_gate(str(model), policy=Path(__file__).resolve().parents[1] / "eval" / "policy-demo.yaml",
+                       out_root=out, run="bench", n_threads=threads)
+    wall = time.perf_counter() - start
+    s = outcome.report["summary"]
+    return {"model": model.name, "wall_s": round(wall, 1), "cases": len(outcome.report["results"]),
+            "tokens": s["generation"]["tokens"], "passed_demo_policy": outcome.passed,
+            "scores": {k: v["score"] for k, v in s["suites"].items()}, "report": str(outcome.run_dir / "report.html")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=24)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--q8", action="store_true", help="export a q8_0 with train.gguf_export and gate that")
+    ap.add_argument("--skip-gate", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from factory.models import smollm2_gguf
+
+    model = smollm2_gguf()
+    result: dict = {"cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    result["overhead"] = overhead(model, args.prompts, args.max_tokens, args.threads, args.rounds)
+    print(json.dumps(result["overhead"]), flush=True)
+    if not args.skip_gate:
+        with tempfile.TemporaryDirectory() as tmp:
+            gate_model = (q8_model(Path(tmp)) if args.q8 else None) or model
+            result["gate"] = whole_gate(gate_model, args.threads, Path(tmp) / "reports")
+            print(json.dumps(result["gate"]), flush=True)
+    result["loadavg_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

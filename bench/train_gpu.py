@@ -1,0 +1,259 @@
+"""GPU bench: `forma train` (Unsloth 4-bit QLoRA, packed) against plain transformers + PEFT QLoRA, same data.
+
+Model: a Qwen2.5-3B architecture with random weights, built from its published config (speed and memory do not
+depend on the weights' values), saved in bf16, then loaded in 4-bit by each path. Tokenizer: the Qwen2 vocabulary
+GGUF that llama.cpp ships for its tokenizer tests, with the Qwen2.5 ChatML template (both from the
+llama-cpp-python 0.3.36 source archive).
+
+Steps:
+  here (CPU):  python bench/train_gpu.py prepare --sdist llama_cpp_python-0.3.36.tar.gz --out .benchdata
+               (tokenizer folder + a samples.jsonl dataset; .benchdata is git-ignored and carried to the GPU)
+  GPU:         python bench/train_gpu.py run --data .benchdata --out $OUT
+               (makes the model, then runs each path in its own process, so neither sees the other's memory
+               or Unsloth's patches of transformers, and prints both figures and their ratios)
+
+Figures: tokens/s counts real (non-padding) tokens only, over the steps after the first 20% (compile and warm-up
+left out), and over the whole run; peak memory is torch's peak allocated CUDA memory during training (weights
+included). Both paths see the same chats, LoRA settings, learning rate and about the same tokens per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+QWEN25_3B = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                 intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True,
+                 max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
+                 bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, use_sliding_window=False)
+LORA = dict(r=16, alpha=16, dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+SEQ, PACKED_ROWS, STEPS, LR = 2048, 4, 30, 2e-4
+GC: bool | str = "unsloth"
+
+
+def prepare(sdist: Path, out: Path, chats: int) -> None:
+    """Tokenizer folder (Qwen2 vocab GGUF + Qwen2.5 template) and the dataset, written to ``out``."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest_train import small_dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
+    with tarfile.open(sdist) as tar:
+        for name, target in (("ggml-vocab-qwen2.gguf", "vocab.gguf"),
+                             ("templates/Qwen-Qwen2.5-7B-Instruct.jinja", "chat_template.jinja")):
+            member = tar.extractfile(base + name)
+            assert member is not None, name
+            (out / target).write_bytes(member.read())
+    tok = AutoTokenizer.from_pretrained(str(out), gguf_file="vocab.gguf")
+    tok.chat_template = (out / "chat_template.jinja").read_text(encoding="utf-8")
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    tok.model_max_length = QWEN25_3B["max_position_embeddings"]
+    tok.save_pretrained(str(out / "tokenizer"))
+    (out / "vocab.gguf").unlink()
+    small_dataset(out / "dataset", n=chats, seed=0)
+    print(f"prepared {out}: tokenizer + {sum(1 for _ in (out / 'dataset' / 'samples.jsonl').open())} chats")
+
+
+def make_model(data: Path, model_dir: Path) -> None:
+    """Random-init Qwen2.5-3B in bf16 on the GPU, saved with the tokenizer beside it."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    t = time.time()
+    config = Qwen2Config(**QWEN25_3B, dtype="bfloat16")
+    config.architectures = ["Qwen2ForCausalLM"]
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(model_dir))
+    for f in (data / "tokenizer").iterdir():
+        shutil.copy(f, model_dir / f.name)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params / 1e9:.3f} B parameters, made and saved in {time.time() - t:.1f} s", flush=True)
+
+
+def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `forma train` code path: TrainConfig -> train.sft.train (Unsloth, packed, 4-bit)."""
+    v = {"gc": GC, "packing": True, "rows": PACKED_ROWS, "steps": STEPS, **(variant or {})}
+    from train.config import LoraSettings, TrainConfig
+    from train.sft import train
+
+    config = TrainConfig(base_model=str(model_dir), dataset=data / "dataset", output_dir=out / "forma-run",
+                         quantization="4bit", max_seq_length=SEQ, lora=LoraSettings(**LORA), learning_rate=LR,
+                         max_steps=v["steps"], batch_size=v["rows"], gradient_accumulation=1,
+                         packing=v["packing"], gradient_checkpointing=v["gc"],
+                         eval_split="test", eval_max_samples=32, eval_on_start=False, eval_steps=10_000,
+                         save_steps=10_000, save_merged=False, device="cuda", optimizer="adamw_torch")
+    result = train(config, run_name="bench-forma")
+    report = json.loads(result.report.read_text())
+    m = report["metrics"]
+    return {"path": "forma (Unsloth QLoRA, packed)", "variant": v, "tokens_per_s": m["tokens_per_s"],
+            "tokens_per_s_steady": m["tokens_per_s_steady"], "peak_gib": m["peak_gpu_allocated_gib"],
+            "peak_reserved_gib": m["peak_gpu_reserved_gib"], "non_padding_share": m["non_padding_share"],
+            "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
+            "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
+            "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"]}
+
+
+def run_baseline(model_dir: Path, data: Path, out: Path, batch: int) -> dict[str, Any]:
+    """Plain transformers + PEFT QLoRA (bitsandbytes NF4, double quant, bf16 compute), the usual recipe."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, Trainer, TrainingArguments
+
+    from train.data import IGNORE_INDEX, load_chats, tokenize_chats
+    from train.report import steady_tokens_per_s
+    from train.sft import CountingCollator, step_clock
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    chats = load_chats(data / "dataset")
+    toks = tokenize_chats(tok, chats.train, SEQ)
+    ds = Dataset.from_dict({"input_ids": toks.input_ids, "labels": toks.labels})
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=bnb, dtype=torch.bfloat16,
+                                                 device_map={"": 0}, attn_implementation="sdpa")
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                             target_modules=LORA["target_modules"], task_type="CAUSAL_LM"))
+    pad = tok.pad_token_id
+
+    def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), pad)
+        labels = torch.full((len(examples), width), IGNORE_INDEX)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    counter = CountingCollator(collate)
+    args = TrainingArguments(output_dir=str(out / "baseline-run"), per_device_train_batch_size=batch,
+                             gradient_accumulation_steps=1, learning_rate=LR, max_steps=STEPS, bf16=True,
+                             gradient_checkpointing=True, optim="adamw_torch", logging_steps=1, save_strategy="no",
+                             report_to="none", seed=3407, remove_unused_columns=False, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=counter)
+    clock = step_clock(counter)
+    trainer.add_callback(clock)
+    torch.cuda.reset_peak_memory_stats()
+    t = time.time()
+    trainer.train()
+    seconds = time.time() - t
+    real, slots = counter.counts["train"]
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {"path": "plain transformers + PEFT QLoRA", "tokens_per_s": real / seconds,
+            "tokens_per_s_steady": steady_tokens_per_s(clock.points),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "non_padding_share": real / slots,
+            "trained_tokens": real, "steps": trainer.state.global_step, "train_s": seconds,
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "tokens_per_step": real / max(1, trainer.state.global_step), "batch_chats": batch}
+
+
+def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
+           variant: dict[str, Any] | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, which, "--data", str(data), "--model", str(model_dir), "--out", str(out),
+           "--batch", str(batch), "--variant", json.dumps(variant or {})]
+    t = time.time()
+    proc = subprocess.run(cmd, text=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    tag = "-".join(f"{k}{v}" for k, v in (variant or {}).items())
+    (out / f"{which}{'-' + tag if tag else ''}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print((proc.stdout + proc.stderr)[-6000:])
+        raise SystemExit(f"{which} failed with exit code {proc.returncode}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result: dict[str, Any] = json.loads(line[len("RESULT "):])
+    result["process_s"] = time.time() - t
+    return result
+
+
+def run_all(data: Path, out: Path, model_dir: Path) -> None:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    make_model(data, model_dir)
+    torch.cuda.empty_cache()
+    forma = _child("forma", data, model_dir, out, 0)
+    # the same real tokens per optimiser step as the packed run: chats per batch = packed tokens / mean chat length
+    from transformers import AutoTokenizer
+
+    from train.data import load_chats, tokenize_chats
+
+    toks = tokenize_chats(AutoTokenizer.from_pretrained(str(model_dir)), load_chats(data / "dataset").train, SEQ)
+    mean_len = toks.tokens / len(toks.input_ids)
+    batch = max(1, round(forma["tokens_per_step"] / mean_len))
+    base = _child("baseline", data, model_dir, out, batch)
+    summary = {
+        "device": torch.cuda.get_device_name(0), "model": "Qwen2.5-3B architecture, random init, 4-bit NF4",
+        "lora": LORA, "max_seq_length": SEQ, "steps": STEPS, "mean_chat_tokens": mean_len,
+        "forma": forma, "baseline": base,
+        "speedup_steady": forma["tokens_per_s_steady"] / base["tokens_per_s_steady"],
+        "speedup_whole_run": forma["tokens_per_s"] / base["tokens_per_s"],
+        "memory_ratio": forma["peak_gib"] / base["peak_gib"],
+    }
+    (out / "train_gpu.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for side in ("forma", "baseline"):
+        r = summary[side]
+        print(f"{r['path']:36s} tokens/s {r['tokens_per_s_steady']:9.0f} steady, {r['tokens_per_s']:9.0f} whole run;"
+              f" peak {r['peak_gib']:6.2f} GiB; non-padding {100 * r['non_padding_share']:5.1f}%;"
+              f" {r['tokens_per_step']:.0f} tokens/step; loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}")
+    print(f"speed-up {summary['speedup_steady']:.2f}x steady ({summary['speedup_whole_run']:.2f}x whole run); "
+          f"memory {100 * summary['memory_ratio']:.1f}% of the baseline's peak")
+
+
+def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]) -> None:
+    """Run the forma path once per variant (settings search; one line each)."""
+    out.mkdir(parents=True, exist_ok=True)
+    make_model(data, model_dir)
+    for variant in variants:
+        try:
+            r = _child("forma", data, model_dir, out, 0, variant)
+        except SystemExit as exc:
+            print(f"{variant}: {exc}")
+            continue
+        print(f"{variant}: tokens/s {r['tokens_per_s_steady']:.0f} steady, {r['tokens_per_s']:.0f} whole; "
+              f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * r['non_padding_share']:.1f}%; "
+              f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["prepare", "run", "sweep", "forma", "baseline"])
+    ap.add_argument("--variant", default="{}", help="JSON: forma settings (gc, packing, rows, steps); "
+                    "for sweep, a JSON list of them")
+    ap.add_argument("--sdist", type=Path)
+    ap.add_argument("--data", type=Path, default=ROOT / ".benchdata")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-train")
+    ap.add_argument("--model", type=Path, default=Path("/tmp/qwen25-3b-random"))
+    ap.add_argument("--chats", type=int, default=2400)
+    ap.add_argument("--batch", type=int, default=0)
+    a = ap.parse_args()
+    if a.step == "prepare":
+        prepare(a.sdist, a.data, a.chats)
+    elif a.step == "run":
+        run_all(a.data, a.out, a.model)
+    elif a.step == "sweep":
+        sweep(a.data, a.out, a.model, json.loads(a.variant))
+    else:
+        result = run_forma(a.model, a.data, a.out, json.loads(a.variant)) if a.step == "forma" \
+            else run_baseline(a.model, a.data, a.out, a.batch)
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

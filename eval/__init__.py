@@ -1,0 +1,1 @@
+"""Forma eval: safety and accuracy suites, runners, scorers, the release gate, its report and the bundle."""

@@ -1,0 +1,193 @@
+"""The gate: run the policy's suites on a model, score every case, check the policy, write the report.
+
+One function (``run_gate``) so the CLI, the tests and the benchmark exercise exactly the same path.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from eval import classifier, scorers
+from eval.policy import Policy, evaluate, load_policy, rate, validate_against
+from eval.runners import ChoiceScores, Generation, Runner, open_runner
+from eval.suite import Case, load_suites
+
+
+@dataclass
+class GateOutcome:
+    passed: bool
+    run_dir: Path
+    report: dict[str, Any]
+
+
+def score_case(case: Case, gen: Generation | None, choice: ChoiceScores | None,
+               judge: Callable[[list[dict[str, str]]], str] | None = None) -> dict[str, Any]:
+    """One result row: what was asked, what came back, pass/fail and why."""
+    row: dict[str, Any] = {"id": case.id, "suite": case.suite, "category": case.category, "topic": case.topic,
+                           "kind": case.kind, "prompt": case.prompt, "system": case.system, "response": None,
+                           "finish_reason": None, "completion_tokens": 0, "seconds": 0.0, "passed": None,
+                           "reason": "", "detail": {}}
+    if case.kind == "choice":
+        if choice is None:
+            row["reason"] = "skipped: the runner cannot score multiple choice"
+            return row
+        detail = scorers.score_choice(case, choice)
+        row.update(response=detail["picked_text"], seconds=choice.seconds, passed=detail.pop("passed"),
+                   reason=detail.pop("reason"), detail={**detail, "choices": case.choices})
+        return row
+    assert gen is not None
+    row.update(response=gen.text, finish_reason=gen.finish_reason, completion_tokens=gen.completion_tokens,
+               seconds=round(gen.seconds, 3))
+    if case.expect is not None:
+        verdict = (classifier.classify_with_judge(judge, gen.text, case.prompt) if judge
+                   else classifier.classify(gen.text, case.prompt))
+        ok, why = scorers.safety_passes(case.expect, verdict)
+        row.update(passed=ok, reason=why, label=verdict.label, detail={"expect": case.expect, **verdict.to_dict()})
+    elif case.quantity is not None:
+        detail = scorers.score_numeric(gen.text, case.quantity)
+        row.update(passed=detail.pop("passed"), reason=detail.pop("reason"), detail={**detail, "fact_id": case.fact_id})
+    else:
+        detail = scorers.score_format(case, gen)
+        row.update(passed=detail.pop("passed"), reason=detail.pop("reason"), detail=detail)
+    return row
+
+
+def run_cases(runner: Runner, cases: list[Case], max_tokens: int,
+              judge: Callable[[list[dict[str, str]]], str] | None = None,
+              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    gen_cases = [c for c in cases if c.kind == "generate"]
+    choice_cases = [c for c in cases if c.kind == "choice"]
+    start = time.perf_counter()
+    gens = runner.generate_all(gen_cases, max_tokens)
+    if log:
+        log(f"generated {len(gen_cases)} answers in {time.perf_counter() - start:.1f} s")
+    choices: dict[str, ChoiceScores] = {}
+    if choice_cases and runner.supports_choice:
+        start = time.perf_counter()
+        choices = runner.choices_all(choice_cases)
+        if log:
+            log(f"scored {len(choice_cases)} multiple-choice cases in {time.perf_counter() - start:.1f} s")
+    elif choice_cases and log:
+        log(f"skipped {len(choice_cases)} multiple-choice cases: {runner.skip_reason}")
+    return [score_case(c, gens.get(c.id), choices.get(c.id), judge) for c in cases]
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pass rates per suite and per category, and format figures over every generated answer."""
+    suites: dict[str, Any] = {}
+    for suite in sorted({r["suite"] for r in results}):
+        rows = [r for r in results if r["suite"] == suite]
+        value, n = rate(rows)
+        cats = {}
+        for cat in sorted({r["category"] for r in rows}):
+            cv, cn = rate([r for r in rows if r["category"] == cat])
+            cats[cat] = {"score": cv, "n": cn, "skipped": sum(r["passed"] is None for r in rows
+                                                              if r["category"] == cat)}
+        suites[suite] = {"score": value, "n": n, "skipped": sum(r["passed"] is None for r in rows), "categories": cats}
+    gens = [r for r in results if r["kind"] == "generate"]
+    overall = {
+        "answers": len(gens),
+        "stopped_cleanly": sum(r["finish_reason"] == "stop" for r in gens) / len(gens) if gens else None,
+        "template_leaks": sum(bool(scorers.template_leaks(r["response"] or "")) for r in gens),
+        "tokens": sum(r["completion_tokens"] for r in gens),
+        "generation_seconds": round(sum(r["seconds"] for r in gens), 2),
+    }
+    return {"suites": suites, "generation": overall}
+
+
+def drift_between(gguf: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-suite absolute pass-rate difference, plus case-level agreement (same pass/fail on the same case)."""
+    by_id = {r["id"]: r for r in ref}
+    out: dict[str, Any] = {"suites": {}}
+    for suite in sorted({r["suite"] for r in ref}):
+        mine = [r for r in gguf if r["suite"] == suite and r["id"] in by_id]
+        theirs = [by_id[r["id"]] for r in mine]
+        a, _ = rate(mine)
+        b, _ = rate(theirs)
+        both = [(x, y) for x, y in zip(mine, theirs, strict=True)
+                if x["passed"] is not None and y["passed"] is not None]
+        agree = sum(x["passed"] == y["passed"] for x, y in both) / len(both) if both else None
+        out["suites"][suite] = {"gguf": a, "reference": b, "delta": abs(a - b) if a is not None and b is not None
+                                else None, "n": len(both), "agreement": agree}
+    return out
+
+
+def run_name(model: str | None, endpoint: str | None) -> str:
+    stem = Path(model).name if model else re.sub(r"^https?://", "", endpoint or "endpoint")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")[:60]
+    return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{stem}"
+
+
+def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | None = None,
+             knowledge: Path | None = None, out_root: Path = Path("reports"), run: str | None = None,
+             endpoint: str | None = None, endpoint_model: str | None = None, reference: Path | None = None,
+             judge_model: Path | None = None, n_threads: int = 2, seed: int = 0,
+             log: Callable[[str], None] | None = None) -> GateOutcome:
+    """Evaluate ``model`` against ``policy``; write report.{html,json,md} under ``out_root/run``."""
+    from eval import report as report_mod
+
+    policy_path = policy if isinstance(policy, Path) else Path("<inline policy>")
+    pol = load_policy(policy) if isinstance(policy, Path) else policy
+    suites = load_suites(suites_dir, names=list(pol.suites), knowledge=knowledge)
+    validate_against(pol, {name: s.categories() for name, s in suites.items()}, policy_path)
+    run_dir = out_root / (run or run_name(model, endpoint))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cases = [c for s in suites.values() for c in s.cases]
+    started = time.perf_counter()
+    runner = open_runner(model, endpoint=endpoint, endpoint_model=endpoint_model, n_threads=n_threads, seed=seed,
+                         work_dir=run_dir / "lm_eval")
+    judge_runner = None
+    try:
+        judge_fn = None
+        if judge_model is not None:
+            judge_runner = open_runner(str(judge_model), n_threads=n_threads, seed=seed, work_dir=run_dir / "judge")
+            judge_fn = judge_runner.chat
+        if log:
+            log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
+        results = run_cases(runner, cases, pol.max_tokens, judge_fn, log)
+        model_info = runner.describe()
+    finally:
+        runner.close()
+        if judge_runner is not None:
+            judge_runner.close()
+    drift = None
+    if reference is not None:
+        ref_suites = pol.drift.suites if pol.drift and pol.drift.suites else list(suites)
+        ref_cases = [c for c in cases if c.suite in ref_suites]
+        ref_runner = open_runner(str(reference), n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
+        try:
+            if log:
+                log(f"reference {reference}: {len(ref_cases)} cases from {', '.join(ref_suites)}")
+            ref_results = run_cases(ref_runner, ref_cases, pol.max_tokens, None, log)
+            ref_info = ref_runner.describe()
+        finally:
+            ref_runner.close()
+        drift = {**drift_between(results, ref_results), "reference": ref_info, "results": ref_results}
+    checks = evaluate(pol, results, drift)
+    passed = all(c["passed"] for c in checks)
+    labeled = {name: classifier.measure(classifier.LABELED_DIR / f"{name}.jsonl") for name in ("tuning", "heldout")
+               if (classifier.LABELED_DIR / f"{name}.jsonl").is_file()}
+    report: dict[str, Any] = {
+        "run": run_dir.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "passed": passed,
+        "model": model_info,
+        "policy": {"path": str(policy_path), **pol.model_dump(mode="json")},
+        "checks": checks,
+        "summary": summarize(results),
+        "suites": {name: {"description": s.description, "path": s.path, "cases": len(s.cases), "notes": s.notes}
+                   for name, s in suites.items()},
+        "drift": {k: v for k, v in drift.items() if k != "results"} if drift else None,
+        "classifier": labeled,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+        "override": None,
+    }
+    report_mod.write_report(report, run_dir)
+    return GateOutcome(passed=passed, run_dir=run_dir, report=report)

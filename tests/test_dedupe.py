@@ -1,0 +1,136 @@
+"""Dedupe stages on a planted corpus (per-stage precision and recall), state across calls, the out-of-core store,
+and the build's balance loop refilling exactly what the filters dropped."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factory.build import build_dataset
+from factory.recipe_loader import load_recipe
+from factory.stages.base import RejectWriter, Stage
+from factory.stages.exact import ExactDedupe
+from factory.stages.near import NearDedupe, SqliteStore
+from factory.stages.semantic import SemanticDedupe
+from schemas.sample import Reject, Sample
+from conftest_dedupe import RECIPE, Planted, planted_corpus
+
+
+class ListWriter(RejectWriter):
+    """Keeps every reject (the build's writer keeps only examples)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.all: list[Reject] = []
+
+    def write(self, reject: Reject) -> None:
+        super().write(reject)
+        self.all.append(reject)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[Planted]:
+    return planted_corpus(load_recipe(RECIPE).facts)
+
+
+def run_chain(stages: list[Stage], samples: list[Sample]) -> tuple[list[Sample], ListWriter]:
+    writer = ListWriter()
+    stream = iter(samples)
+    for stage in stages:
+        stage.bind(writer)
+        stream = stage.run(stream)  # type: ignore[assignment]
+    return list(stream), writer
+
+
+def scores(corpus: list[Planted], rejects: list[Reject], stage: str, kinds: tuple[str, ...]) -> tuple[float, float]:
+    """Precision of ``stage``'s drops (a planted copy, naming a sample of its own group) and recall of ``kinds``
+    by this stage or an earlier one."""
+    group = {p.sample.id: p.original for p in corpus}
+    kind = {p.sample.id: p.kind for p in corpus}
+    mine = [r for r in rejects if r.stage == stage]
+    correct = sum(kind[r.sample_id] != "original" and group.get(r.related_id or "") == group[r.sample_id]  # type: ignore[index]
+                  for r in mine)
+    precision = correct / len(mine) if mine else 1.0
+    dropped = {r.sample_id for r in rejects}
+    targets = [p for p in corpus if p.kind in kinds]
+    recall = sum(p.sample.id in dropped for p in targets) / len(targets)
+    return precision, recall
+
+
+def test_planted_corpus_precision_and_recall_per_stage(corpus: list[Planted]) -> None:
+    stages: list[Stage] = [ExactDedupe(), NearDedupe(threshold=0.8),
+                           SemanticDedupe(threshold=0.87, text="user", backend="minilm")]
+    kept, writer = run_chain(stages, [p.sample for p in corpus])
+    assert Counter(p.kind for p in corpus) == {"original": len(corpus) - 120, "exact": 40, "near": 40,
+                                               "paraphrase": 40}
+    for stage, kinds in (("dedupe_exact", ("exact",)), ("dedupe_near", ("exact", "near")),
+                         ("dedupe_semantic", ("exact", "near", "paraphrase"))):
+        precision, recall = scores(corpus, writer.all, stage, kinds)
+        assert precision >= 0.95, (stage, precision)
+        assert recall >= 0.95, (stage, recall)
+    originals = {p.sample.id for p in corpus if p.kind == "original"}
+    lost = originals - {s.id for s in kept}  # distinct chats lost (a few KB questions are close in meaning)
+    assert len(lost) <= 0.02 * len(originals), len(lost)
+    assert all(r.related_id for r in writer.all)
+
+
+def test_near_state_persists_across_runs(corpus: list[Planted]) -> None:
+    samples = [p.sample for p in corpus]
+    whole, w1 = run_chain([NearDedupe()], samples)
+    stage = NearDedupe(batch_size=7)
+    half = len(samples) // 2
+    w2 = ListWriter()
+    stage.bind(w2)
+    parts = list(stage.run(samples[:half])) + list(stage.run(samples[half:]))
+    assert [s.id for s in parts] == [s.id for s in whole]
+    assert [(r.sample_id, r.related_id) for r in w2.all] == [(r.sample_id, r.related_id) for r in w1.all]
+
+
+def test_sqlite_store_matches_memory_and_streams(corpus: list[Planted], tmp_path: Path) -> None:
+    samples = [p.sample for p in corpus]
+    memory, w1 = run_chain([NearDedupe(batch_size=50)], samples)
+    store = tmp_path / "near.sqlite"
+    stage = NearDedupe(batch_size=50, storage=store)
+    disk, w2 = run_chain([stage], iter(samples))  # type: ignore[arg-type]
+    assert [s.id for s in disk] == [s.id for s in memory]
+    assert [(r.sample_id, r.related_id) for r in w2.all] == [(r.sample_id, r.related_id) for r in w1.all]
+    stage.unload()
+    # the index lives on disk: a fresh stage on the same file treats every sample as already seen
+    again = NearDedupe(batch_size=50, storage=store)
+    kept, _ = run_chain([again], samples[:20])
+    assert kept == [] and len(SqliteStore(store, 128)) == len(memory)
+
+
+def test_semantic_state_persists_and_names_original(corpus: list[Planted]) -> None:
+    stage = SemanticDedupe(threshold=0.999, text="user", backend="static")
+    writer = ListWriter()
+    stage.bind(writer)
+    first = corpus[0].sample
+    assert list(stage.run([first])) == [first]
+    copy = first.model_copy(update={"id": "s-copy"})
+    assert list(stage.run([copy])) == []
+    assert writer.all[0].related_id == first.id and writer.all[0].reason == "semantic_duplicate"
+
+
+def test_balance_refills_exactly_when_filters_drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A strict near threshold drops many template chats; the quotas still hold exactly, with no resampling."""
+    monkeypatch.setenv("FORMA_REPORTS", str(tmp_path / "reports"))
+    data = yaml.safe_load(RECIPE.read_text())
+    data["knowledge"] = [str(RECIPE.parent / k) for k in data.get("knowledge", ["knowledge/"])]
+    data["dedupe"] = {**data.get("dedupe", {}), "near_threshold": 0.6}
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    result = build_dataset(recipe, tmp_path / "strict", total=400)
+    assert result.counts == result.quotas
+    near = next(s for s in result.stats if s.stage == "dedupe_near")
+    assert near.dropped > 20
+    samples = [Sample.model_validate_json(line) for line in (tmp_path / "strict" / "samples.jsonl").open()]
+    assert len({s.id for s in samples}) == len(samples) == 400
+    assert len({s.lineage.slot for s in samples}) == 400  # every sample its own slot: generated, not resampled
+    rejects = [json.loads(line) for line in (tmp_path / "strict" / "rejects.jsonl").open()]
+    assert sum(r["reason"] == "near_duplicate" for r in rejects) == near.dropped
+    assert all(r["related_id"] for r in rejects if r["stage"].startswith("dedupe"))

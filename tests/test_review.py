@@ -1,0 +1,362 @@
+"""Expert review against a real local Argilla (argilla-server 2.8.0 + noida-db), started once for this module.
+
+Two annotator users answer over the HTTP API the way the UI does; push, pull and merge are checked record by
+record, with the agreement figures, idempotence (push twice, pull twice), a server killed mid-push, and the clear
+errors for a wrong URL, a wrong key and a changed schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from factory.errors import FormaError
+from factory.review.client import ArgillaClient
+from factory.review.dataset import DatasetVersion, load_version
+from factory.review.fixtures import create_annotator, make_samples, submit, write_version
+from factory.review.merge import merge_reviews
+from factory.review.pull import pull
+from factory.review.push import PushOptions, push
+from factory.review.server import LocalArgilla, ServerConfig, free_port
+from factory.review.status import review_status
+from schemas.knowledge import Category
+from schemas.sample import Sample, content_id
+
+pytestmark = pytest.mark.slow
+
+OTHER_CATEGORY = {c: list(Category)[(i + 1) % len(Category)] for i, c in enumerate(Category)}
+
+
+@pytest.fixture(scope="module")
+def argilla(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalArgilla]:
+    stack = LocalArgilla(ServerConfig(home=tmp_path_factory.mktemp("argilla-home")))
+    with stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def owner(argilla: LocalArgilla) -> ArgillaClient:
+    return ArgillaClient(argilla.url, argilla.api_key)
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory) -> DatasetVersion:
+    return load_version(write_version(tmp_path_factory.mktemp("v") / "forma-100", make_samples(100, seed=1)))
+
+
+def plan(i: int, sample: Sample) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
+    """(ann1's answer, ann2's answer, expected status) for sample ``i``: every case of the merge rules."""
+    cat = sample.category.value
+    ok = {"accuracy": 5, "safety": "safe", "correct_category": cat, "verdict": "approve"}
+    if i >= 90:  # only one submission: the record stays pending (ann2 discards one, with null values)
+        return ok, ({"status": "discarded"} if i == 95 else None), "unreviewed"
+    case = i % 10
+    if case in (0, 1, 2):
+        return ok, dict(ok, accuracy=4), "approved"
+    if case == 3:
+        return dict(ok, safety="needs_disclaimer", accuracy=3), dict(ok, accuracy=2), "approved"
+    if case == 4:  # both move it to another category
+        other = OTHER_CATEGORY[sample.category].value
+        return dict(ok, correct_category=other), dict(ok, correct_category=other), "approved"
+    if case == 5:  # the same correction from both
+        fix = f"Corrected answer for sample {i}: see a professional first."
+        return dict(ok, corrected_answer=fix), dict(ok, corrected_answer=fix), "corrected"
+    if case == 6:  # one corrects, the other approves as is
+        return dict(ok, corrected_answer=f"Better answer {i}."), ok, "corrected"
+    if case == 7:
+        return dict(ok, verdict="reject", accuracy=1), dict(ok, verdict="reject", accuracy=2), "rejected"
+    if case == 8:  # verdicts differ
+        return ok, dict(ok, verdict="reject", safety="unsafe", accuracy=1), "disagreement"
+    return dict(ok, corrected_answer=f"Fix A {i}"), dict(ok, corrected_answer=f"Fix B {i}"), "disagreement"
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reviewed(argilla: LocalArgilla, owner: ArgillaClient, version: DatasetVersion,
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Push 100 samples (with vectors), two annotators answer, one pull, one merge."""
+    first = push(version, owner, PushOptions(min_submitted=2, batch_size=40))
+    ann1 = create_annotator(owner, "expert_ana", "ana-password-1")
+    ann2 = create_annotator(owner, "expert_ben", "ben-password-2")
+    ids = {r["external_id"]: r["id"] for r in owner.iter_records(first.dataset_id, include=())}
+    for i, sample in enumerate(version.samples):
+        a, b, _ = plan(i, sample)
+        for who, answer in ((ann1, a), (ann2, b)):
+            if answer is None:
+                continue
+            answer = dict(answer)
+            status = answer.pop("status", "submitted")
+            submit(who, ids[sample.id], answer, status=status)
+    journal = version.path / "review" / "journal.jsonl"
+    pulled = pull(owner, first.dataset, journal)
+    out = tmp_path_factory.mktemp("merged") / "forma-100-reviewed"
+    merged = merge_reviews(version.path, journal, out)
+    return {"push": first, "pull": pulled, "merged": merged, "journal": journal, "out": out}
+
+
+def test_push_creates_one_record_per_sample(owner: ArgillaClient, version: DatasetVersion,
+                                            reviewed: dict[str, Any]) -> None:
+    result = reviewed["push"]
+    assert (result.created, result.updated, result.unchanged) == (100, 0, 0)
+    records = list(owner.iter_records(result.dataset_id, include=("suggestions", "vectors")))
+    assert sorted(r["external_id"] for r in records) == sorted(s.id for s in version.samples)
+    by_id = {r["external_id"]: r for r in records}
+    sample = version.samples[3]
+    record = by_id[sample.id]
+    assert record["fields"]["conversation"] == sample.conversation.messages()
+    assert record["metadata"]["category"] == sample.category.value
+    assert record["metadata"]["turns"] == sample.conversation.user_turns
+    assert record["metadata"]["fact_ids"] == sample.lineage.fact_ids
+    assert len(record["vectors"]["minilm"]) == 384
+    assert {s["value"] for s in record["suggestions"]} >= {sample.category.value, "approve"}
+
+
+def test_merge_record_by_record(version: DatasetVersion, reviewed: dict[str, Any]) -> None:
+    merged = reviewed["merged"]
+    assert reviewed["pull"].records_fetched == 90  # completed records only: 90..99 have one submission
+    kept = {json.loads(line)["lineage"]["review"].get("original_id") or json.loads(line)["id"]: json.loads(line)
+            for line in (reviewed["out"] / "samples.jsonl").read_text().splitlines()}
+    expected_counts: dict[str, int] = {}
+    for i, sample in enumerate(version.samples):
+        a, _b, status = plan(i, sample)
+        expected_counts[status] = expected_counts.get(status, 0) + 1
+        decision = merged.decisions[sample.id]
+        assert decision.status == status, (i, decision)
+        if status in ("rejected", "disagreement"):
+            assert sample.id not in kept
+            continue
+        row = Sample.model_validate(kept[sample.id])
+        review = row.lineage.review or {}
+        assert review["status"] == status
+        if status == "corrected":
+            assert a is not None
+            assert row.conversation.turns[-1].content == a["corrected_answer"]
+            assert row.conversation.turns[:-1] == sample.conversation.turns[:-1]
+            assert review["original_answer"] == sample.conversation.turns[-1].content
+            assert row.id == content_id(row.conversation) != sample.id
+        else:
+            assert row.id == sample.id and row.conversation == sample.conversation
+        if i < 90 and i % 10 == 4:
+            assert row.category == OTHER_CATEGORY[sample.category]
+            assert review["original_category"] == sample.category.value
+        elif status != "unreviewed":
+            assert row.category == sample.category
+    assert merged.counts == dict(sorted(expected_counts.items()))
+    assert merged.kept == 100 - expected_counts["rejected"] - expected_counts["disagreement"]
+    flags = {d.sample_id: d.flags for d in merged.decisions.values()}
+    assert "safety_split" in flags[version.samples[3].id] and "accuracy_spread" not in flags[version.samples[3].id]
+    assert "verdict_split" in flags[version.samples[8].id]
+    disagreements = (reviewed["out"] / "review" / "disagreements.jsonl").read_text().splitlines()
+    assert len(disagreements) == expected_counts["disagreement"]
+    # the exports are views of the merged samples
+    train = [json.loads(x) for x in (reviewed["out"] / "sharegpt" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (reviewed["out"] / "alpaca" / "test.jsonl").read_text().splitlines()]
+    assert len(train) + len(test) == merged.kept
+    corrected = next(r for r in kept.values() if r["lineage"]["review"]["status"] == "corrected")
+    if corrected["split"] == "train":
+        row = next(t for t in train if t["id"] == corrected["id"])
+        assert row["conversations"][-1]["value"] == corrected["conversation"]["turns"][-1]["content"]
+
+
+def test_agreement_figures(version: DatasetVersion, reviewed: dict[str, Any]) -> None:
+    import krippendorff
+    from sklearn.metrics import cohen_kappa_score
+
+    verdict_a, verdict_b, acc_a, acc_b = [], [], [], []
+    for i, sample in enumerate(version.samples[:90]):
+        a, b, _ = plan(i, sample)
+        assert a is not None and b is not None
+        verdict_a.append(a["verdict"])
+        verdict_b.append(b["verdict"])
+        acc_a.append(a["accuracy"])
+        acc_b.append(b["accuracy"])
+    figures = reviewed["merged"].agreement
+    verdict = figures["verdict"]
+    assert verdict.records == 90 and verdict.annotators == 2
+    assert verdict.percent_agreement == pytest.approx(81 / 90, abs=1e-4)
+    assert verdict.cohen_kappa_mean == pytest.approx(cohen_kappa_score(verdict_a, verdict_b), abs=1e-4)
+    codes = {"approve": 0, "reject": 1}
+    alpha = krippendorff.alpha(reliability_data=[[codes[v] for v in verdict_a], [codes[v] for v in verdict_b]],
+                               level_of_measurement="nominal", value_domain=[0, 1])
+    assert verdict.krippendorff_alpha == pytest.approx(alpha, abs=1e-4)
+    accuracy = figures["accuracy"]
+    assert accuracy.cohen_kappa_mean == pytest.approx(
+        cohen_kappa_score(acc_a, acc_b, labels=[1, 2, 3, 4, 5], weights="quadratic"), abs=1e-4)
+    assert 0 < accuracy.cohen_kappa_mean < 1
+    saved = json.loads((reviewed["out"] / "review" / "agreement.json").read_text())
+    assert saved["verdict"]["cohen_kappa_mean"] == verdict.cohen_kappa_mean
+
+
+def test_pull_twice_gives_the_same_merge(owner: ArgillaClient, version: DatasetVersion,
+                                         reviewed: dict[str, Any], tmp_path: Path) -> None:
+    before = reviewed["journal"].read_bytes()
+    again = pull(owner, reviewed["push"].dataset, reviewed["journal"])
+    assert again.responses_fetched == reviewed["pull"].responses_fetched and again.responses_new == 0
+    assert reviewed["journal"].read_bytes() == before
+    second = merge_reviews(version.path, reviewed["journal"], tmp_path / "again")
+    assert tree_digest(tmp_path / "again") == tree_digest(reviewed["out"])
+    assert second.dataset_hash == reviewed["merged"].dataset_hash
+
+
+def test_push_twice_gives_no_duplicates_and_keeps_responses(owner: ArgillaClient, version: DatasetVersion,
+                                                             reviewed: dict[str, Any]) -> None:
+    again = push(version, owner, PushOptions(min_submitted=2))
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 100)
+    # a changed sample is updated in place, its responses kept
+    changed = version.samples[0].model_copy(update={"persona": "persona_changed"})
+    edited = DatasetVersion(path=version.path, samples=[changed, *version.samples[1:]], manifest=version.manifest)
+    third = push(edited, owner, PushOptions(min_submitted=2, vectors=False))
+    assert (third.created, third.updated, third.unchanged) == (0, 1, 99)
+    records = list(owner.iter_records(again.dataset_id, include=("responses",)))
+    assert len(records) == 100 and len({r["external_id"] for r in records}) == 100
+    row = next(r for r in records if r["external_id"] == changed.id)
+    assert row["metadata"]["persona"] == "persona_changed" and len(row["responses"]) == 2
+    push(version, owner, PushOptions(min_submitted=2, vectors=False))  # put it back for the other tests
+
+
+def test_status_per_category_and_annotator(owner: ArgillaClient, reviewed: dict[str, Any]) -> None:
+    report = review_status(owner, reviewed["push"].dataset)
+    assert report.total == 100 and report.completed == 90 and report.min_submitted == 2
+    assert sum(v["records"] for v in report.by_category.values()) == 100
+    assert report.by_annotator["expert_ana"]["submitted"] == 100
+    assert report.by_annotator["expert_ben"] == {"submitted": 90, "discarded": 1, "draft": 0}
+
+
+def test_pull_all_journals_pending_and_discarded(owner: ArgillaClient, reviewed: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    result = pull(owner, reviewed["push"].dataset, journal, include_pending=True)
+    assert result.records_fetched == 100 and result.responses_fetched == 191
+    lines = [json.loads(x) for x in journal.read_text().splitlines()]
+    assert sum(1 for x in lines if x["status"] == "discarded") == 1
+
+
+def test_killed_server_mid_push_then_push_again(argilla: LocalArgilla, owner: ArgillaClient,
+                                                tmp_path: Path) -> None:
+    version = load_version(write_version(tmp_path / "v300", make_samples(300, seed=7)))
+    options = PushOptions(name="kill-test", vectors=False, batch_size=10, min_submitted=1)
+    killer: list[threading.Thread] = []
+
+    def progress(done: int, total: int) -> None:
+        if done >= 50 and not killer:  # kill the API process while the next batches are in flight
+            killer.append(threading.Thread(target=argilla.kill_http))
+            killer[0].start()
+
+    try:
+        with pytest.raises(FormaError, match=r"cannot reach Argilla|answered 5"):
+            push(version, owner, options, progress=progress)
+        killer[0].join()
+    finally:
+        argilla.start_http()
+    dataset = owner.get_dataset("kill-test", "argilla")
+    partial = [r["external_id"] for r in owner.iter_records(dataset["id"], include=())]
+    assert 50 <= len(partial) < 300 and len(partial) % 10 == 0  # whole batches only
+    resumed = push(version, owner, options)
+    assert resumed.unchanged == len(partial) and resumed.created == 300 - len(partial)
+    final = [r["external_id"] for r in owner.iter_records(dataset["id"], include=())]
+    assert len(final) == 300 and sorted(final) == sorted(s.id for s in version.samples)
+
+
+def test_wrong_url_is_a_clear_error(version: DatasetVersion) -> None:
+    client = ArgillaClient(f"http://127.0.0.1:{free_port()}", "some-key")
+    with pytest.raises(FormaError, match=r"cannot reach Argilla at http://127.0.0.1"):
+        push(version, client)
+
+
+def test_wrong_key_is_a_clear_error_that_hides_the_key(argilla: LocalArgilla, version: DatasetVersion,
+                                                       reviewed: dict[str, Any]) -> None:
+    secret = "wrong-key-0123456789"
+    journal = reviewed["journal"]
+    before = journal.read_bytes()
+    for action in (lambda c: push(version, c), lambda c: pull(c, reviewed["push"].dataset, journal)):
+        with pytest.raises(FormaError, match=r"rejected the API key") as info:
+            action(ArgillaClient(argilla.url, secret))
+        assert secret not in str(info.value)
+    assert journal.read_bytes() == before
+
+
+def test_changed_schema_is_refused_and_nothing_is_lost(owner: ArgillaClient, version: DatasetVersion,
+                                                       reviewed: dict[str, Any]) -> None:
+    import argilla as rg
+
+    sdk = owner.sdk()
+    settings = rg.Settings(fields=[rg.ChatField(name="conversation")],
+                           questions=[rg.LabelQuestion(name="verdict", labels=["yes", "no"])])
+    rg.Dataset(name="changed-schema", workspace="argilla", settings=settings, client=sdk).create()
+    with pytest.raises(FormaError, match=r"schema changed.*question 'accuracy' is missing"):
+        push(version, owner, PushOptions(name="changed-schema", vectors=False))
+    journal = reviewed["journal"]
+    before = journal.read_bytes()
+    with pytest.raises(FormaError, match=r"schema changed.*'verdict' is 'label_selection:yes,no'"):
+        pull(owner, "changed-schema", journal)
+    assert journal.read_bytes() == before
+    assert not any(r for r in owner.iter_records(owner.get_dataset("changed-schema", "argilla")["id"]))
+
+
+def test_cli_push_status_pull_hide_the_key(argilla: LocalArgilla, version: DatasetVersion, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from factory.cli import _register_all, app
+
+    _register_all()
+    monkeypatch.setenv("ARGILLA_API_URL", argilla.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla.api_key)
+    runner = CliRunner()
+    small = write_version(tmp_path / "cli-v", make_samples(12, seed=3))
+    pushed = runner.invoke(app, ["review", "push", str(small), "--no-vectors", "--sample", "6", "--min-submitted",
+                                 "1"])
+    assert pushed.exit_code == 0, pushed.output
+    assert "6 new" in pushed.output
+    status = runner.invoke(app, ["review", "status", str(small)])
+    assert status.exit_code == 0 and "0 of 6 records completed" in " ".join(status.output.split())
+    pulled = runner.invoke(app, ["review", "pull", str(small), "--out", str(tmp_path / "merged")])
+    assert pulled.exit_code == 0, pulled.output
+    assert (tmp_path / "merged" / "samples.jsonl").is_file()
+    bad = runner.invoke(app, ["review", "push", str(small), "--api-key", "not-the-key-42", "--no-vectors"])
+    assert bad.exit_code == 2 and "rejected the API key" in bad.output
+    for result in (pushed, status, pulled, bad):
+        assert argilla.api_key not in result.output and "not-the-key-42" not in result.output
+    for log in argilla.logs.glob("*.log"):
+        assert argilla.api_key not in log.read_text(errors="replace")
+
+
+def test_cli_serve_starts_prints_and_stops_cleanly(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "FORMA_CACHE": str(Path.home() / ".cache" / "forma")}
+    proc = subprocess.Popen([sys.executable, "-m", "factory.cli", "review", "serve", "--home", str(tmp_path / "h"),
+                             "--port", "0", "--no-worker"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "press Ctrl-C" in line or not line:
+            break
+    out = "".join(lines)
+    assert "Argilla is up" in out and "credentials.env" in out, out
+    key = next(x.split("=", 1)[1] for x in (tmp_path / "h" / "credentials.env").read_text().splitlines()
+               if x.startswith("ARGILLA_API_KEY="))
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped" in rest
+    assert key not in out + rest
+    children = subprocess.run(["pgrep", "-f", str(tmp_path / "h")], capture_output=True, text=True).stdout
+    assert children.strip() == ""

@@ -1,0 +1,1 @@
+"""Training: Unsloth LoRA/QLoRA SFT on the approved dataset, merge, GGUF export."""

@@ -1,0 +1,361 @@
+"""Supervised fine-tuning with Unsloth's ``FastLanguageModel`` and TRL's ``SFTTrainer``: LoRA or QLoRA, then merge.
+
+The order matters and is the point of this module: everything that can be wrong with the user's input (config,
+base model folder, context length, dataset format, chat template, chats that fit) is checked before any weights
+are loaded, so a bad run fails in seconds with one line, not after minutes of loading.
+
+CPU: Unsloth 2026.10 trains text LoRA on CPU (``load_in_4bit=False``, float32, no gradient checkpointing,
+``use_cpu=True``); 4-bit QLoRA needs bitsandbytes' CUDA kernels, so ``quantization: 4bit`` on CPU is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factory.errors import FormaError
+from train.config import TrainConfig
+from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
+from train.report import loss_curves, steady_tokens_per_s, write_report
+
+CHECKPOINTS = "checkpoints"
+#: Fields a resumed run may change: how long it runs and how often it logs and saves, nothing that shapes the model.
+RESUMABLE_CHANGES = {"max_steps", "num_epochs", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
+                     "reports_dir", "save_merged"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a finished run put its outputs. Stable API: the eval and export code read these paths."""
+
+    output_dir: Path
+    adapter_dir: Path
+    merged_dir: Path | None
+    report: Path
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the cheap checks found: the model folder, its context length, the device and the chats."""
+
+    base_model: Path
+    model_type: str
+    max_position_embeddings: int
+    device: str
+    chats: ChatData
+
+
+def _model_config(base: Path) -> dict[str, Any]:
+    if not base.exists():
+        raise FormaError("base model folder not found", path=base, where="base_model",
+                         hint="a local HF folder (config.json + weights + tokenizer); nothing is downloaded")
+    config_file = base / "config.json"
+    if not base.is_dir() or not config_file.is_file():
+        raise FormaError("not an HF model folder (no config.json)", path=base, where="base_model")
+    if not any(base.glob("*.safetensors")) and not any(base.glob("*.bin")):
+        raise FormaError("the model folder has no weights (*.safetensors or *.bin)", path=base, where="base_model")
+    try:
+        data: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FormaError(f"config.json is not valid JSON: {exc.msg}", path=config_file) from None
+    return data
+
+
+def resolve_device(wanted: str) -> str:
+    """``auto`` is CUDA when torch sees a GPU, else CPU."""
+    import torch
+
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise FormaError("device: cuda was asked for but torch sees no GPU", where="device")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def preflight(config: TrainConfig) -> Preflight:
+    """The checks that need no model weights and no Unsloth import: they take seconds."""
+    base = config.base_model_path()
+    model_config = _model_config(base)
+    limit = model_config.get("max_position_embeddings")
+    if isinstance(limit, int) and config.max_seq_length > limit:
+        raise FormaError(f"max_seq_length {config.max_seq_length} is longer than the model's context ({limit} "
+                         "max_position_embeddings)", where="max_seq_length", hint=f"use at most {limit}")
+    device = resolve_device(config.device)
+    if config.quantization == "4bit" and device != "cuda":
+        raise FormaError("quantization: 4bit (QLoRA) needs a CUDA GPU (bitsandbytes)", where="quantization",
+                         hint="use quantization: 16bit on CPU")
+    if config.packing and device != "cuda":
+        raise FormaError("packing needs a GPU attention kernel that keeps packed chats apart", where="packing",
+                         hint="set packing: false on CPU (batches are grouped by length instead)")
+    chats = load_chats(config.dataset)
+    if config.eval_split == "test" and not chats.test:
+        raise FormaError("eval_split is 'test' but the dataset has no test chats", path=chats.source,
+                         where="eval_split", hint="use eval_split: fraction")
+    return Preflight(base_model=base, model_type=str(model_config.get("model_type", "?")),
+                     max_position_embeddings=int(limit or 0), device=device, chats=chats)
+
+
+def _split(config: TrainConfig, chats: ChatData) -> tuple[list[Any], list[Any]]:
+    import random
+
+    if config.eval_split == "test":
+        train, evals = list(chats.train), list(chats.test)
+    else:
+        order = list(range(len(chats.train)))
+        random.Random(config.seed).shuffle(order)
+        n_eval = max(1, round(len(order) * config.eval_fraction))
+        if n_eval >= len(order):
+            raise FormaError("too few chats to hold out an eval fraction", path=chats.source, where="eval_fraction")
+        evals = [chats.train[i] for i in order[:n_eval]]
+        train = [chats.train[i] for i in order[n_eval:]]
+    if config.eval_max_samples is not None:
+        evals = evals[: config.eval_max_samples]
+    return train, evals
+
+
+def _check_resume(config: TrainConfig, resume: bool) -> str | None:
+    """The checkpoint to resume from; a resumed run must not change what shapes the model or the data."""
+    ckpt_root = config.output_dir / CHECKPOINTS
+    saved = config.output_dir / "train_config.json"
+    if not resume:
+        return None
+    found = sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+        if ckpt_root.is_dir() else []
+    if not found:
+        raise FormaError("--resume: no checkpoint to resume from", path=ckpt_root,
+                         hint="run without --resume first (checkpoints are written every save_steps)")
+    if saved.is_file():
+        before = json.loads(saved.read_text(encoding="utf-8")).get("config", {})
+        now = config.model_dump(mode="json")
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise FormaError(f"--resume with a changed config ({', '.join(changed)})", path=saved,
+                             hint="resume with the same config, or train afresh into another output_dir")
+    return str(found[-1])
+
+
+class CountingCollator:
+    """Wraps the trainer's collator to count real and padded token slots of the training batches.
+
+    The non-padding share is measured on the batches the model actually saw, whatever built them (padding to the
+    longest in a length-grouped batch, or padding-free packing). Evaluation batches are counted apart.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.phase = "train"
+        self.counts = {"train": [0, 0], "eval": [0, 0]}
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Any:
+        batch = self.inner(examples)
+        real = sum(len(e["input_ids"]) for e in examples)
+        self.counts[self.phase][0] += real
+        self.counts[self.phase][1] += int(batch["input_ids"].numel())
+        return batch
+
+
+def step_clock(counter: CountingCollator) -> Any:
+    """A callback that records (step, seconds since training began, tokens so far) after every optimiser step.
+
+    The bench reads these to give a steady-state tokens/s that leaves out the first steps' compile and warm-up.
+    """
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+            self.points: list[list[float]] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._sync()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._sync()
+            self.points.append([state.global_step, time.perf_counter() - self.start, counter.counts["train"][0]])
+
+        @staticmethod
+        def _sync() -> None:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+    return StepClock()
+
+
+def _peak_memory(device: str) -> dict[str, float]:
+    if device == "cuda":
+        import torch
+
+        return {"peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+    # ru_maxrss is KiB on Linux: the process's peak resident memory, weights and activations together
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = None) -> TrainResult:
+    """Train a LoRA adapter on the dataset's assistant turns, save it and the merged 16-bit model, and report."""
+    pre = preflight(config)
+    resume_from = _check_resume(config, resume)
+    started = time.time()
+
+    # Unsloth patches transformers and TRL when imported, so it must come before them.
+    import unsloth  # noqa: F401
+    # isort: split
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    tokenizer = AutoTokenizer.from_pretrained(str(pre.base_model))
+    check_chat_template(tokenizer, where=pre.base_model)
+    train_chats, eval_chats = _split(config, pre.chats)
+    train_tok = tokenize_chats(tokenizer, train_chats, config.max_seq_length)
+    eval_tok = tokenize_chats(tokenizer, eval_chats, config.max_seq_length)
+    if not train_tok.input_ids:
+        raise FormaError(f"every training chat is longer than max_seq_length {config.max_seq_length} tokens",
+                         path=pre.chats.source, where="max_seq_length")
+
+    cpu = pre.device == "cpu"
+    dtype = torch.float32 if cpu else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    load_started = time.time()
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(pre.base_model), max_seq_length=config.max_seq_length, dtype=dtype,
+        load_in_4bit=config.quantization == "4bit", local_files_only=True,
+        use_gradient_checkpointing=False if cpu else config.gradient_checkpointing)
+    if tokenizer.pad_token is None:  # pad with a token that is never trained on; labels mask it anyway
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    model = FastLanguageModel.get_peft_model(
+        model, r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
+        use_gradient_checkpointing=False if cpu else config.gradient_checkpointing,
+        max_seq_length=config.max_seq_length)
+    load_seconds = time.time() - load_started
+
+    train_ds = Dataset.from_dict({"input_ids": train_tok.input_ids, "labels": train_tok.labels})
+    eval_ds = Dataset.from_dict({"input_ids": eval_tok.input_ids, "labels": eval_tok.labels}) if eval_tok.input_ids \
+        else None
+    ckpt_dir = config.output_dir / CHECKPOINTS
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), max_length=config.max_seq_length, packing=config.packing,
+        packing_strategy="bfd", padding_free=config.packing,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, optim=config.optimizer,
+        max_steps=config.max_steps or -1, num_train_epochs=config.num_epochs or 1.0,
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        logging_steps=config.logging_steps, eval_strategy="steps" if eval_ds is not None else "no",
+        eval_on_start=eval_ds is not None and resume_from is None and config.eval_on_start,
+        eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
+        use_cpu=cpu, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        report_to="none", dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=not sys.stderr.isatty())
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train_ds, eval_dataset=eval_ds,
+                         args=args)
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    evaluate = trainer.evaluate
+
+    def counted_evaluate(*a: Any, **k: Any) -> Any:
+        counter.phase = "eval"
+        try:
+            return evaluate(*a, **k)
+        finally:
+            counter.phase = "train"
+
+    trainer.evaluate = counted_evaluate  # type: ignore[method-assign]
+    trainer.add_callback(step_clock(counter))
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    (config.output_dir / "train_config.json").write_text(json.dumps(
+        {"config": config.model_dump(mode="json"), "config_hash": config.digest(),
+         "dataset_hash": pre.chats.dataset_hash}, indent=2) + "\n", encoding="utf-8")
+
+    if not cpu:
+        torch.cuda.reset_peak_memory_stats()
+    train_started = time.time()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.time() - train_started
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    final_eval = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else {}
+    if eval_ds is not None and not final_eval:
+        final_eval = trainer.evaluate()
+
+    adapter_dir = config.output_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    merged_dir: Path | None = None
+    if config.save_merged:
+        merged_dir = config.output_dir / "merged"
+        shutil.rmtree(merged_dir, ignore_errors=True)
+        model.save_pretrained_merged(str(merged_dir), tokenizer, save_method="merged_16bit")
+
+    real, slots = counter.counts["train"]
+    callbacks = trainer.callback_handler.callbacks
+    clock: list[list[float]] = next((cb.points for cb in callbacks if hasattr(cb, "points")), [])
+    curves = loss_curves(trainer.state.log_history)
+    metrics: dict[str, Any] = {
+        "train_loss_first": curves["train"][0][1] if curves["train"] else None,
+        "train_loss_last": curves["train"][-1][1] if curves["train"] else None,
+        "eval_loss_first": curves["eval"][0][1] if curves["eval"] else None,
+        "eval_loss_last": final_eval.get("eval_loss"),
+        "train_runtime_s": train_seconds,
+        "load_s": load_seconds,
+        "wall_s": time.time() - started,
+        "steps": trainer.state.global_step,
+        "trained_tokens": real,
+        "tokens_per_s": real / train_seconds if train_seconds > 0 else None,
+        "tokens_per_s_steady": steady_tokens_per_s(clock),
+        "non_padding_share": real / slots if slots else None,
+        "train_loss_mean": output.training_loss,
+        **_peak_memory(pre.device),
+    }
+    name = run_name or config.output_dir.name
+    report = {
+        "run_name": name,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.digest(),
+        "dataset": str(config.dataset),
+        "dataset_hash": pre.chats.dataset_hash,
+        "base_model": str(pre.base_model),
+        "model_type": pre.model_type,
+        "device": pre.device if cpu else torch.cuda.get_device_name(0),
+        "resumed_from": resume_from,
+        "data": {"train_chats": len(train_tok.input_ids), "eval_chats": len(eval_tok.input_ids),
+                 "dropped_too_long": train_tok.too_long + eval_tok.too_long, "train_tokens": train_tok.tokens,
+                 "train_label_tokens": train_tok.label_tokens},
+        "metrics": metrics,
+        "loss_curves": curves,
+        "step_clock": clock,
+        "versions": _versions(),
+        "outputs": {"adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir) if merged_dir else None},
+    }
+    report_path = write_report(report, config.output_dir / "report", copy_to=config.reports_dir)
+    return TrainResult(output_dir=config.output_dir, adapter_dir=adapter_dir, merged_dir=merged_dir,
+                       report=report_path, metrics=metrics)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    out["python"] = sys.version.split()[0]
+    out["threads"] = str(os.cpu_count())
+    return out
