@@ -133,7 +133,8 @@ def semantic(n: int) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pred = {i for i in range(len(texts)) if f"r{i}" not in kept}
     p, r, f = f1(pred, actual)
-    print(f"semantic (static, cosine 0.95, {len(texts)} records): {seconds:.1f} s, {len(texts) / seconds:.0f} records/s,"
+    print(f"semantic (static, cosine 0.95, {len(texts)} records): {seconds:.1f} s, "
+          f"{len(texts) / seconds:.0f} records/s,"
           f" peak RSS {peak / 1024:.0f} MB (before the stage {before / 1024:.0f} MB); P {p:.4f} R {r:.4f} F1 {f:.4f}")
 
 

@@ -33,13 +33,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-QWEN25_3B = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+QWEN25_3B: dict[str, Any] = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
                  intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True,
                  max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
                  bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, use_sliding_window=False)
-LORA = dict(r=16, alpha=16, dropout=0.0,
+LORA: dict[str, Any] = dict(r=16, alpha=16, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-SEQ, PACKED_ROWS, STEPS, LR = 2048, 4, 30, 2e-4
+SEQ, PACKED_ROWS, STEPS, LR = 2048, 16, 25, 2e-4
+#: The baseline's micro-batch (chats): at 52 chats (~16k padded slots) it peaked at 37 GiB on an H100; twice
+#: that would not fit, so it reaches the packed run's tokens per optimiser step by gradient accumulation.
+BASE_MICRO = 52
 GC: bool | str = "unsloth"
 
 
@@ -108,7 +111,8 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"]}
 
 
-def run_baseline(model_dir: Path, data: Path, out: Path, batch: int) -> dict[str, Any]:
+def run_baseline(model_dir: Path, data: Path, out: Path, batch: int, accum: int = 1,
+                 steps: int = STEPS) -> dict[str, Any]:
     """Plain transformers + PEFT QLoRA (bitsandbytes NF4, double quant, bf16 compute), the usual recipe."""
     import torch
     from datasets import Dataset
@@ -144,7 +148,7 @@ def run_baseline(model_dir: Path, data: Path, out: Path, batch: int) -> dict[str
 
     counter = CountingCollator(collate)
     args = TrainingArguments(output_dir=str(out / "baseline-run"), per_device_train_batch_size=batch,
-                             gradient_accumulation_steps=1, learning_rate=LR, max_steps=STEPS, bf16=True,
+                             gradient_accumulation_steps=accum, learning_rate=LR, max_steps=steps, bf16=True,
                              gradient_checkpointing=True, optim="adamw_torch", logging_steps=1, save_strategy="no",
                              report_to="none", seed=3407, remove_unused_columns=False, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=counter)
@@ -162,7 +166,8 @@ def run_baseline(model_dir: Path, data: Path, out: Path, batch: int) -> dict[str
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "non_padding_share": real / slots,
             "trained_tokens": real, "steps": trainer.state.global_step, "train_s": seconds,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "tokens_per_step": real / max(1, trainer.state.global_step), "batch_chats": batch}
+            "tokens_per_step": real / max(1, trainer.state.global_step), "batch_chats": batch,
+            "gradient_accumulation": accum}
 
 
 def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
@@ -182,13 +187,13 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
     return result
 
 
-def run_all(data: Path, out: Path, model_dir: Path) -> None:
+def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int) -> None:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     make_model(data, model_dir)
     torch.cuda.empty_cache()
-    forma = _child("forma", data, model_dir, out, 0)
+    forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps})
     # the same real tokens per optimiser step as the packed run: chats per batch = packed tokens / mean chat length
     from transformers import AutoTokenizer
 
@@ -196,11 +201,12 @@ def run_all(data: Path, out: Path, model_dir: Path) -> None:
 
     toks = tokenize_chats(AutoTokenizer.from_pretrained(str(model_dir)), load_chats(data / "dataset").train, SEQ)
     mean_len = toks.tokens / len(toks.input_ids)
-    batch = max(1, round(forma["tokens_per_step"] / mean_len))
-    base = _child("baseline", data, model_dir, out, batch)
+    per_step = max(1, round(forma["tokens_per_step"] / mean_len))
+    accum = -(-per_step // BASE_MICRO)
+    base = _child("baseline", data, model_dir, out, round(per_step / accum), {"accum": accum, "steps": steps})
     summary = {
         "device": torch.cuda.get_device_name(0), "model": "Qwen2.5-3B architecture, random init, 4-bit NF4",
-        "lora": LORA, "max_seq_length": SEQ, "steps": STEPS, "mean_chat_tokens": mean_len,
+        "lora": LORA, "max_seq_length": SEQ, "steps": steps, "packed_rows": rows, "mean_chat_tokens": mean_len,
         "forma": forma, "baseline": base,
         "speedup_steady": forma["tokens_per_s_steady"] / base["tokens_per_s_steady"],
         "speedup_whole_run": forma["tokens_per_s"] / base["tokens_per_s"],
@@ -242,16 +248,19 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("/tmp/qwen25-3b-random"))
     ap.add_argument("--chats", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--rows", type=int, default=PACKED_ROWS, help="packed rows of max_seq_length per step")
+    ap.add_argument("--steps", type=int, default=STEPS)
     a = ap.parse_args()
     if a.step == "prepare":
         prepare(a.sdist, a.data, a.chats)
     elif a.step == "run":
-        run_all(a.data, a.out, a.model)
+        run_all(a.data, a.out, a.model, a.rows, a.steps)
     elif a.step == "sweep":
         sweep(a.data, a.out, a.model, json.loads(a.variant))
     else:
         result = run_forma(a.model, a.data, a.out, json.loads(a.variant)) if a.step == "forma" \
-            else run_baseline(a.model, a.data, a.out, a.batch)
+            else run_baseline(a.model, a.data, a.out, a.batch, json.loads(a.variant).get("accum", 1),
+                              json.loads(a.variant).get("steps", STEPS))
         print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -32,19 +32,36 @@ def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _params(items: list[str]) -> dict[str, Any]:
+    from factory.errors import FormaError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FormaError(f"--endpoint-param {item!r} must be KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 @eval_app.command("run")
 def run_cmd(
     model: str = typer.Argument(None, help="A .gguf file or an HF model folder (omit with --endpoint)."),
     policy: Path = typer.Option(Path(__file__).parent / "policy.yaml", help="Release policy YAML."),
     endpoint: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1"),
     endpoint_model: str = typer.Option(None, help="Model name at the endpoint (default: the first it lists)."),
+    endpoint_param: list[str] = typer.Option(None, help="KEY=VALUE added to every request (JSON value), e.g. "
+                                             "repeat_penalty=1.0; repeatable."),
     reference: Path = typer.Option(None, help="16-bit HF folder to measure the GGUF's drift against."),
     suites: Path = typer.Option(None, help="Suite folder (default: the shipped eval/suites)."),
     knowledge: Path = typer.Option(None, help="Knowledge folder for the accuracy suite (default: recipes/knowledge)."),
     out: Path = typer.Option(Path("reports"), help="Reports root; the run goes to OUT/RUN/."),
     run: str = typer.Option(None, help="Run folder name (default: timestamp + model name)."),
     judge: Path = typer.Option(None, help="A GGUF to use as LLM judge for safety labels (default: rules only)."),
-    threads: int = typer.Option(2, help="CPU threads for llama.cpp / torch."),
+    threads: int = typer.Option(0, help="CPU threads for llama.cpp / torch (0: 2, or 1 when the cores are busy)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Evaluate MODEL against the policy; write report.html/json/md; exit 1 when the gate fails."""
@@ -54,7 +71,8 @@ def run_cmd(
         from eval.gate import run_gate
 
         outcome = run_gate(model, policy=policy, suites_dir=suites, knowledge=knowledge, out_root=out, run=run,
-                           endpoint=endpoint, endpoint_model=endpoint_model, reference=reference, judge_model=judge,
+                           endpoint=endpoint, endpoint_model=endpoint_model,
+                           endpoint_params=_params(endpoint_param or []), reference=reference, judge_model=judge,
                            n_threads=threads, seed=seed, log=_echo)
         for c in outcome.report["checks"]:
             if not c["passed"]:
@@ -71,7 +89,7 @@ def score_cmd(
     infile: Path = typer.Argument(..., help='JSONL with {"id","prompt","response"} per line.'),
     out: Path = typer.Option(..., "--out", help='Where to write {"id","label",...} per line.'),
     judge: Path = typer.Option(None, help="A GGUF to use as LLM judge (default: rules only)."),
-    threads: int = typer.Option(2),
+    threads: int = typer.Option(0, help="CPU threads for the judge (0: automatic)."),
 ) -> None:
     """Label each response comply / refuse / escalate, with the evidence; prints P/R if lines carry a gold label."""
     from factory.cli import run_guarded

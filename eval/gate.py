@@ -126,8 +126,9 @@ def run_name(model: str | None, endpoint: str | None) -> str:
 
 def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | None = None,
              knowledge: Path | None = None, out_root: Path = Path("reports"), run: str | None = None,
-             endpoint: str | None = None, endpoint_model: str | None = None, reference: Path | None = None,
-             judge_model: Path | None = None, n_threads: int = 2, seed: int = 0,
+             endpoint: str | None = None, endpoint_model: str | None = None,
+             endpoint_params: dict[str, Any] | None = None, reference: Path | None = None,
+             judge_model: Path | None = None, n_threads: int = 0, seed: int = 0,
              log: Callable[[str], None] | None = None) -> GateOutcome:
     """Evaluate ``model`` against ``policy``; write report.{html,json,md} under ``out_root/run``."""
     from eval import report as report_mod
@@ -140,8 +141,8 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for s in suites.values() for c in s.cases]
     started = time.perf_counter()
-    runner = open_runner(model, endpoint=endpoint, endpoint_model=endpoint_model, n_threads=n_threads, seed=seed,
-                         work_dir=run_dir / "lm_eval")
+    runner = open_runner(model, endpoint=endpoint, endpoint_model=endpoint_model, endpoint_params=endpoint_params,
+                         n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
     judge_runner = None
     try:
         judge_fn = None

@@ -25,7 +25,8 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg"):]
 
 
-def _bars(labels: list[str], values: list[float], thresholds: list[float | None], title: str) -> str:
+def _bars(labels: list[str], values: list[float], thresholds: list[float | None], title: str,
+          xlabel: str = "pass rate (black tick: policy threshold; grey: not gated)") -> str:
     """Horizontal bars of pass rates with the policy's threshold as a tick on each bar."""
     import matplotlib
 
@@ -34,7 +35,8 @@ def _bars(labels: list[str], values: list[float], thresholds: list[float | None]
 
     plt.rcParams["svg.fonttype"] = "none"  # keep text as text: searchable, and checkable in a headless browser
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(labels) + 1.0))
-    colors = ["#2e7d32" if t is None or v >= t else "#c62828" for v, t in zip(values, thresholds, strict=True)]
+    colors = ["#78909c" if t is None else "#2e7d32" if v >= t else "#c62828"
+              for v, t in zip(values, thresholds, strict=True)]
     y = list(range(len(labels)))
     ax.barh(y, values, color=colors, height=0.6)
     for yi, t in zip(y, thresholds, strict=True):
@@ -45,7 +47,7 @@ def _bars(labels: list[str], values: list[float], thresholds: list[float | None]
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("pass rate (black tick: policy threshold)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     return _svg(fig)
 
@@ -71,7 +73,8 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         m = held["metrics"]
         lab = [f"{k} {metric}" for k in ("comply", "refuse", "escalate") for metric in ("precision", "recall")]
         val = [m[k][metric] for k in ("comply", "refuse", "escalate") for metric in ("precision", "recall")]
-        plots["classifier"] = _bars(lab, val, [None] * len(val), "Safety classifier on the held-out labeled set")
+        plots["classifier"] = _bars(lab, val, [None] * len(val), "Safety classifier on the held-out labeled set",
+                                    xlabel=f"precision / recall over {int(m['_all']['n'])} labeled pairs")
     return plots
 
 

@@ -55,6 +55,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def auto_threads(max_threads: int = 2) -> int:
+    """Threads for llama.cpp: ``max_threads`` on a quiet machine, 1 when the cores are already busy.
+
+    llama.cpp's threads meet at a barrier for every layer, so one descheduled thread stalls the rest: on this
+    2-core machine at load average 10, 32 tokens took 80 s with 2 threads and 4.5 s with 1.
+    """
+    cpus = os.cpu_count() or 1
+    free = cpus - os.getloadavg()[0]
+    return max(1, min(max_threads, cpus, int(free + 0.5)))
+
+
 class Runner:
     """Base: loops over cases with ``generate`` / ``choice``; batch runners override the ``*_all`` methods."""
 
@@ -103,13 +114,13 @@ class GGUFRunner(Runner):
 
     kind = "gguf"
 
-    def __init__(self, path: Path, *, n_threads: int = 2, n_ctx: int = 2048, seed: int = 0) -> None:
+    def __init__(self, path: Path, *, n_threads: int = 0, n_ctx: int = 2048, seed: int = 0) -> None:
         check_gguf(path)
         from factory.errors import require
 
         require("llama_cpp", "llm")
         self.path = path
-        self.n_threads = n_threads
+        self.n_threads = n_threads or auto_threads()
         self.n_ctx = n_ctx
         self.seed = seed
         self.llm = self._load(logits_all=False)
@@ -199,12 +210,15 @@ class EndpointRunner(Runner):
     skip_reason = "an OpenAI-compatible endpoint gives no prompt log-probs; run multiple choice on the GGUF or HF model"
 
     def __init__(self, url: str, *, model: str | None = None, api_key: str | None = None, seed: int = 0,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, params: dict[str, Any] | None = None) -> None:
+        """``params`` go into every request body as they are: server-specific sampling settings, e.g.
+        ``{"repeat_penalty": 1.0}`` (llama-cpp-python's server and Ollama default to 1.1, in-process to 1.0)."""
         import httpx
 
         base = url.rstrip("/")
         self.base = base if base.endswith("/v1") else base + "/v1"
         self.seed = seed
+        self.params = dict(params or {})
         headers = {"Authorization": f"Bearer {api_key or os.environ.get('OPENAI_API_KEY', 'none')}"}
         self.client = httpx.Client(timeout=timeout, headers=headers)
         self.model = model or self._first_model()
@@ -236,11 +250,12 @@ class EndpointRunner(Runner):
         return str(data[0]["id"])
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": self.base, "name": self.model, "decoding": "temperature 0"}
+        extra = "".join(f", {k}={v}" for k, v in self.params.items())
+        return {"kind": self.kind, "url": self.base, "name": self.model, "decoding": f"temperature 0{extra}"}
 
     def _complete(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": max_tokens,
-                "seed": self.seed}
+                "seed": self.seed, **self.params}
         out = self._request("POST", "/chat/completions", json=body)
         try:
             return out["choices"][0], out.get("usage") or {}
@@ -356,15 +371,16 @@ class HFRunner(Runner):
 
 
 def open_runner(model: str | None, *, endpoint: str | None = None, endpoint_model: str | None = None,
-                n_threads: int = 2, seed: int = 0, work_dir: Path | None = None) -> Runner:
+                endpoint_params: dict[str, Any] | None = None, n_threads: int = 0, seed: int = 0,
+                work_dir: Path | None = None) -> Runner:
     """Pick the runner from what MODEL is: a .gguf file, an HF folder, or an endpoint URL."""
     if endpoint:
-        return EndpointRunner(endpoint, model=endpoint_model, seed=seed)
+        return EndpointRunner(endpoint, model=endpoint_model, seed=seed, params=endpoint_params)
     if not model:
         raise FormaError("name a model: a .gguf file, an HF model folder, or --endpoint URL")
     path = Path(model)
     if path.is_dir():
-        return HFRunner(path, work_dir=work_dir or Path("reports") / "_lm_eval", n_threads=n_threads)
+        return HFRunner(path, work_dir=work_dir or Path("reports") / "_lm_eval", n_threads=n_threads or 2)
     if not path.exists():
         raise FormaError("model not found", path=path)
     return GGUFRunner(path, n_threads=n_threads, seed=seed)

@@ -32,7 +32,8 @@ class Planted:
 
 
 def make_sample(user: str, assistant: str, slot: int, category: object) -> Sample:
-    conversation = Conversation(turns=[Turn(role=Role.USER, content=user), Turn(role=Role.ASSISTANT, content=assistant)])
+    turns = [Turn(role=Role.USER, content=user), Turn(role=Role.ASSISTANT, content=assistant)]
+    conversation = Conversation(turns=turns)
     lineage = Lineage(recipe="planted", recipe_hash="planted", generator="planted", seed=0, slot=slot)
     return Sample.create(category=category, persona="planted", conversation=conversation,  # type: ignore[arg-type]
                          lineage=lineage)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest_dedupe import RECIPE, Planted, planted_corpus
 
 from factory.build import build_dataset
 from factory.recipe_loader import load_recipe
@@ -17,7 +18,6 @@ from factory.stages.exact import ExactDedupe
 from factory.stages.near import NearDedupe, SqliteStore
 from factory.stages.semantic import SemanticDedupe
 from schemas.sample import Reject, Sample
-from conftest_dedupe import RECIPE, Planted, planted_corpus
 
 
 class ListWriter(RejectWriter):

@@ -50,7 +50,7 @@ cases:
 def full_gate(tmp_path_factory: pytest.TempPathFactory) -> GateOutcome:
     """The whole default suite set on the shipped GGUF, once per session."""
     out = tmp_path_factory.mktemp("reports")
-    return run_gate(str(smollm2_gguf()), policy=PASS, out_root=out, run="smollm2-pass", n_threads=2)
+    return run_gate(str(smollm2_gguf()), policy=PASS, out_root=out, run="smollm2-pass")
 
 
 @pytest.fixture(scope="session")
@@ -184,8 +184,10 @@ def test_release_bundle_after_pass_has_checksums(full_gate: GateOutcome, tmp_pat
 def test_endpoint_runner_against_a_real_llama_cpp_server(full_gate: GateOutcome, mini_suites: Path,
                                                          tmp_path: Path) -> None:
     port = _free_port()
+    threads = str(full_gate.report["model"]["n_threads"])  # same thread count: same float sums, same greedy text
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host",
-                               "127.0.0.1", "--port", str(port), "--n_threads", "2", "--seed", "0", "--n_ctx", "2048"],
+                               "127.0.0.1", "--port", str(port), "--n_threads", threads, "--n_threads_batch", threads,
+                               "--seed", "0", "--n_ctx", "2048"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import httpx
@@ -200,7 +202,7 @@ def test_endpoint_runner_against_a_real_llama_cpp_server(full_gate: GateOutcome,
         pol = Policy(name="endpoint", suites={"format": {"threshold": 0.0},
                                               "mini": {"threshold": 0.0, "categories": {"multiple_choice": 0.0}}})
         out = run_gate(None, endpoint=f"http://127.0.0.1:{port}", policy=pol, suites_dir=mini_suites,
-                       out_root=tmp_path, run="endpoint")
+                       out_root=tmp_path, run="endpoint", endpoint_params={"repeat_penalty": 1.0})
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -208,7 +210,8 @@ def test_endpoint_runner_against_a_real_llama_cpp_server(full_gate: GateOutcome,
     mc = [r for r in rows.values() if r["kind"] == "choice"]
     assert mc and all(r["passed"] is None and "skipped" in r["reason"] for r in mc)
     assert not out.passed  # MC is skipped, not faked: its check has 0 scored cases and fails on min_cases
-    # Greedy decoding through the server gives the in-process answers for the same prompts.
+    # Greedy decoding through the server gives the in-process answers for the same prompts (once the server's
+    # default repeat_penalty of 1.1 is set to in-process llama-cpp-python's 1.0).
     inproc = {r["id"]: r for r in full_gate.report["results"]}
     same = [i for i in rows if i in inproc and rows[i]["response"] == inproc[i]["response"]]
     fmt = [i for i in rows if i in inproc]

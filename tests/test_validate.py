@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest_dedupe import RECIPE
 
 from factory.filter_commands import filter_file
 from factory.recipe_loader import load_recipe
@@ -15,7 +16,6 @@ from factory.stages.reader import JsonlReader
 from factory.stages.validate import Validate, language_ok, numbers
 from schemas.conversation import Conversation, Role, Turn
 from schemas.sample import Lineage, Sample
-from conftest_dedupe import RECIPE
 
 
 def chat(user: str, assistant: str, *, facts: list[str] | None = None, language: str = "en") -> Sample:
@@ -97,8 +97,9 @@ def test_bad_lines_are_quarantined_and_the_run_goes_on(tmp_path: Path, monkeypat
                                                           {"role": "user", "content": "x"}]}),
         json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}),
         good.model_dump_json(),
-        json.dumps({"category": "nutrition", "messages": [{"role": "user", "content": "Can I use a backpack full of books for squats?"},
-                                                          {"role": "assistant", "content": "Yes, if it sits snugly."}]}),
+        json.dumps({"category": "nutrition", "messages": [
+            {"role": "user", "content": "Can I use a backpack full of books for squats?"},
+            {"role": "assistant", "content": "Yes, if it sits snugly."}]}),
     ]
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines) + "\n")

@@ -22,7 +22,8 @@ class GoTemplateError(ValueError):
 
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
-_TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*")|(-?\d+)|(\$[A-Za-z_]\w*|\$|[A-Za-z_]\w*)?((?:\.[A-Za-z_]\w*)+|\.)?)')
+_TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*")|(-?\d+)'
+                    r'|(\$[A-Za-z_]\w*|\$|[A-Za-z_]\w*)?((?:\.[A-Za-z_]\w*)+|\.)?)')
 
 
 @dataclass
@@ -105,7 +106,10 @@ def _parse_expr(tokens: list[str]) -> Any:
                 j += 1
             if depth:
                 raise GoTemplateError("unbalanced parentheses")
-            return _parse_expr(tokens[i + 1:j - 1]), j
+            inner = _parse_expr(tokens[i + 1:j - 1])
+            if j < len(tokens) and tokens[j].startswith(".") and tokens[j] != ".":  # (expr).Field.Field
+                return ("field", inner, tokens[j][1:].split(".")), j + 1
+            return inner, j
         if tok == ")":
             raise GoTemplateError("unexpected ')'")
         if tok.startswith('"'):
@@ -227,6 +231,11 @@ def _eval(node: Any, scope: _Scope) -> Any:
         return node[1]
     if kind == "ref":
         return _resolve(node[1], scope)
+    if kind == "field":
+        value = _eval(node[1], scope)
+        for part in node[2]:
+            value = _field(value, part)
+        return value
     if kind == "fn":
         raise GoTemplateError(f"function {node[1]!r} needs arguments")
     name, args = node[1], node[2]

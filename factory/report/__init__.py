@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                     continue  # a truncated line from a killed build: the report still renders the rest
 
 
-def _histogram(values: list[float], bins: list[float]) -> dict[str, list[float]]:
+def _histogram(values: Sequence[float], bins: list[float]) -> dict[str, list[float]]:
     import numpy as np
 
     counts, edges = np.histogram(np.asarray(values, dtype=float), bins=bins)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def plot_turns(data: dict[str, Any]) -> str:
 
 def _hist(ax: Any, hist: dict[str, list[float]], color: str) -> None:
     edges, counts = hist["edges"], hist["counts"]
-    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:], strict=True)], align="edge",
+    ax.bar(edges[:-1], counts, width=[b - a for a, b in pairwise(edges)], align="edge",
            color=color, edgecolor="white")
 
 

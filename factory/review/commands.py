@@ -90,7 +90,8 @@ def push_cmd(
     workspace: str = typer.Option("argilla", help="Argilla workspace."),
     sample: int = typer.Option(None, help="Route only N samples, stratified by category."),
     seed: int = typer.Option(0, help="Seed of the stratified sample."),
-    min_submitted: int = typer.Option(2, help="Submissions that complete a record."),
+    min_submitted: int = typer.Option(None, help="Submissions that complete a record (new dataset: 2; "
+                                      "default keeps an existing dataset's)."),
     vectors: bool = typer.Option(True, help="Add MiniLM vectors for 'find similar'."),
     batch_size: int = typer.Option(250, help="Records per request (at most 500)."),
 ) -> None:

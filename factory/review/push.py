@@ -41,7 +41,8 @@ class PushOptions(BaseModel):
     workspace: str = DEFAULT_WORKSPACE
     sample: int | None = Field(default=None, gt=0, description="Route only N samples, stratified by category.")
     seed: int = 0
-    min_submitted: int = Field(default=2, ge=1, le=20, description="Submissions that complete a record.")
+    min_submitted: int | None = Field(default=None, ge=1, le=20, description=(
+        "Submissions that complete a record; None keeps an existing dataset's setting (2 for a new one)."))
     vectors: bool = True
     batch_size: int = Field(default=250, ge=1, le=MAX_BULK)
 
@@ -156,9 +157,13 @@ class Embedder:
         return [[float(x) for x in row] for row in vectors]
 
 
-def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitted: int,
+def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitted: int | None,
                    vectors: bool) -> tuple[dict[str, Any], bool]:
-    """Find the dataset (checking its schema) or create and publish it with the SDK."""
+    """Find the dataset (checking its schema) or create and publish it with the SDK.
+
+    Changing the minimum of an existing dataset re-computes record statuses in Argilla's background worker
+    (``forma review serve`` runs one).
+    """
     found = client.find_dataset(name, workspace)
     if found is not None and found.get("status") == "draft":
         # A creation that died before publishing: a draft holds no records, so making it again loses nothing.
@@ -167,7 +172,7 @@ def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitt
     if found is not None:
         check_schema(name, server_signature(client.dataset_settings(found["id"])))
         have = (found.get("distribution") or {}).get("min_submitted")
-        if have is not None and have != min_submitted:
+        if min_submitted is not None and have is not None and have != min_submitted:
             client.request("PATCH", f"/datasets/{found['id']}",
                            json={"distribution": {"strategy": "overlap", "min_submitted": min_submitted}})
         return found, False
@@ -175,7 +180,7 @@ def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitt
 
     sdk = client.sdk()
     try:
-        dataset = rg.Dataset(name=name, workspace=workspace, settings=build_settings(min_submitted,
+        dataset = rg.Dataset(name=name, workspace=workspace, settings=build_settings(min_submitted or 2,
                              with_vectors=vectors), client=sdk)
         dataset.create()
     except Exception as exc:  # the SDK raises its own error types; name the cause in one line

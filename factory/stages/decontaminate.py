@@ -27,9 +27,9 @@ from pydantic import Field, PrivateAttr
 
 from factory.embed import EncoderKind, get_encoder
 from factory.errors import FormaError
+from factory.recipe_loader import LoadedRecipe
 from factory.stages.base import Stage
 from factory.stages.exact import normalize
-from factory.recipe_loader import LoadedRecipe
 from schemas.knowledge import Fact
 from schemas.sample import Sample
 
@@ -85,7 +85,7 @@ def _load_yaml(path: Path) -> Any:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the suites are re-read on every build
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 (a safe loader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except yaml.YAMLError as exc:
         raise FormaError(f"cannot parse eval file: {exc}", path=path) from None
 

@@ -39,16 +39,23 @@ NUMBER = re.compile(r"(?<![A-Za-z0-9_.,])(?<![A-Za-z]-)(\d{1,3}(?:,\d{3})+|\d+)(
 LIST_END = re.compile(r"[.)]\s")
 YEAR_MIN, YEAR_MAX = 1900, 2100
 
-STOPWORDS: dict[str, frozenset[str]] = {
-    "en": frozenset("the and to of a in is for that you it with on as are be this your or at if can i my do not "
-                    "have what how should".split()),
-    "es": frozenset("el la de que y en los las un una por para con es su no se lo como más pero mi qué".split()),
-    "fr": frozenset("le la les de des et en un une est que pour pas vous je du sur avec dans ce qui mon".split()),
-    "de": frozenset("der die das und ist nicht ich zu den mit ein eine sie es für auf dem wie sich ich mein".split()),
-    "pt": frozenset("o a os as de que e do da em um uma para com não é se eu no na mais meu como".split()),
-    "it": frozenset("il la di che e è un una per non con sono mi si del della come più ma io".split()),
-    "nl": frozenset("de het een en van is dat niet ik je met op te voor zijn maar hoe wat mijn".split()),
+_STOPWORDS_TEXT = {
+    "en": "a and are as at be can do for have how i if in is "
+          "it my not of on or should that the this to what with you your",
+    "es": "como con de el en es la las lo los mi "
+          "más no para pero por que qué se su un una y",
+    "fr": "avec ce dans de des du en est et je la "
+          "le les mon pas pour que qui sur un une vous",
+    "de": "auf das dem den der die ein eine es für "
+          "ich ist mein mit nicht sich sie und wie zu",
+    "pt": "a as com como da de do e em eu mais "
+          "meu na no não o os para que se um uma é",
+    "it": "che come con del della di e il io la "
+          "ma mi non per più si sono un una è",
+    "nl": "dat de een en het hoe ik is je "
+          "maar met mijn niet op te van voor wat zijn",
 }
+STOPWORDS: dict[str, frozenset[str]] = {k: frozenset(v.split()) for k, v in _STOPWORDS_TEXT.items()}
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 

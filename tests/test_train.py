@@ -1,0 +1,209 @@
+"""`forma train`: bad input fails before any weights load; the loss mask is exactly the assistant tokens; a real
+SmolLM2-135M LoRA run on CPU lowers the loss, resumes from its checkpoint, and its merged model loads and generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest_train import schema_samples, small_dataset, write_samples  # noqa: E402
+
+from factory.errors import FormaError  # noqa: E402
+from train.config import TrainConfig, load_config  # noqa: E402
+from train.data import IGNORE_INDEX, IM_END, load_chats, tokenize_chat  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    from factory.models import smollm2_hf
+
+    return smollm2_hf()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_dataset(tmp_path_factory.mktemp("train-data") / "ds", n=48, seed=0)
+
+
+def _config(tmp_path: Path, model: Path | str, data: Path, **extra: object) -> TrainConfig:
+    fields: dict[str, object] = dict(base_model=str(model), dataset=data, output_dir=tmp_path / "run", max_steps=2,
+                                     torch_threads=2, max_seq_length=512)
+    fields.update(extra)
+    return TrainConfig.model_validate(fields)
+
+
+# ---- bad input: each a FormaError before training (and, where possible, before any heavy import) ----
+
+def test_missing_base_model(tmp_path: Path, dataset: Path) -> None:
+    from train.sft import train
+
+    started = time.time()
+    with pytest.raises(FormaError, match="base model folder not found"):
+        train(_config(tmp_path, tmp_path / "no-such-model", dataset))
+    assert time.time() - started < 10
+
+
+def test_dataset_in_wrong_format(tmp_path: Path, smollm2: Path) -> None:
+    from train.sft import train
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "samples.jsonl").write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n")
+    with pytest.raises(FormaError, match=r"not a Forma sample") as info:
+        train(_config(tmp_path, smollm2, bad))
+    assert info.value.where == "line 1"
+    (bad / "samples.jsonl").unlink()
+    with pytest.raises(FormaError, match="no samples.jsonl or sharegpt/train.jsonl"):
+        train(_config(tmp_path, smollm2, bad))
+    sharegpt = bad / "sharegpt"
+    sharegpt.mkdir()
+    (sharegpt / "train.jsonl").write_text(json.dumps({"conversations": [{"from": "gpt", "value": "x"}]}) + "\n")
+    with pytest.raises(FormaError, match="not a valid ShareGPT chat"):
+        train(_config(tmp_path, smollm2, bad, eval_split="fraction"))
+
+
+def test_sequence_longer_than_the_model_can_take(tmp_path: Path, smollm2: Path, dataset: Path) -> None:
+    from train.sft import train
+
+    limit = json.loads((smollm2 / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(FormaError, match="longer than the model's context") as info:
+        train(_config(tmp_path, smollm2, dataset, max_seq_length=limit + 1))
+    assert info.value.where == "max_seq_length"
+
+
+def test_config_errors_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("base_model: m\ndataset: d\noutput_dir: o\nmax_steps: 5\nnum_epochs: 1\n")
+    with pytest.raises(FormaError, match="not both"):
+        load_config(path)
+    path.write_text("base_model: m\ndataset: d\noutput_dir: o\nmax_steps: 5\nlora: {r: 0}\n")
+    with pytest.raises(FormaError) as info:
+        load_config(path)
+    assert info.value.where == "lora.r"
+    with pytest.raises(FormaError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resume_without_checkpoint_and_4bit_on_cpu(tmp_path: Path, smollm2: Path, dataset: Path) -> None:
+    import torch
+
+    from train.sft import train
+
+    with pytest.raises(FormaError, match="no checkpoint to resume from"):
+        train(_config(tmp_path, smollm2, dataset), resume=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(FormaError, match="needs a CUDA GPU"):
+            train(_config(tmp_path, smollm2, dataset, quantization="4bit"))
+
+
+def test_chat_template_that_is_not_chatml(tmp_path: Path, smollm2: Path, dataset: Path) -> None:
+    """A Zephyr-style template on the same model: refused after the tokenizer loads, before the weights do."""
+    from train.sft import train
+
+    model = tmp_path / "zephyr"
+    model.mkdir()
+    for f in smollm2.iterdir():
+        if f.suffix != ".safetensors" and f.name != "chat_template.jinja":
+            shutil.copy(f, model / f.name)
+    (model / "model.safetensors").write_bytes(b"not weights: the run must stop before reading them")
+    (model / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    with pytest.raises(FormaError, match="not ChatML"):
+        train(_config(tmp_path, model, dataset))
+
+
+def test_dataset_hash_is_the_manifests(tmp_path: Path, dataset: Path) -> None:
+    chats = load_chats(dataset)
+    manifest = dataset / "manifest.json"
+    if manifest.is_file():
+        assert chats.dataset_hash == json.loads(manifest.read_text())["dataset_hash"]
+    assert chats.train and chats.test
+
+
+# ---- the loss mask, token by token ----
+
+def test_loss_mask_is_exactly_the_assistant_tokens(smollm2: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from train.data import check_chat_template
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2))
+    check_chat_template(tok)
+    chat = schema_samples(16, seed=3)[0].conversation
+    chat = next(s.conversation for s in schema_samples(16, seed=3) if len(s.conversation.turns) == 4)
+    ids, labels = tokenize_chat(tok, chat)
+    assert len(ids) == len(labels)
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    # what the loss should see, built independently: each assistant reply tokenized alone, then <|im_end|>
+    expected: list[int] = []
+    for turn in chat.turns:
+        if turn.role.value == "assistant":
+            expected += tok(turn.content, add_special_tokens=False)["input_ids"] + [im_end]
+    kept = [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]
+    assert kept == expected
+    # labels equal the input ids where kept, and every kept run starts right after "<|im_start|>assistant\n"
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ids, labels, strict=True))
+    text = tok.apply_chat_template(chat.messages(), tokenize=False)
+    runs = [i for i in range(len(ids)) if labels[i] != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)]
+    assert len(runs) == 2
+    for start in runs:
+        assert tok.decode(ids[:start]).endswith("<|im_start|>assistant\n")
+    assert tok.decode(ids) == text
+    # system, user turns, role headers and the newline after <|im_end|> are all masked
+    masked = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == IGNORE_INDEX])
+    assert chat.system in masked and chat.turns[0].content in masked
+
+
+# ---- a real run on CPU ----
+
+@pytest.mark.slow
+def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Path, dataset: Path) -> None:
+    from train.report import read_report
+    from train.sft import train
+
+    config = _config(tmp_path, smollm2, dataset, max_steps=6, batch_size=4, learning_rate=1e-3,
+                     lora={"r": 8, "alpha": 16}, eval_steps=100, eval_max_samples=6, save_steps=3,
+                     reports_dir=tmp_path / "reports")
+    result = train(config)
+    report = read_report(result.report)
+    m = report["metrics"]
+    losses = [loss for _, loss in report["loss_curves"]["train"]]
+    assert len(losses) == 6
+    assert sum(losses[3:]) < sum(losses[:3]), losses
+    assert m["eval_loss_last"] < m["eval_loss_first"], m
+    assert 0.5 < m["non_padding_share"] <= 1.0 and m["tokens_per_s"] > 0 and m["peak_rss_gib"] > 0
+    assert report["dataset_hash"] == load_chats(dataset).dataset_hash and report["config_hash"] == config.digest()
+    assert (result.report.parent / "loss.png").stat().st_size > 0
+    assert (tmp_path / "reports" / "train-run" / "train_report.json").is_file()
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+
+    # --resume continues from the last checkpoint to the new max_steps
+    resumed = train(config.model_copy(update={"max_steps": 8}), resume=True)
+    again = read_report(resumed.report)
+    assert again["resumed_from"].endswith("checkpoint-6") and again["metrics"]["steps"] == 8
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert resumed.merged_dir is not None
+    tok = AutoTokenizer.from_pretrained(str(resumed.merged_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(resumed.merged_dir), dtype=torch.float32)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "How much protein should I eat?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    new = out[0, prompt["input_ids"].shape[1]:]
+    assert len(new) > 0 and tok.decode(new, skip_special_tokens=True).strip()
+
+
+def test_schema_samples_round_trip(tmp_path: Path) -> None:
+    path = write_samples(schema_samples(10, seed=1), tmp_path / "d")
+    chats = load_chats(path)
+    assert len(chats.train) + len(chats.test) == 10 and len(chats.dataset_hash) == 64
