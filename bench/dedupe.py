@@ -110,7 +110,7 @@ def near(n: int) -> None:
           f"mean {sum(len(t.split()) for t in texts) / len(texts):.0f} words")
     ours_s, ours = run_ours(texts)
     dl_s, dl = run_distilabel(texts)
-    for name, secs, pred in (("forma NearDedupe (rensa)", ours_s, ours), ("distilabel MinHashDedup", dl_s, dl)):
+    for name, secs, pred in (("forma NearDedupe", ours_s, ours), ("distilabel MinHashDedup", dl_s, dl)):
         p, r, f = f1(pred, actual)
         print(f"{name:28s} {secs:8.1f} s  P {p:.4f}  R {r:.4f}  F1 {f:.4f}")
     print(f"speed-up: {dl_s / ours_s:.1f}x")

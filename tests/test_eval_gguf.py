@@ -54,6 +54,16 @@ def full_gate(tmp_path_factory: pytest.TempPathFactory) -> GateOutcome:
 
 
 @pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (small) dataset build: its card and manifest go into the bundle."""
+    from factory.build import build_dataset
+
+    out = tmp_path_factory.mktemp("dataset")
+    build_dataset(ROOT / "recipes/forma-fitness.yaml", out, total=60)
+    return out
+
+
+@pytest.fixture(scope="session")
 def mini_suites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("suites")
     (d / "mini.yaml").write_text(MINI)
@@ -122,22 +132,18 @@ def test_report_renders_in_headless_chromium(full_gate: GateOutcome, tmp_path: P
     assert shot.stat().st_size > 20_000
 
 
-def _bundle_inputs(tmp: Path, report_dir: Path, out: str) -> BundleInputs:
+def _bundle_inputs(tmp: Path, report_dir: Path, out: str, ds: Path) -> BundleInputs:
     gguf = smollm2_gguf()
     modelfile = tmp / "Modelfile"
     modelfile.write_text(f'FROM ./{gguf.name}\nTEMPLATE """{{{{ .Prompt }}}}"""\nPARAMETER stop "<|im_end|>"\n')
     cfg = tmp / "train.yaml"
     cfg.write_text("base_model: SmolLM2-135M-Instruct\nmax_steps: 10\n")
-    ds = tmp / "dataset"
-    ds.mkdir(exist_ok=True)
-    (ds / "README.md").write_text("# Dataset card\n")
-    (ds / "manifest.json").write_text(json.dumps({"dataset_hash": "abc123", "recipe": {"name": "t"}}))
     return BundleInputs(gguf=gguf, report_dir=report_dir, modelfile=modelfile, dataset_dir=ds, training_config=cfg,
                         out=tmp / out, base_model="SmolLM2-135M-Instruct")
 
 
 def test_cli_gate_fails_with_exit_1_and_release_is_refused(full_gate: GateOutcome, mini_suites: Path,
-                                                            tmp_path: Path) -> None:
+                                                            dataset_dir: Path, tmp_path: Path) -> None:
     from factory.cli import _register_all, app
 
     _register_all()
@@ -152,12 +158,12 @@ def test_cli_gate_fails_with_exit_1_and_release_is_refused(full_gate: GateOutcom
     assert report["passed"] is False and report["model"]["sha256"] == full_gate.report["model"]["sha256"]
 
     with pytest.raises(GateFailedError, match="refusing to assemble"):
-        assemble(_bundle_inputs(tmp_path, run_dir, "refused"))
+        assemble(_bundle_inputs(tmp_path, run_dir, "refused", dataset_dir))
     assert not (tmp_path / "refused").exists()
     with pytest.raises(Exception, match="--reason"):
-        assemble(BundleInputs(**{**_bundle_inputs(tmp_path, run_dir, "x").__dict__, "override": True}))
+        assemble(BundleInputs(**{**_bundle_inputs(tmp_path, run_dir, "x", dataset_dir).__dict__, "override": True}))
 
-    over = _bundle_inputs(tmp_path, run_dir, "override")
+    over = _bundle_inputs(tmp_path, run_dir, "override", dataset_dir)
     over.override, over.reason = True, "demo build for the README; not for users"
     manifest = assemble(over)
     assert manifest["override"]["reason"] == over.reason and manifest["gate"]["passed"] is False
@@ -165,15 +171,16 @@ def test_cli_gate_fails_with_exit_1_and_release_is_refused(full_gate: GateOutcom
     assert json.loads((over.out / "eval" / "report.json").read_text())["override"]["reason"] == over.reason
 
 
-def test_release_bundle_after_pass_has_checksums(full_gate: GateOutcome, tmp_path: Path) -> None:
-    inputs = _bundle_inputs(tmp_path, full_gate.run_dir, "bundle")
+def test_release_bundle_after_pass_has_checksums(full_gate: GateOutcome, dataset_dir: Path, tmp_path: Path) -> None:
+    inputs = _bundle_inputs(tmp_path, full_gate.run_dir, "bundle", dataset_dir)
     manifest = assemble(inputs)
     files = manifest["files"]
     for name in (smollm2_gguf().name, "Modelfile", "README.md", "eval/report.html", "eval/report.json",
                  "dataset/README.md", "dataset/manifest.json", "training/train.yaml"):
         assert name in files, name
     assert manifest["model"]["sha256"] == full_gate.report["model"]["sha256"]
-    assert manifest["dataset"]["hash"] == "abc123" and manifest["override"] is None
+    built = json.loads((dataset_dir / "manifest.json").read_text())
+    assert manifest["dataset"]["hash"] == built["dataset_hash"] and manifest["override"] is None
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=inputs.out, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     (inputs.out / "Modelfile").write_text("tampered")

@@ -8,16 +8,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest_train import schema_samples, small_dataset, write_samples  # noqa: E402
+from conftest_train import schema_samples, small_dataset, write_samples
 
-from factory.errors import FormaError  # noqa: E402
-from train.config import TrainConfig, load_config  # noqa: E402
-from train.data import IGNORE_INDEX, IM_END, load_chats, tokenize_chat  # noqa: E402
+from factory.errors import FormaError
+from train.config import TrainConfig, load_config
+from train.data import IGNORE_INDEX, IM_END, load_chats, tokenize_chat
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +61,7 @@ def test_dataset_in_wrong_format(tmp_path: Path, smollm2: Path) -> None:
         train(_config(tmp_path, smollm2, bad))
     assert info.value.where == "line 1"
     (bad / "samples.jsonl").unlink()
-    with pytest.raises(FormaError, match="no samples.jsonl or sharegpt/train.jsonl"):
+    with pytest.raises(FormaError, match=r"no samples\.jsonl or sharegpt/train\.jsonl"):
         train(_config(tmp_path, smollm2, bad))
     sharegpt = bad / "sharegpt"
     sharegpt.mkdir()
@@ -135,9 +136,8 @@ def test_loss_mask_is_exactly_the_assistant_tokens(smollm2: Path) -> None:
 
     from train.data import check_chat_template
 
-    tok = AutoTokenizer.from_pretrained(str(smollm2))
+    tok: Any = AutoTokenizer.from_pretrained(str(smollm2))
     check_chat_template(tok)
-    chat = schema_samples(16, seed=3)[0].conversation
     chat = next(s.conversation for s in schema_samples(16, seed=3) if len(s.conversation.turns) == 4)
     ids, labels = tokenize_chat(tok, chat)
     assert len(ids) == len(labels)
@@ -194,9 +194,9 @@ def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert resumed.merged_dir is not None
-    tok = AutoTokenizer.from_pretrained(str(resumed.merged_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(resumed.merged_dir), dtype=torch.float32)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "How much protein should I eat?"}],
+    tok: Any = AutoTokenizer.from_pretrained(str(resumed.merged_dir))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(resumed.merged_dir), dtype=torch.float32)
+    prompt: Any = tok.apply_chat_template([{"role": "user", "content": "How much protein should I eat?"}],
                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     new = out[0, prompt["input_ids"].shape[1]:]

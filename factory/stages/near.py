@@ -79,8 +79,8 @@ _WORD_BYTE = np.zeros(256, dtype=np.uint64)
 _WORD_BYTE[list(b"abcdefghijklmnopqrstuvwxyz0123456789")] = list(b"abcdefghijklmnopqrstuvwxyz0123456789")
 _WORD_BYTE[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")] = list(b"abcdefghijklmnopqrstuvwxyz")
 _WORD_BYTE[0x80:] = np.arange(0x80, 0x100)
-_POW = np.ones(1, dtype=np.uint64)
-_POW_INV = np.ones(1, dtype=np.uint64)
+_POW: np.ndarray = np.ones(1, dtype=np.uint64)
+_POW_INV: np.ndarray = np.ones(1, dtype=np.uint64)
 
 
 def _words(text: str) -> list[str]:
@@ -528,7 +528,7 @@ class NearDedupe(Stage):
         ordered = np.sort(flat_keys)
         repeated = ordered[1:][ordered[1:] == ordered[:-1]]
         shared = np.isin(flat_keys, repeated).reshape(keys.shape)
-        hot = shared.any(axis=1).tolist()
+        hot: list[bool] = np.asarray(shared.any(axis=1)).tolist()
         local_buckets: dict[int, list[int]] = {}
         kept: list[int] = []
         stats = self.stats  # Stage.keep's bookkeeping, inlined: its private-attribute lookups cost ~12 us a sample
