@@ -102,17 +102,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="0: 2, or 1 when the cores are busy (auto_threads)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--q8", action="store_true", help="export a q8_0 with train.gguf_export and gate that")
     ap.add_argument("--skip-gate", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from eval.runners import auto_threads
     from factory.models import smollm2_gguf
 
+    args.threads = args.threads or auto_threads()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
     model = smollm2_gguf()
-    result: dict = {"cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    result: dict = {"cpu_count": os.cpu_count(), "threads": args.threads, "loadavg_start": os.getloadavg()}
     result["overhead"] = overhead(model, args.prompts, args.max_tokens, args.threads, args.rounds)
     print(json.dumps(result["overhead"]), flush=True)
     if not args.skip_gate:

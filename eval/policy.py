@@ -51,7 +51,7 @@ class Policy(BaseModel):
     name: str = "policy"
     description: str = ""
     min_cases: int = Field(default=1, ge=0, description="Default minimum of scored cases behind every threshold.")
-    max_tokens: int = Field(default=160, ge=1, le=4096, description="Generation budget for cases that set none.")
+    max_tokens: int = Field(default=128, ge=1, le=4096, description="Generation budget for cases that set none.")
     suites: dict[str, SuiteRule] = Field(min_length=1)
     drift: DriftRule | None = None
 

@@ -76,11 +76,34 @@ def schema_export(directory: Path = typer.Argument(..., help="Folder to write JS
     run_guarded(body)
 
 
+def loop(file: Path = typer.Argument(Path("recipes/forma-fitness.yaml"), help="Recipe YAML."),
+         out_dir: Path = typer.Option(Path("out/loop"), "--out", "-o", help="Where every step writes."),
+         max_steps: int = typer.Option(None, help="Override the training config's max_steps."),
+         quant: str = typer.Option("q4_k_m", help="GGUF quantization to ship and evaluate."),
+         policy: Path = typer.Option(None, help="Release policy (default: eval/policy-demo.yaml)."),
+         drift: bool = typer.Option(False, help="Also run the suites on the 16-bit model and gate on drift.")) -> None:
+    """The whole loop on the embedded default: build, train briefly on CPU, export, eval, gate, report."""
+
+    def body() -> None:
+        from factory.loop import DEMO_POLICY, run_loop
+
+        result = run_loop(file, out_dir, max_steps=max_steps, quant=quant, policy=policy or DEMO_POLICY,
+                          drift=drift, log=out.print)
+        out.print(f"dataset {result.dataset} | model {result.merged_model} | gguf {result.gguf}")
+        out.print(f"report {result.report_dir} | gate {'PASSED' if result.gate_passed else 'FAILED'} | "
+                  f"steps {result.seconds}")
+        if not result.gate_passed:
+            raise typer.Exit(1)
+
+    run_guarded(body)
+
+
 def register(app: typer.Typer) -> None:
     recipe = typer.Typer(help="Work with recipes.", no_args_is_help=True)
     recipe.command("check")(recipe_check)
     app.add_typer(recipe, name="recipe")
     app.command("build")(build)
+    app.command("loop")(loop)
     schema = typer.Typer(help="Record schemas.", no_args_is_help=True)
     schema.command("export")(schema_export)
     app.add_typer(schema, name="schema")

@@ -29,6 +29,7 @@ from schemas.knowledge import Category
 from schemas.sample import Sample, content_id
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 OTHER_CATEGORY = {c: list(Category)[(i + 1) % len(Category)] for i, c in enumerate(Category)}
 
@@ -47,7 +48,12 @@ def owner(argilla: LocalArgilla) -> ArgillaClient:
 
 @pytest.fixture(scope="module")
 def version(tmp_path_factory: pytest.TempPathFactory) -> DatasetVersion:
-    return load_version(write_version(tmp_path_factory.mktemp("v") / "forma-100", make_samples(100, seed=1)))
+    """A real `forma build` of 100 samples from the shipped recipe (template generator, no model)."""
+    from factory.build import build_dataset
+
+    out = tmp_path_factory.mktemp("v") / "forma-100"
+    build_dataset(ROOT / "recipes" / "forma-fitness.yaml", out, total=100)
+    return load_version(out)
 
 
 def plan(i: int, sample: Sample) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:

@@ -14,13 +14,13 @@ def _summary(result: Any) -> None:
 
     console = Console()
     table = Table(title=f"GGUF export of {result.model_dir}")
-    for col in ("file", "MiB", "seconds", "tensor types", "greedy agree", "ppl", "chat stops", "ok"):
+    for col in ("gguf", "MiB", "seconds", "tensor types", "greedy agree", "ppl", "chat stops", "ok"):
         table.add_column(col)
     checks = (result.verification.get("verification") or {}).get("ggufs", {})
     for name, info in result.quants.items():
         v = checks.get(name, {})
         chat = v.get("chat", {})
-        table.add_row(info.path.name, f"{info.size_bytes / 2**20:.1f}", f"{info.seconds:.1f}",
+        table.add_row(name, f"{info.size_bytes / 2**20:.1f}", f"{info.seconds:.1f}",
                       " ".join(f"{k}:{n}" for k, n in info.tensor_types.items()),
                       str(v.get("greedy_agreement", "-")), str(v.get("perplexity", "-")),
                       str(chat.get("passed", "-")), str(v.get("passed", "-")))
@@ -28,7 +28,9 @@ def _summary(result: Any) -> None:
     for name, info in result.quants.items():
         for line in info.fallbacks:
             console.print(f"[yellow]{name} fallback:[/] {line}", highlight=False)
-    console.print(f"Modelfile: {result.modelfile}\nreport: {result.report}")
+    for info in result.quants.values():
+        console.print(f"{info.name}: {info.path}", highlight=False)
+    console.print(f"Modelfile: {result.modelfile}\nreport: {result.report}", highlight=False)
 
 
 def export_command(

@@ -61,17 +61,25 @@ def load_version(path: str | Path) -> DatasetVersion:
     manifest: dict[str, Any] = {}
     if (path / "manifest.json").is_file():
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    return DatasetVersion(path=path, samples=samples, manifest=manifest, facts=_facts(manifest))
+    return DatasetVersion(path=path, samples=samples, manifest=manifest, facts=_facts(manifest, path))
 
 
-def _facts(manifest: dict[str, Any]) -> dict[str, Fact]:
-    """The recipe's facts, for the sources metadata; a recipe no longer on disk just means no sources."""
+def _facts(manifest: dict[str, Any], path: Path) -> dict[str, Fact]:
+    """The recipe's facts, for the sources metadata; a recipe no longer on disk just means no sources.
+
+    The manifest names the recipe as it was given to the build (often relative to where the build ran), so it is
+    looked up from here and from the dataset folder's parents.
+    """
     recipe_file = manifest.get("recipe_file")
-    if not recipe_file or not Path(recipe_file).is_file():
+    if not recipe_file:
+        return {}
+    candidates = [Path(recipe_file), *(parent / recipe_file for parent in path.resolve().parents)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
         return {}
     from factory.recipe_loader import load_recipe
 
     try:
-        return {f.id: f for f in load_recipe(recipe_file).facts}
+        return {f.id: f for f in load_recipe(found).facts}
     except FormaError:
         return {}
