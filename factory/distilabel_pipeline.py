@@ -243,7 +243,7 @@ def run_round(loaded: LoadedRecipe, slots: list[Slot], stages: list[Stage], reje
                                  path=cache_path(out), hint="pass --resume to reuse them, or delete the folder")
     if not slots:
         return
-    rows = run_pipeline(build_pipeline(loaded, slots, len(stages), work=work, out=out), ray_address)
+    rows = run_isolated(loaded, slots, len(stages), work=work, out=out, ray_address=ray_address)
     rows.sort(key=lambda r: r["order"])
     primes: dict[int, list[str]] = {k: [] for k in range(len(stages))}
     survivors: list[Sample] = []
@@ -275,3 +275,56 @@ def _count(stats: StageStats, dropped: bool, row: dict[str, Any]) -> None:
         stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
     else:
         stats.kept += 1
+
+
+def run_isolated(loaded: LoadedRecipe, slots: list[Slot], n_stages: int, *, work: Path, out: Path,
+                 ray_address: str | None) -> list[dict[str, Any]]:
+    """Run one round's pipeline in a fresh Python process and read its rows back.
+
+    distilabel forks its step workers; forked from a process that has already run a build (threads of tqdm's
+    monitor, BLAS pools, a loaded model), they hung (measured here, every time, under pytest and in scripts). A fresh
+    process has none of that, and costs a few seconds per round.
+    """
+    import subprocess
+    import sys
+
+    spec = work / "round.json"
+    rows_file = work / "round-rows.jsonl"
+    rows_file.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"recipe": str(loaded.path.resolve()), "n_stages": n_stages, "out": str(out.resolve()),
+                                "work": str(work.resolve()), "ray_address": ray_address,
+                                "slots": [slot_row(s, i) for i, s in enumerate(slots)]}), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "factory.distilabel_pipeline", str(spec), str(rows_file)],
+                          capture_output=True, text=True)
+    if proc.returncode == FormaError.exit_code:
+        raise FormaError(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "distilabel round failed")
+    if proc.returncode != 0 or not rows_file.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise FormaError(f"the distilabel pipeline failed (exit {proc.returncode}):\n{tail}")
+    with rows_file.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _child(spec_path: str, rows_path: str) -> int:
+    """The fresh process of :func:`run_isolated`: build the round's pipeline, run it, write its rows."""
+    from factory.recipe_loader import load_recipe
+
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    try:
+        loaded = load_recipe(spec["recipe"])
+        slots = [slot_from_row(row["slot"], loaded) for row in spec["slots"]]
+        pipeline = build_pipeline(loaded, slots, spec["n_stages"], work=Path(spec["work"]), out=Path(spec["out"]))
+        rows = run_pipeline(pipeline, spec["ray_address"])
+    except FormaError as exc:
+        print(exc.render())
+        return FormaError.exit_code
+    with Path(rows_path).open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps({k: row[k] for k in ("order", "sample", "rejects", "dropped_by")}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_child(sys.argv[1], sys.argv[2]))
