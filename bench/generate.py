@@ -106,9 +106,9 @@ def bench_server(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     loaded = load_recipe(_recipe(tmp, args.max_new_tokens, args.threads))
     slots = Planner(loaded).plan(args.server_requests)[: args.server_requests]
-    from factory.generators.prompts import assistant_system, plan_turns
-
     import random
+
+    from factory.generators.prompts import assistant_system, plan_turns
 
     requests = []
     for slot in slots:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,8 @@ SEQ, PACKED_ROWS, STEPS, LR = 2048, 16, 25, 2e-4
 #: per optimiser step by gradient accumulation.
 BASE_MICRO = 52
 GC: bool | str = "unsloth"
+#: The optimiser of both paths (a transformers `optim` name).
+OPTIM = "adamw_torch"
 
 
 def prepare(sdist: Path, out: Path, chats: int) -> None:
@@ -88,18 +91,96 @@ def make_model(data: Path, model_dir: Path) -> None:
     print(f"model: {params / 1e9:.3f} B parameters, made and saved in {time.time() - t:.1f} s", flush=True)
 
 
+def _phase_clock(counter: Any) -> Any:
+    """`train.sft.step_clock` plus CUDA-synchronised marks at step begin, before and after optimizer.step.
+
+    Splits each optimiser step into: gap (data loading, logging and callbacks between steps), forward+backward (with
+    gradient clipping), optimizer.step, and the rest (scheduler, zero_grad). Four syncs per step cost well under 1%.
+    """
+    import torch
+
+    from train.sft import step_clock
+
+    clock = step_clock(counter)
+    marks: dict[str, list[float]] = {"begin": [], "pre_opt": [], "opt": [], "end": []}
+
+    def mark(name: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        marks[name].append(time.perf_counter())
+
+    inner_end = clock.on_step_end
+    clock.on_step_begin = lambda *a, **k: mark("begin")
+    clock.on_pre_optimizer_step = lambda *a, **k: mark("pre_opt")
+    clock.on_optimizer_step = lambda *a, **k: mark("opt")
+
+    def on_step_end(*a: Any, **k: Any) -> None:
+        mark("end")
+        inner_end(*a, **k)
+
+    clock.on_step_end = on_step_end
+    clock.marks = marks
+    _PHASE_CLOCKS.append(clock)
+    return clock
+
+
+_PHASE_CLOCKS: list[Any] = []
+
+
+def _phases(marks: dict[str, list[float]], skip: float = 0.2) -> dict[str, float]:
+    """Median seconds per phase over the steps after the first ``skip`` share (as the steady tokens/s)."""
+    import statistics
+
+    n = min(len(v) for v in marks.values())
+    first = max(1, int(n * skip))
+    steps = range(first, n)
+    if not steps:
+        return {}
+    med = statistics.median
+    return {"gap_s": med(marks["begin"][i] - marks["end"][i - 1] for i in steps),
+            "fwd_bwd_clip_s": med(marks["pre_opt"][i] - marks["begin"][i] for i in steps),
+            "optimizer_s": med(marks["opt"][i] - marks["pre_opt"][i] for i in steps),
+            "after_s": med(marks["end"][i] - marks["opt"][i] for i in steps),
+            "step_s": med(marks["end"][i] - marks["end"][i - 1] for i in steps)}
+
+
+def _override_sft_args(overrides: dict[str, Any]) -> None:
+    """Make every `trl.SFTConfig` built after this call take ``overrides`` (bench settings search only)."""
+    import unsloth  # noqa: F401  (patches trl first, as train() does)
+    # isort: split
+    import trl
+
+    original = trl.SFTConfig
+
+    def patched(*a: Any, **k: Any) -> Any:
+        return original(*a, **{**k, **overrides})
+
+    trl.SFTConfig = patched  # type: ignore[misc,assignment]
+
+
 def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `forma train` code path: TrainConfig -> train.sft.train (Unsloth, packed, 4-bit)."""
-    v = {"gc": GC, "packing": True, "rows": PACKED_ROWS, "steps": STEPS, **(variant or {})}
+    """The `forma train` code path: TrainConfig -> train.sft.train (Unsloth, packed, 4-bit).
+
+    Variant keys: gc, packing, rows, steps, optim (a transformers `optim` name), logging_steps, and args (raw
+    SFTConfig overrides such as dataloader_num_workers: a settings search, not a `forma train` setting).
+    """
+    v = {"gc": GC, "packing": True, "rows": PACKED_ROWS, "steps": STEPS, "optim": OPTIM, "logging_steps": 1,
+         **(variant or {})}
+    if v.get("args"):
+        _override_sft_args(v["args"])
+    import train.sft as sft
     from train.config import LoraSettings, TrainConfig
     from train.sft import train
+
+    sft.step_clock = _phase_clock  # type: ignore[assignment]
 
     config = TrainConfig(base_model=str(model_dir), dataset=data / "dataset", output_dir=out / "forma-run",
                          quantization="4bit", max_seq_length=SEQ, lora=LoraSettings(**LORA), learning_rate=LR,
                          max_steps=v["steps"], batch_size=v["rows"], gradient_accumulation=1,
                          packing=v["packing"], gradient_checkpointing=v["gc"],
                          eval_split="test", eval_max_samples=32, eval_on_start=False, eval_steps=10_000,
-                         save_steps=10_000, save_merged=False, device="cuda", optimizer="adamw_torch")
+                         save_steps=10_000, save_merged=False, device="cuda", optimizer=v["optim"],
+                         logging_steps=v["logging_steps"])
     result = train(config, run_name="bench-forma")
     report = json.loads(result.report.read_text())
     m = report["metrics"]
@@ -108,11 +189,12 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "peak_reserved_gib": m["peak_gpu_reserved_gib"], "non_padding_share": m["non_padding_share"],
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
             "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
-            "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"]}
+            "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
+            "phases": _phases(_PHASE_CLOCKS[-1].marks) if _PHASE_CLOCKS else {}}
 
 
 def run_baseline(model_dir: Path, data: Path, out: Path, batch: int, accum: int = 1,
-                 steps: int = STEPS) -> dict[str, Any]:
+                 steps: int = STEPS, optim: str = OPTIM) -> dict[str, Any]:
     """Plain transformers + PEFT QLoRA (bitsandbytes NF4, double quant, bf16 compute), the usual recipe."""
     import torch
     from datasets import Dataset
@@ -149,7 +231,7 @@ def run_baseline(model_dir: Path, data: Path, out: Path, batch: int, accum: int 
     counter = CountingCollator(collate)
     args = TrainingArguments(output_dir=str(out / "baseline-run"), per_device_train_batch_size=batch,
                              gradient_accumulation_steps=accum, learning_rate=LR, max_steps=steps, bf16=True,
-                             gradient_checkpointing=True, optim="adamw_torch", logging_steps=1, save_strategy="no",
+                             gradient_checkpointing=True, optim=optim, logging_steps=1, save_strategy="no",
                              report_to="none", seed=3407, remove_unused_columns=False, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=counter)
     clock = step_clock(counter)
@@ -167,7 +249,7 @@ def run_baseline(model_dir: Path, data: Path, out: Path, batch: int, accum: int 
             "trained_tokens": real, "steps": trainer.state.global_step, "train_s": seconds,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "tokens_per_step": real / max(1, trainer.state.global_step), "batch_chats": batch,
-            "gradient_accumulation": accum}
+            "gradient_accumulation": accum, "optim": optim}
 
 
 def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
@@ -176,7 +258,7 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
            "--batch", str(batch), "--variant", json.dumps(variant or {})]
     t = time.time()
     proc = subprocess.run(cmd, text=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    tag = "-".join(f"{k}{v}" for k, v in (variant or {}).items())
+    tag = re.sub(r"[^A-Za-z0-9._-]", "", "-".join(f"{k}{v}" for k, v in (variant or {}).items()))
     (out / f"{which}{'-' + tag if tag else ''}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         print((proc.stdout + proc.stderr)[-6000:])
@@ -187,13 +269,13 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
     return result
 
 
-def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int) -> None:
+def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM) -> None:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     make_model(data, model_dir)
     torch.cuda.empty_cache()
-    forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps})
+    forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim})
     # the same real tokens per optimiser step as the packed run: chats per batch = packed tokens / mean chat length
     from transformers import AutoTokenizer
 
@@ -203,10 +285,12 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int) -> No
     mean_len = toks.tokens / len(toks.input_ids)
     per_step = max(1, round(forma["tokens_per_step"] / mean_len))
     accum = -(-per_step // BASE_MICRO)
-    base = _child("baseline", data, model_dir, out, round(per_step / accum), {"accum": accum, "steps": steps})
+    base = _child("baseline", data, model_dir, out, round(per_step / accum), {"accum": accum, "steps": steps,
+                                                                             "optim": optim})
     summary = {
         "device": torch.cuda.get_device_name(0), "model": "Qwen2.5-3B architecture, random init, 4-bit NF4",
         "lora": LORA, "max_seq_length": SEQ, "steps": steps, "packed_rows": rows, "mean_chat_tokens": mean_len,
+        "optimizer": optim,
         "forma": forma, "baseline": base,
         "speedup_steady": forma["tokens_per_s_steady"] / base["tokens_per_s_steady"],
         "speedup_whole_run": forma["tokens_per_s"] / base["tokens_per_s"],
@@ -226,15 +310,19 @@ def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]
     """Run the forma path once per variant (settings search; one line each)."""
     out.mkdir(parents=True, exist_ok=True)
     make_model(data, model_dir)
+    results: list[dict[str, Any]] = []
     for variant in variants:
         try:
             r = _child("forma", data, model_dir, out, 0, variant)
         except SystemExit as exc:
             print(f"{variant}: {exc}")
             continue
+        ph = " ".join(f"{k[:-2]} {v:.3f}" for k, v in r.get("phases", {}).items())
         print(f"{variant}: tokens/s {r['tokens_per_s_steady']:.0f} steady, {r['tokens_per_s']:.0f} whole; "
               f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * r['non_padding_share']:.1f}%; "
-              f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s", flush=True)
+              f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s; median s: {ph}", flush=True)
+        results.append(r)
+        (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:
@@ -250,17 +338,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--rows", type=int, default=PACKED_ROWS, help="packed rows of max_seq_length per step")
     ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--optim", default=OPTIM, help="optimizer of both paths (a transformers `optim` name)")
     a = ap.parse_args()
     if a.step == "prepare":
         prepare(a.sdist, a.data, a.chats)
     elif a.step == "run":
-        run_all(a.data, a.out, a.model, a.rows, a.steps)
+        run_all(a.data, a.out, a.model, a.rows, a.steps, a.optim)
     elif a.step == "sweep":
         sweep(a.data, a.out, a.model, json.loads(a.variant))
     else:
         result = run_forma(a.model, a.data, a.out, json.loads(a.variant)) if a.step == "forma" \
             else run_baseline(a.model, a.data, a.out, a.batch, json.loads(a.variant).get("accum", 1),
-                              json.loads(a.variant).get("steps", STEPS))
+                              json.loads(a.variant).get("steps", STEPS), json.loads(a.variant).get("optim", OPTIM))
         print("RESULT " + json.dumps(result), flush=True)
 
 

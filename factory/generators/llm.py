@@ -23,6 +23,7 @@ import asyncio
 import os
 import random
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,7 +137,9 @@ class LlamaCppTeacher(Teacher):
     def __init__(self, model_path: Path, *, n_ctx: int, n_threads: int | None, cache: LLMCache | None,
                  recipe_path: Path) -> None:
         super().__init__(cache)
-        from distilabel.models.llms import LlamaCppLLM
+        with warnings.catch_warnings():  # distilabel's pydantic models warn at import and construction
+            warnings.simplefilter("ignore")
+            from distilabel.models.llms import LlamaCppLLM
 
         extra: dict[str, Any] = {}
         if n_threads is not None:
@@ -144,8 +147,10 @@ class LlamaCppTeacher(Teacher):
         digest = cache.file_digest(model_path) if cache is not None else _quick_digest(model_path)
         self.model_id = f"gguf:{digest}:ctx{n_ctx}"
         self.label = f"{model_path.name}@{digest[:12]}"
-        self.llm = LlamaCppLLM(model_path=str(model_path), n_ctx=n_ctx, n_gpu_layers=-1, verbose=False,
-                               extra_kwargs=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.llm = LlamaCppLLM(model_path=str(model_path), n_ctx=n_ctx, n_gpu_layers=-1, verbose=False,
+                                   extra_kwargs=extra)
         try:
             self.llm.load()
         except (ValueError, RuntimeError, OSError) as exc:
@@ -189,7 +194,9 @@ class OpenAICompatibleTeacher(Teacher):
                  timeout: float, concurrency: int, cache: LLMCache | None, recipe_path: Path,
                  where: str = "generator") -> None:
         super().__init__(cache)
-        from distilabel.models.llms import OpenAILLM
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from distilabel.models.llms import OpenAILLM
 
         if not model:
             raise FormaError("openai_compatible needs a model name", path=recipe_path, where=f"{where}.model")

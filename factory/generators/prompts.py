@@ -29,6 +29,7 @@ ROLE_LINE = re.compile(r"^\s*(?:#+\s*)?(user|human|assistant|coach|client|person
 _LEADING_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:user|human|person|client|me|message|assistant|coach|answer|reply|"
                             r"rewritten question|question)"
                             r"\s*:\s*", re.IGNORECASE)
+_USER_OPENING = re.compile(r"^\s*(?:#+\s*)?(?:user|human|person|client|me)\s*:", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)")
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -175,6 +176,8 @@ def _complete_sentences(text: str) -> str:
 
 def parse_assistant(text: str, *, truncated: bool) -> str:
     """A usable assistant turn from a raw reply, or :class:`MalformedReply` saying why not."""
+    if _USER_OPENING.match(text):
+        raise MalformedReply("role_confusion", f"reply opens as the user: {_clip(text, 80)!r}")
     text = _check_common(text)
     role = ROLE_LINE.search(text)
     if role is not None:
