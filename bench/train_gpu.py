@@ -99,9 +99,9 @@ def _phase_clock(counter: Any) -> Any:
     """
     import torch
 
-    from train.sft import step_clock
+    from train import sft
 
-    clock = step_clock(counter)
+    clock = sft._bench_step_clock(counter)  # type: ignore[attr-defined]  # the original, saved by run_forma
     marks: dict[str, list[float]] = {"begin": [], "pre_opt": [], "opt": [], "end": []}
 
     def mark(name: str) -> None:
@@ -172,6 +172,8 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
     from train.config import LoraSettings, TrainConfig
     from train.sft import train
 
+    if not hasattr(sft, "_bench_step_clock"):
+        sft._bench_step_clock = sft.step_clock  # type: ignore[attr-defined]
     sft.step_clock = _phase_clock  # type: ignore[assignment]
 
     config = TrainConfig(base_model=str(model_dir), dataset=data / "dataset", output_dir=out / "forma-run",

@@ -16,7 +16,8 @@ from typing import Any
 from eval import classifier, scorers
 from eval.policy import Policy, evaluate, load_policy, rate, validate_against
 from eval.runners import ChoiceScores, Generation, Runner, open_runner
-from eval.suite import Case, load_suites
+from eval.suite import SUITES_DIR, Case, load_suites
+from factory.errors import FormaError
 
 
 @dataclass
@@ -135,6 +136,12 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
 
     policy_path = policy if isinstance(policy, Path) else Path("<inline policy>")
     pol = load_policy(policy) if isinstance(policy, Path) else policy
+    folder = suites_dir or SUITES_DIR
+    known = sorted(f.stem for f in folder.glob("*.yaml"))
+    for name in pol.suites:
+        if name not in known:
+            raise FormaError(f"policy names unknown suite {name!r} (known: {', '.join(known) or 'none'} in {folder})",
+                             path=policy_path, where=f"suites.{name}")
     suites = load_suites(suites_dir, names=list(pol.suites), knowledge=knowledge)
     validate_against(pol, {name: s.categories() for name, s in suites.items()}, policy_path)
     run_dir = out_root / (run or run_name(model, endpoint))

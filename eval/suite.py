@@ -218,6 +218,7 @@ def load_suites(folder: Path | None = None, *, names: list[str] | None = None,
     if names is not None:
         missing = sorted(set(names) - set(suites))
         if missing:
-            raise FormaError(f"unknown suite(s) {', '.join(missing)} (found: {', '.join(sorted(suites)) or 'none'})",
+            found = sorted(f.stem for f in folder.glob("*.yaml"))
+            raise FormaError(f"unknown suite(s) {', '.join(missing)} (available: {', '.join(found) or 'none'})",
                              path=folder)
     return suites

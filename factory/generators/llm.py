@@ -258,6 +258,9 @@ class OpenAICompatibleTeacher(Teacher):
                           where="generator.base_url", hint=hint)
 
     def close(self) -> None:
+        client = getattr(self.llm, "_aclient", None)
+        if client is not None:  # close it on its own loop, or httpx complains at exit that the loop is closed
+            self.llm.event_loop.run_until_complete(client.close())
         self.llm.unload()
 
 
