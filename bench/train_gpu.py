@@ -162,7 +162,8 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
     """The `forma train` code path: TrainConfig -> train.sft.train (Unsloth, packed, 4-bit).
 
     Variant keys: gc, packing, rows, steps, optim (a transformers `optim` name), logging_steps, and args (raw
-    SFTConfig overrides such as dataloader_num_workers: a settings search, not a `forma train` setting).
+    SFTConfig overrides such as dataloader_num_workers: a settings search, not a `forma train` setting; with
+    workers > 0 the counting collator runs in the workers, so token counts read 0 and only the phases hold).
     """
     v = {"gc": GC, "packing": True, "rows": PACKED_ROWS, "steps": STEPS, "optim": OPTIM, "logging_steps": 1,
          **(variant or {})}
@@ -321,7 +322,7 @@ def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]
             continue
         ph = " ".join(f"{k[:-2]} {v:.3f}" for k, v in r.get("phases", {}).items())
         print(f"{variant}: tokens/s {r['tokens_per_s_steady']:.0f} steady, {r['tokens_per_s']:.0f} whole; "
-              f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * r['non_padding_share']:.1f}%; "
+              f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * (r['non_padding_share'] or 0):.1f}%; "
               f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s; median s: {ph}", flush=True)
         results.append(r)
         (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
