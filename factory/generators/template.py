@@ -58,8 +58,10 @@ def _sentence(text: str) -> str:
 
 
 _WORD = re.compile(r"[a-z']+")
-_STOP = frozenset("a an and are as at be by for from has have if in is it of on or should that the their them "
-                  "they this to with you your".split())
+_STOP = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "if", "in", "is", "it", "of",
+    "on", "or", "should", "that", "the", "their", "them", "they", "this", "to", "with", "you", "your",
+))
 
 
 def _already_said(note: str, answer: str) -> bool:
