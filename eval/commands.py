@@ -58,7 +58,7 @@ def run_cmd(
     reference: Path = typer.Option(None, help="16-bit HF folder to measure the GGUF's drift against."),
     suites: Path = typer.Option(None, help="Suite folder (default: the shipped eval/suites)."),
     knowledge: Path = typer.Option(None, help="Knowledge folder for the accuracy suite (default: recipes/knowledge)."),
-    out: Path = typer.Option(Path("reports"), help="Reports root; the run goes to OUT/RUN/."),
+    out: Path = typer.Option(None, help="Reports root; runs go to OUT/RUN/ (default: $FORMA_REPORTS or reports)."),
     run: str = typer.Option(None, help="Run folder name (default: timestamp + model name)."),
     judge: Path = typer.Option(None, help="A GGUF to use as LLM judge for safety labels (default: rules only)."),
     threads: int = typer.Option(0, help="CPU threads for llama.cpp / torch (0: 2, or 1 when the cores are busy)."),

@@ -126,7 +126,7 @@ def run_name(model: str | None, endpoint: str | None) -> str:
 
 
 def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | None = None,
-             knowledge: Path | None = None, out_root: Path = Path("reports"), run: str | None = None,
+             knowledge: Path | None = None, out_root: Path | None = None, run: str | None = None,
              endpoint: str | None = None, endpoint_model: str | None = None,
              endpoint_params: dict[str, Any] | None = None, reference: Path | None = None,
              judge_model: Path | None = None, n_threads: int = 0, seed: int = 0,
@@ -144,6 +144,10 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
                              path=policy_path, where=f"suites.{name}")
     suites = load_suites(suites_dir, names=list(pol.suites), knowledge=knowledge)
     validate_against(pol, {name: s.categories() for name, s in suites.items()}, policy_path)
+    if out_root is None:
+        from factory.report import reports_root
+
+        out_root = reports_root()
     run_dir = out_root / (run or run_name(model, endpoint))
     run_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for s in suites.values() for c in s.cases]

@@ -106,10 +106,37 @@ def filter_stages(loaded: LoadedRecipe) -> list[Stage]:
     return stages
 
 
-def _chain(samples: Iterable[Sample], stages: list[Stage]) -> Iterator[Sample]:
+class _Timed:
+    """An iterator that adds up the time spent producing its items (its upstream's time included)."""
+
+    def __init__(self, items: Iterable[Sample]) -> None:
+        self._items = iter(items)
+        self.seconds = 0.0
+
+    def __iter__(self) -> _Timed:
+        return self
+
+    def __next__(self) -> Sample:
+        start = time.perf_counter()
+        try:
+            return next(self._items)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _chain(samples: Iterable[Sample], stages: list[Stage], gen_stats: StageStats) -> Iterator[Sample]:
+    """Run ``samples`` through ``stages`` lazily, charging each stage (and generation) its own time."""
+    timed = [_Timed(samples)]
     for stage in stages:
-        samples = stage.run(samples)
-    yield from samples
+        timed.append(_Timed(stage.run(timed[-1])))
+    before = [t.seconds for t in timed]
+    try:
+        yield from timed[-1]
+    finally:
+        spent = [t.seconds - b for t, b in zip(timed, before, strict=True)]
+        gen_stats.seconds += spent[0]
+        for i, stage in enumerate(stages, start=1):
+            stage.stats.seconds += spent[i] - spent[i - 1]
 
 
 GENERATE_BATCH = 16
@@ -203,7 +230,7 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
                 survivors: Iterable[Sample] = run_round(loaded, pending, stages, rejects, gen_stats, out=out,
                                                         resume=resume, ray_address=ray_address)
             else:
-                survivors = _chain(generate_slots(generator, pending, rejects, gen_stats), stages)
+                survivors = _chain(generate_slots(generator, pending, rejects, gen_stats), stages, gen_stats)
             for sample in survivors:
                 bucket = kept[sample.category]
                 if len(bucket) < quotas[sample.category]:
@@ -258,7 +285,9 @@ def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None
         "dataset_hash": result.dataset_hash, "total": len(samples),
         "splits": {k: len(v) for k, v in by_split.items()}, "quotas": result.quotas, "counts": result.counts,
         "turns": dict(sorted(Counter(s.conversation.user_turns for s in samples).items())),
-        "stages": [s.model_dump() for s in result.stats], "rejects": result.rejects, "files": result.files,
+        # stage timings vary from run to run, and these files must be byte-identical for the same recipe and seed
+        "stages": [s.model_dump(exclude={"seconds"}) for s in result.stats],
+        "rejects": result.rejects, "files": result.files,
     }
     write_card(out / "README.md", manifest, loaded)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -59,6 +59,12 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
         for category, quota in result.quotas.items():
             table.add_row(category, str(quota), str(result.counts[category]))
         out.print(table)
+        funnel = Table(title="filter funnel")
+        for column in ("stage", "seen", "kept", "dropped", "seconds"):
+            funnel.add_column(column)
+        for stats in result.stats:
+            funnel.add_row(stats.stage, str(stats.seen), str(stats.kept), str(stats.dropped), f"{stats.seconds:.2f}")
+        out.print(funnel)
         out.print(f"rejects: {result.rejects} (see {result.out / 'rejects.jsonl'}); "
                   f"dataset hash {result.dataset_hash[:16]}")
 

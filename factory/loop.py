@@ -30,9 +30,12 @@ class LoopResult:
 
 
 def run_loop(recipe: Path, out: Path, *, train_config: Path = DEFAULT_TRAIN_CONFIG, policy: Path = DEMO_POLICY,
-             max_steps: int | None = None, quant: str = "q4_k_m", reports: Path = Path("reports"),
+             max_steps: int | None = None, quant: str = "q4_k_m", reports: Path | None = None,
              drift: bool = False, log: Callable[[str], None] = print) -> LoopResult:
     from factory.build import build_dataset
+    from factory.report import reports_root
+
+    reports = reports or reports_root()
 
     def timed(name: str, started: float) -> None:
         result.seconds[name] = round(time.perf_counter() - started, 1)

@@ -27,6 +27,7 @@ class StageStats(BaseModel):
     kept: int = 0
     dropped: int = 0
     reasons: dict[str, int] = Field(default_factory=dict)
+    seconds: float = Field(default=0.0, description="Time spent in this stage itself (upstream time excluded).")
 
 
 class RejectWriter:
