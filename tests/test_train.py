@@ -176,8 +176,7 @@ def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Pa
     report = read_report(result.report)
     m = report["metrics"]
     losses = [loss for _, loss in report["loss_curves"]["train"]]
-    assert len(losses) == 6
-    assert sum(losses[3:]) < sum(losses[:3]), losses
+    assert len(losses) == 6  # per-step losses come from different batches: the fall is checked below on fixed chats
     assert m["eval_loss_last"] < m["eval_loss_first"], m
     assert 0.5 < m["non_padding_share"] <= 1.0 and m["tokens_per_s"] > 0 and m["peak_rss_gib"] > 0
     assert report["dataset_hash"] == load_chats(dataset).dataset_hash and report["config_hash"] == config.digest()
@@ -201,6 +200,21 @@ def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Pa
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     new = out[0, prompt["input_ids"].shape[1]:]
     assert len(new) > 0 and tok.decode(new, skip_special_tokens=True).strip()
+
+    # the training loss fell: the same training chats score a lower loss after training than before it
+    base: Any = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32)
+    chats = load_chats(dataset).train[:8]
+
+    def mean_loss(lm: Any) -> float:
+        losses = []
+        with torch.no_grad():
+            for chat in chats:
+                ids = tok.apply_chat_template(chat.messages(), return_tensors="pt", return_dict=True)["input_ids"]
+                losses.append(float(lm(input_ids=ids, labels=ids).loss))
+        return sum(losses) / len(losses)
+
+    before, after = mean_loss(base), mean_loss(model)
+    assert after < before, (before, after)
 
 
 def test_schema_samples_round_trip(tmp_path: Path) -> None:

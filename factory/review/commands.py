@@ -56,8 +56,11 @@ def serve_cmd(
         from factory.models import cache_root
         from factory.review.server import LocalArgilla, ServerConfig
 
+        stopping = False
+
         def _interrupt(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
+            if not stopping:  # a second Ctrl-C while stopping must not cut the clean-up short
+                raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT is ignored
@@ -65,17 +68,24 @@ def serve_cmd(
         stack = LocalArgilla(ServerConfig(home=home or cache_root() / "argilla-home", port=port, worker=worker))
         console.print("starting Argilla (first run installs the server venv, about 75 s) ...")
         started = time.perf_counter()
-        with stack:
-            console.print(f"[green]Argilla is up[/] in {time.perf_counter() - started:.0f} s at [bold]{stack.url}[/]")
-            console.print(f"credentials (user 'argilla', password, API key): {stack.credentials_file}")
-            console.print(f"  use them with: set -a; . {stack.credentials_file}; set +a")
-            console.print("press Ctrl-C to stop")
-            try:
-                while all(p.poll() is None for n, p in stack.procs.items() if n != "migrate"):
-                    time.sleep(1)
-                console.print("[red]a server process exited[/]; logs in " + str(stack.logs))
-            except KeyboardInterrupt:
+        try:
+            with stack:
+                # the whole body is inside the try: a Ctrl-C may arrive between any two lines, not only in the loop
+                try:
+                    console.print(f"[green]Argilla is up[/] in {time.perf_counter() - started:.0f} s at "
+                                  f"[bold]{stack.url}[/]")
+                    console.print(f"credentials (user 'argilla', password, API key): {stack.credentials_file}")
+                    console.print(f"  use them with: set -a; . {stack.credentials_file}; set +a")
+                    console.print("press Ctrl-C to stop")
+                    while all(p.poll() is None for n, p in stack.procs.items() if n != "migrate"):
+                        time.sleep(1)
+                    console.print("[red]a server process exited[/]; logs in " + str(stack.logs))
+                except KeyboardInterrupt:
+                    pass
+                stopping = True
                 console.print("stopping ...")
+        except KeyboardInterrupt:  # interrupted while starting: the context manager has stopped what it started
+            pass
         console.print("stopped")
 
     _guarded(body)
