@@ -13,7 +13,7 @@ build: setup
 	$(BIN)/forma build $(RECIPE) --out $(OUT)
 
 run: setup
-	$(BIN)/forma loop $(RECIPE) --out out
+	$(BIN)/forma loop $(RECIPE) --out out/loop
 
 lint: setup
 	$(BIN)/ruff check .

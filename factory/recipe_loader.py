@@ -35,20 +35,23 @@ class LoadedRecipe:
         return tuple(f for f in self.training_facts if f.category == category)
 
 
-def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on the knowledge base
+
+
+def _read_yaml(path: Path) -> tuple[Any, str]:
+    """Parse ``path``; return the data and the text (composed into nodes only if validation needs a line number)."""
     if not path.is_file():
         raise FormaError("file not found", path=path)
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = yaml.load(text, Loader=_Loader)  # a safe loader, C or Python
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         raise FormaError(f"YAML syntax error: {exc.problem or exc}", path=path, where=where) from None
     except yaml.YAMLError as exc:
         raise FormaError(f"YAML syntax error: {exc}", path=path) from None
-    return data, node
+    return data, text
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -78,7 +81,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _validate(model: type[BaseModel], data: Any, path: Path, node: yaml.Node | None) -> Any:
+def _validate(model: type[BaseModel], data: Any, path: Path, text: str) -> Any:
     if not isinstance(data, dict):
         raise FormaError(f"expected a mapping at the top level, got {type(data).__name__}", path=path)
     try:
@@ -86,7 +89,7 @@ def _validate(model: type[BaseModel], data: Any, path: Path, node: yaml.Node | N
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
-        line = _line_of(node, loc)
+        line = _line_of(yaml.compose(text, Loader=_Loader), loc)
         message = first["msg"]
         if first["type"] == "enum" and "categories" in loc:
             known = ", ".join(c.value for c in Category)
@@ -119,8 +122,8 @@ def load_facts(files: list[Path]) -> tuple[Fact, ...]:
     facts: list[Fact] = []
     seen: dict[str, Path] = {}
     for file in files:
-        data, node = _read_yaml(file)
-        knowledge: KnowledgeFile = _validate(KnowledgeFile, data, file, node)
+        data, text = _read_yaml(file)
+        knowledge: KnowledgeFile = _validate(KnowledgeFile, data, file, text)
         for fact in knowledge.facts:
             if fact.id in seen:
                 raise FormaError(f"duplicate fact id {fact.id!r} (also in {seen[fact.id]})", path=file, where="facts")
@@ -132,8 +135,8 @@ def load_facts(files: list[Path]) -> tuple[Fact, ...]:
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Parse and validate ``path`` and the knowledge it names; raise :class:`FormaError` on the first problem."""
     recipe_path = Path(path)
-    data, node = _read_yaml(recipe_path)
-    recipe: Recipe = _validate(Recipe, data, recipe_path, node)
+    data, text = _read_yaml(recipe_path)
+    recipe: Recipe = _validate(Recipe, data, recipe_path, text)
     facts = load_facts(_knowledge_files(recipe_path.parent, recipe.knowledge, recipe_path))
     loaded = LoadedRecipe(path=recipe_path, recipe=recipe, facts=facts)
     for category, share in recipe.categories.items():
