@@ -13,7 +13,6 @@ Three ways in, one interface (``generate_all`` / ``choices_all``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 from eval.suite import Case
 from factory.errors import FormaError
+from factory.export import sha256_file
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 
@@ -47,12 +47,6 @@ class ChoiceScores:
     seconds: float = 0.0
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def auto_threads(max_threads: int = 2) -> int:

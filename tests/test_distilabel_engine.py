@@ -40,7 +40,8 @@ def test_distilabel_engine_gives_the_local_engines_dataset() -> None:
     for name in ("samples.jsonl", "sharegpt/train.jsonl", "alpaca/test.jsonl"):
         assert (folder / "distilabel" / name).read_bytes() == (folder / "local" / name).read_bytes(), name
     assert _rejects(folder / "distilabel") == _rejects(folder / "local")
-    assert [s.model_dump() for s in distilabel.stats] == [s.model_dump() for s in local.stats]
+    assert [s.model_dump(exclude={"seconds"}) for s in distilabel.stats] == [
+        s.model_dump(exclude={"seconds"}) for s in local.stats]  # timings differ between engines
     manifest = json.loads((folder / "distilabel" / "manifest.json").read_text())
     assert manifest["counts"] == local.counts
 

@@ -115,3 +115,28 @@ class Stage(BaseModel, ABC):
     @abstractmethod
     def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
         """Yield the samples this stage keeps; call :meth:`drop` for the others."""
+
+
+class BatchedStage(Stage):
+    """A stage that works a batch at a time (vectorized hashing, embedding, table checks).
+
+    ``run`` groups the stream into batches of ``batch_size`` and hands each to :meth:`process_batch`, which yields
+    the kept samples (calling :meth:`keep` / :meth:`drop` as :meth:`Stage.run` implementations do).
+    """
+
+    batch_size: int = Field(default=1000, ge=1)
+
+    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        self.load()
+        batch: list[Sample] = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) >= self.batch_size:
+                yield from self.process_batch(batch)
+                batch = []
+        if batch:
+            yield from self.process_batch(batch)
+
+    @abstractmethod
+    def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
+        """Yield the samples of ``batch`` this stage keeps."""

@@ -28,7 +28,7 @@ from pydantic import Field, PrivateAttr
 from factory.embed import EncoderKind, get_encoder
 from factory.errors import FormaError
 from factory.recipe_loader import LoadedRecipe
-from factory.stages.base import Stage
+from factory.stages.base import BatchedStage
 from factory.stages.exact import normalize
 from schemas.knowledge import Fact
 from schemas.sample import Sample
@@ -131,7 +131,7 @@ def ngrams(text: str, n: int) -> set[str]:
     return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-class Decontaminate(Stage):
+class Decontaminate(BatchedStage):
     """Drops samples that overlap an eval prompt by n-grams or by embedding similarity (see the module doc)."""
 
     name: ClassVar[str] = "decontaminate"
@@ -141,7 +141,6 @@ class Decontaminate(Stage):
     semantic_threshold: float | None = Field(default=0.85, gt=0, le=1)
     backend: EncoderKind = "auto"
     model_path: str | None = None
-    batch_size: int = Field(default=1000, ge=1)
 
     _grams: dict[int, dict[str, str]] = PrivateAttr(default_factory=dict)
     _firsts: dict[int, set[str]] = PrivateAttr(default_factory=dict)
@@ -161,17 +160,6 @@ class Decontaminate(Stage):
             self._encoder = get_encoder(self.backend, self.model_path)
             self._matrix = self._encoder.encode([p.text for p in self.prompts])
 
-    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
-        self.load()
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= self.batch_size:
-                yield from self._batch(batch)
-                batch = []
-        if batch:
-            yield from self._batch(batch)
-
     def _ngram_hit(self, sample: Sample) -> str | None:
         words = normalize(sample.conversation.text()).split()
         for n, table in self._grams.items():
@@ -183,7 +171,7 @@ class Decontaminate(Stage):
                         return hit
         return None
 
-    def _batch(self, batch: list[Sample]) -> Iterator[Sample]:
+    def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         if not self.prompts:
             for sample in batch:
                 yield self.keep(sample)

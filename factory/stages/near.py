@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from factory.errors import FormaError
-from factory.stages.base import Stage
+from factory.stages.base import BatchedStage
 from factory.stages.exact import normalize
 from schemas.sample import Sample
 
@@ -489,7 +489,7 @@ class SqliteStore:
         self._db.close()
 
 
-class NearDedupe(Stage):
+class NearDedupe(BatchedStage):
     """Drops a sample whose Jaccard similarity (word shingles) to an earlier kept sample reaches ``threshold``.
 
     Works in batches of ``batch_size``: numpy shingles and signs the batch, one store query finds
@@ -504,7 +504,6 @@ class NearDedupe(Stage):
     num_perm: int = 128
     shingle_words: int = Field(default=5, ge=1)
     text: TextField = "conversation"
-    batch_size: int = Field(default=1000, ge=1)
     storage: Path | None = Field(default=None, description="sqlite file for an out-of-core store; None = memory.")
 
     _store: Any = PrivateAttr(default=None)
@@ -524,17 +523,6 @@ class NearDedupe(Stage):
             self._store.close()
             self._store = None
 
-    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
-        self.load()
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= self.batch_size:
-                yield from self._batch(batch)
-                batch = []
-        if batch:
-            yield from self._batch(batch)
-
     def _earlier(self, sets: tuple[np.ndarray, np.ndarray], keys: np.ndarray) -> tuple[list[float], list[int]]:
         """Per batch sample: the best Jaccard to a stored (earlier kept) candidate and its row (-1: none).
 
@@ -551,7 +539,7 @@ class NearDedupe(Stage):
             best[local[first]], best_row[local[first]] = sims[first], rows[first]
         return best.tolist(), best_row.tolist()
 
-    def _batch(self, batch: list[Sample]) -> Iterator[Sample]:
+    def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         store: BandStore = self._store
         flat, offsets = sets = shingle_sets([sample_text(s, self.text) for s in batch], self.shingle_words)
         keys = band_keys(signatures(flat, offsets, self.num_perm), self._bands)

@@ -9,19 +9,19 @@ out-of-core path for huge corpora is the near-duplicate stage (docs/dedupe.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr
 
 from factory.embed import EncoderKind, get_encoder
-from factory.stages.base import Stage
+from factory.stages.base import BatchedStage
 from factory.stages.near import TextField, sample_text
 from schemas.sample import Sample
 
 
-class SemanticDedupe(Stage):
+class SemanticDedupe(BatchedStage):
     """Keeps the first of each group of samples whose compared text embeds within ``threshold`` cosine."""
 
     name: ClassVar[str] = "dedupe_semantic"
@@ -30,7 +30,6 @@ class SemanticDedupe(Stage):
     text: TextField = "user"
     backend: EncoderKind = "auto"
     model_path: str | None = None
-    batch_size: int = Field(default=1000, ge=1)
     record_similarity: bool = False
     best_similarity: list[float] = Field(default_factory=list, exclude=True,
                                          description="Nearest kept neighbour's cosine for each seen sample.")
@@ -46,18 +45,7 @@ class SemanticDedupe(Stage):
     def unload(self) -> None:
         self._index = None
 
-    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
-        self.load()
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= self.batch_size:
-                yield from self._batch(batch)
-                batch = []
-        if batch:
-            yield from self._batch(batch)
-
-    def _batch(self, batch: list[Sample]) -> Iterator[Sample]:
+    def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         import faiss
 
         vectors = self._encoder.encode([sample_text(s, self.text) for s in batch])

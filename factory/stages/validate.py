@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
-from factory.stages.base import Stage
+from factory.stages.base import BatchedStage
 from schemas.knowledge import Category, Fact
 from schemas.sample import Sample
 
@@ -115,7 +115,7 @@ def grounded(value: float, facts: Iterable[Fact], user_numbers: set[float]) -> b
     return any(abs(value - u) < 1e-9 for u in user_numbers)
 
 
-class Validate(Stage):
+class Validate(BatchedStage):
     """Drops samples that fail a table or record check; the reject names every failed check, not just the first."""
 
     name: ClassVar[str] = "validate"
@@ -127,7 +127,6 @@ class Validate(Stage):
     check_language: bool = True
     check_numbers: bool = True
     facts: Mapping[str, Fact] = Field(default_factory=dict, description="Fact id -> fact, for number grounding.")
-    batch_size: int = Field(default=1000, ge=1)
 
     _schema: Any = PrivateAttr(default=None)
 
@@ -156,17 +155,6 @@ class Validate(Stage):
                              name="turns_match_user_turns")],
             strict=True,
         )
-
-    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
-        self.load()
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= self.batch_size:
-                yield from self._batch(batch)
-                batch = []
-        if batch:
-            yield from self._batch(batch)
 
     def table_failures(self, batch: list[Sample]) -> dict[int, list[str]]:
         """Row index -> failed table checks (``column:check``), from one lazy pandera validation."""
@@ -236,7 +224,7 @@ class Validate(Stage):
         shown = ", ".join(f"{v:g}" for v in bad[:5])
         return [("ungrounded_number", f"{shown} not within any quantity of cited facts {sample.lineage.fact_ids}")]
 
-    def _batch(self, batch: list[Sample]) -> Iterator[Sample]:
+    def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         table = self.table_failures(batch)
         for i, sample in enumerate(batch):
             problems = [("table_check", label) for label in table.get(i, [])] + self.record_failures(sample)
