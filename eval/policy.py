@@ -57,14 +57,9 @@ class Policy(BaseModel):
 
 
 def load_policy(path: Path) -> Policy:
-    import yaml
+    from factory.recipe_loader import read_yaml
 
-    if not path.is_file():
-        raise FormaError("policy file not found", path=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FormaError(f"YAML syntax error: {exc}", path=path) from None
+    data, _ = read_yaml(path, "policy file")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

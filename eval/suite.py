@@ -160,14 +160,9 @@ def _load_knowledge(source: KnowledgeSource, base: Path, override: Path | None, 
 
 def load_suite(path: Path, *, knowledge: Path | None = None) -> Suite:
     """Read one suite file; every problem becomes a FormaError naming the file and the case."""
-    import yaml
+    from factory.recipe_loader import read_yaml
 
-    if not path.is_file():
-        raise FormaError("suite file not found", path=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FormaError(f"YAML syntax error: {exc}", path=path) from None
+    data, _ = read_yaml(path, "suite file")
     if not isinstance(data, dict):
         raise FormaError("expected a mapping with 'suite' and 'cases'", path=path)
     try:

@@ -6,7 +6,6 @@ Nothing here downloads. Users name models by local path; the defaults are files 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -14,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from factory.errors import FormaError
+from factory.export import sha256_file
 
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -51,12 +51,6 @@ def minilm_path() -> Path:
     return Path(get_model_path())
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def smollm2_hf(cache: Path | None = None) -> Path:
@@ -67,7 +61,7 @@ def smollm2_hf(cache: Path | None = None) -> Path:
     reloads offline in seconds and generates the same text as the GGUF-loaded model.
     """
     gguf = smollm2_gguf()
-    target = (cache or cache_root()) / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}-v3"
+    target = (cache or cache_root()) / "models" / f"smollm2-135m-instruct-{sha256_file(gguf)[:16]}-v3"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import torch

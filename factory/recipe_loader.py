@@ -38,10 +38,14 @@ class LoadedRecipe:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on the knowledge base
 
 
-def _read_yaml(path: Path) -> tuple[Any, str]:
-    """Parse ``path``; return the data and the text (composed into nodes only if validation needs a line number)."""
+def read_yaml(path: Path, what: str = "file") -> tuple[Any, str]:
+    """Parse ``path``; return the data and the text (composed into nodes only if validation needs a line number).
+
+    The one YAML reader for every file users edit (recipes, knowledge, policies, suites, training configs), so each
+    gets the same one-line errors with line and column.
+    """
     if not path.is_file():
-        raise FormaError("file not found", path=path)
+        raise FormaError(f"{what} not found", path=path)
     text = path.read_text(encoding="utf-8")
     try:
         data = yaml.load(text, Loader=_Loader)  # a safe loader, C or Python
@@ -122,7 +126,7 @@ def load_facts(files: list[Path]) -> tuple[Fact, ...]:
     facts: list[Fact] = []
     seen: dict[str, Path] = {}
     for file in files:
-        data, text = _read_yaml(file)
+        data, text = read_yaml(file)
         knowledge: KnowledgeFile = _validate(KnowledgeFile, data, file, text)
         for fact in knowledge.facts:
             if fact.id in seen:
@@ -135,7 +139,7 @@ def load_facts(files: list[Path]) -> tuple[Fact, ...]:
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Parse and validate ``path`` and the knowledge it names; raise :class:`FormaError` on the first problem."""
     recipe_path = Path(path)
-    data, text = _read_yaml(recipe_path)
+    data, text = read_yaml(recipe_path)
     recipe: Recipe = _validate(Recipe, data, recipe_path, text)
     facts = load_facts(_knowledge_files(recipe_path.parent, recipe.knowledge, recipe_path))
     loaded = LoadedRecipe(path=recipe_path, recipe=recipe, facts=facts)

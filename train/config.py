@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.errors import FormaError
@@ -124,12 +123,9 @@ class TrainConfig(BaseModel):
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read and validate a YAML config; every problem is one :class:`FormaError` naming the file and field."""
     path = Path(path)
-    if not path.is_file():
-        raise FormaError("config file not found", path=path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FormaError(f"not valid YAML: {exc}".replace("\n", " "), path=path) from None
+    from factory.recipe_loader import read_yaml
+
+    raw, _ = read_yaml(path, "config file")
     if not isinstance(raw, dict):
         raise FormaError("expected a mapping of settings at the top level", path=path)
     raw.update({k: v for k, v in overrides.items() if v is not None})

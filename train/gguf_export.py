@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import FormaError
+from factory.export import sha256_file
 from factory.models import cache_root
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -50,12 +50,6 @@ QUANT_TYPES = {
 
 # --------------------------------------------------------------------------- the pinned converter source
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def llama_sdist(cache: Path | None = None, *, fetch: bool = True) -> Path:
@@ -78,7 +72,7 @@ def llama_sdist(cache: Path | None = None, *, fetch: bool = True) -> Path:
             raise FormaError("the llama-cpp-python source archive is not cached", path=archive,
                              hint="run scripts/setup.sh, or python -m train.gguf_export --fetch")
         _download_sdist(root)
-    digest = _sha256(archive)
+    digest = sha256_file(archive)
     if digest != LLAMA_CPP_SDIST_SHA256:
         bad = archive.with_name(archive.name + ".bad")
         archive.replace(bad)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import FormaError
+from factory.export import sha256_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
@@ -132,7 +133,7 @@ class LLMCache:
                                    ident).fetchone()
         if row is not None:
             return str(row[0])
-        digest = file_sha256(path)
+        digest = sha256_file(path)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", (*ident, digest))
             self._db.commit()
@@ -143,12 +144,6 @@ class LLMCache:
             self._db.close()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def count_replies(path: Path) -> int:

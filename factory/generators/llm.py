@@ -276,9 +276,9 @@ def _short(text: str, n: int = 160) -> str:
 
 
 def _quick_digest(path: Path) -> str:
-    from factory.generators.cache import file_sha256
+    from factory.export import sha256_file
 
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def make_teacher(cfg: GeneratorConfig | JudgeConfig, *, loaded: LoadedRecipe, cache: LLMCache | None,
