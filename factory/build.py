@@ -25,6 +25,7 @@ from factory.export import (
     SPLITS,
     alpaca_record,
     dataset_hash,
+    flat_rows,
     sha256_file,
     sharegpt_record,
     write_hf,
@@ -58,6 +59,9 @@ class BuildResult:
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
     dataset_hash: str = ""
+    #: Wall seconds per phase: setup (recipe, plan, stage loading), rounds (generate + filter + balance), split,
+    #: export (data files, card, manifest), report. Not written to the manifest (it must be byte-identical).
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def make_generator(loaded: LoadedRecipe, out: Path | None = None, resume: bool = False) -> Generator:
@@ -191,11 +195,14 @@ def assign_splits(samples: list[Sample], test_share: float) -> list[Sample]:
 
 def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | None = None,
                   total: int | None = None, progress: bool = False, console: Console | None = None,
-                  resume: bool = False, engine: str = "local", ray_address: str | None = None) -> BuildResult:
+                  resume: bool = False, engine: str = "local", ray_address: str | None = None,
+                  filters: bool = True) -> BuildResult:
     """Build the dataset a recipe describes into ``out_dir``; see the module docstring for the flow.
 
     ``resume`` reuses the LLM replies cached in ``out_dir`` by an earlier (perhaps killed) build. ``engine``
     "distilabel" runs generation and filters as a distilabel Pipeline (on Ray when ``ray_address`` is given).
+    ``filters=False`` skips validation, decontamination and dedupe: for measuring the pipeline's own cost
+    (``bench/build.py``), never for data anyone trains on, so the CLI does not offer it.
     """
     started = time.perf_counter()
     loaded = load_recipe(recipe_path)
@@ -212,8 +219,17 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
         raise FormaError(f"unknown engine {engine!r}", hint="use --engine local or --engine distilabel")
     if ray_address is not None and engine != "distilabel":
         raise FormaError("--ray-address needs --engine distilabel")
+    phases: dict[str, float] = {}
+    mark = started
+
+    def phase_done(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - mark
+        mark = now
+
     generator = make_generator(loaded, out, resume) if engine == "local" else None
-    stages = filter_stages(loaded)
+    stages = filter_stages(loaded) if filters else []
     gen_stats = StageStats(stage="generate")
 
     kept: dict[Category, list[Sample]] = {c: [] for c in quotas}
@@ -222,6 +238,7 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
         for stage in stages:
             stage.bind(rejects)
             stage.load()
+        phase_done("setup")
         task = bar.add_task("generating", total=sum(quotas.values()))
         for round_no in range(MAX_BALANCE_ROUNDS):
             if generator is None:
@@ -251,12 +268,20 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
         if generator is not None and hasattr(generator, "close"):
             generator.close()
         n_rejects = rejects.count
+        phase_done("rounds")
 
     samples = assign_splits([s for c in quotas for s in kept[c]], loaded.recipe.splits.test)
     result = BuildResult(out=out, samples=samples, counts={c.value: len(kept[c]) for c in quotas},
                          quotas={c.value: n for c, n in quotas.items()}, stats=[gen_stats, *(s.stats for s in stages)],
-                         rejects=n_rejects, seconds=0.0, dataset_hash=dataset_hash(samples))
+                         rejects=n_rejects, seconds=0.0, dataset_hash=dataset_hash(samples), phases=phases)
+    phase_done("split")
     _write_outputs(result, loaded, planner.seed)
+    phase_done("export")
+    from factory.report import write_build_report  # out/report/ and reports/<dataset>/: report.html + report.json
+
+    write_build_report(out, out.name, backend=loaded.recipe.dedupe.embedding_backend,
+                       model_path=loaded.recipe.dedupe.embedding_model)
+    phase_done("report")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -274,10 +299,12 @@ def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None
         if "alpaca" in formats:
             written.append(out / "alpaca" / f"{split}.jsonl")
             write_jsonl(written[-1], (alpaca_record(s) for s in items))
+    rows_by_split = {split: flat_rows(items) for split, items in by_split.items()} \
+        if {"parquet", "hf"} & set(formats) else {}
     if "parquet" in formats:
-        written.extend(write_parquet(out / "parquet", by_split))
+        written.extend(write_parquet(out / "parquet", rows_by_split))
     if "hf" in formats:
-        write_hf(out / "hf", by_split, result.dataset_hash)
+        write_hf(out / "hf", rows_by_split, result.dataset_hash)
     result.files = {str(p.relative_to(out)): sha256_file(p) for p in written}
     manifest: dict[str, Any] = {
         "recipe": loaded.recipe.name, "recipe_hash": loaded.recipe.content_hash(), "recipe_file": str(loaded.path),
@@ -291,10 +318,6 @@ def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None
     }
     write_card(out / "README.md", manifest, loaded)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    from factory.report import write_build_report  # out/report/ and reports/<dataset>/: report.html + report.json
-
-    write_build_report(out, out.name, backend=loaded.recipe.dedupe.embedding_backend,
-                       model_path=loaded.recipe.dedupe.embedding_model)
 
 
 class _NullProgress:

@@ -14,8 +14,10 @@ Every encoder returns L2-normalized float32 rows, so a dot product is the cosine
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -35,6 +37,9 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+_NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0")
+
+
 def _normalize(matrix: Any) -> np.ndarray:
     out = np.asarray(matrix, dtype=np.float32)
     if out.ndim != 2:
@@ -45,6 +50,13 @@ def _normalize(matrix: Any) -> np.ndarray:
 
 
 def cuda_available() -> bool:
+    """Whether torch sees a CUDA device.
+
+    Importing torch costs about a second, a tenth of a 10,000-conversation build; a machine without the NVIDIA
+    driver cannot have CUDA, so torch is asked only where the driver is present (or torch is loaded already).
+    """
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in _NVIDIA_DRIVER_PATHS):
+        return False
     try:
         import torch
     except ImportError:
@@ -130,11 +142,40 @@ class StaticEncoder:
         folder = distill_static(model_path)
         self.name = f"static:{folder.name}"
         self.model = StaticModel.from_pretrained(str(folder))
+        self._vectors = np.asarray(self.model.embedding, dtype=np.float32)
+        self._weights = None if self.model.weights is None else np.asarray(self.model.weights, dtype=np.float32)
+        self._mapping = None if self.model.token_mapping is None else np.asarray(self.model.token_mapping)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """The (weighted) mean of each text's token vectors, as ``StaticModel.encode`` computes it (tested equal).
+
+        Written out here because model2vec averages text by text in a Python loop, which was half of the dedupe
+        stages' time on 10,000 conversations. Here one sparse (texts x vocabulary) matrix of weight / length per
+        token, times the embedding matrix, gives every mean of a batch at once. The tokenizing (unknown tokens
+        dropped, 512-token truncation) is still model2vec's own.
+        """
+        texts = list(texts)
         if not texts:
             return np.zeros((0, STATIC_DIMS), dtype=np.float32)
-        return _normalize(self.model.encode(list(texts), batch_size=1024, show_progress_bar=False))
+        return np.concatenate([self._encode_batch(texts[i:i + self.BATCH])
+                               for i in range(0, len(texts), self.BATCH)])
+
+    BATCH = 4096
+    MAX_TOKENS = 512  # StaticModel.encode's default max_length
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        import scipy.sparse
+
+        ids = self.model.tokenize(texts, max_length=self.MAX_TOKENS)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        rows = tokens if self._mapping is None else self._mapping[tokens]
+        share = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
+        if self._weights is not None:
+            share *= self._weights[tokens]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        mix = scipy.sparse.csr_matrix((share, rows, indptr), shape=(len(texts), self._vectors.shape[0]))
+        return _normalize(mix @ self._vectors)
 
 
 class CachedEncoder:

@@ -187,3 +187,19 @@ def test_balance_refills_exactly_when_filters_drop(tmp_path: Path, monkeypatch: 
     rejects = [json.loads(line) for line in (tmp_path / "strict" / "rejects.jsonl").open()]
     assert sum(r["reason"] == "near_duplicate" for r in rejects) == near.dropped
     assert all(r["related_id"] for r in rejects if r["stage"].startswith("dedupe"))
+
+
+def test_static_encoder_gives_model2vecs_own_vectors(corpus: list[Planted]) -> None:
+    """Our batched mean (one sparse product) must equal StaticModel.encode, the loop it replaces."""
+    import numpy as np
+
+    from factory.embed import StaticEncoder, _normalize
+
+    encoder = StaticEncoder()
+    texts = [p.sample.conversation.text() for p in corpus[:300]]
+    texts += ["", "   ", "squat", "Squat depth? " * 400, "Wie viel Protein brauche ich?", "🏋️ 5x5 @ 80% 1RM"]
+    ours = encoder.encode(texts)
+    reference = _normalize(encoder.model.encode(texts, show_progress_bar=False))
+    assert ours.shape == (len(texts), reference.shape[1])
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    assert np.abs(ours[:300] - ours[:300].mean(axis=0)).max() > 0.1  # distinct texts give distinct vectors
