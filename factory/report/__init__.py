@@ -29,13 +29,15 @@ def reports_root() -> Path:
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as fh:
+    import orjson
+
+    with path.open("rb") as fh:
         for line in fh:
             line = line.strip()
             if line:
                 try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:
                     continue  # a truncated line from a killed build: the report still renders the rest
 
 

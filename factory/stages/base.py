@@ -8,7 +8,6 @@ resources in :meth:`load`, not at import or construction time.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from factory.export import json_line
 from schemas.sample import Reject, Sample
 
 
@@ -39,7 +39,7 @@ class RejectWriter:
 
     def __init__(self, path: Path | None = None, examples_per_reason: int = 5) -> None:
         self.path = path
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
         self.count = 0
         self.examples: dict[tuple[str, str], list[Reject]] = {}
         self.examples_per_reason = examples_per_reason
@@ -47,7 +47,7 @@ class RejectWriter:
     def __enter__(self) -> RejectWriter:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("w", encoding="utf-8")
+            self._fh = self.path.open("wb")
         return self
 
     def write(self, reject: Reject) -> None:
@@ -56,7 +56,7 @@ class RejectWriter:
         if len(examples) < self.examples_per_reason:
             examples.append(reject)
         if self._fh is not None:
-            self._fh.write(json.dumps(reject.model_dump(mode="json"), ensure_ascii=False, sort_keys=True) + "\n")
+            self._fh.write(json_line(reject.model_dump(mode="json")))
             self._fh.flush()
 
     def __exit__(self, *exc: object) -> None:
