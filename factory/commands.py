@@ -67,6 +67,7 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
         out.print(funnel)
         out.print(f"rejects: {result.rejects} (see {result.out / 'rejects.jsonl'}); "
                   f"dataset hash {result.dataset_hash[:16]}")
+        out.print("time: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.phases.items()))
 
     run_guarded(body)
 
