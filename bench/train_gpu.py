@@ -272,13 +272,14 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
     return result
 
 
-def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM) -> None:
+def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM,
+            gc: bool | str = GC) -> None:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     make_model(data, model_dir)
     torch.cuda.empty_cache()
-    forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim})
+    forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim, "gc": gc})
     # the same real tokens per optimiser step as the packed run: chats per batch = packed tokens / mean chat length
     from transformers import AutoTokenizer
 
@@ -293,7 +294,7 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim
     summary = {
         "device": torch.cuda.get_device_name(0), "model": "Qwen2.5-3B architecture, random init, 4-bit NF4",
         "lora": LORA, "max_seq_length": SEQ, "steps": steps, "packed_rows": rows, "mean_chat_tokens": mean_len,
-        "optimizer": optim,
+        "optimizer": optim, "gradient_checkpointing": gc,
         "forma": forma, "baseline": base,
         "speedup_steady": forma["tokens_per_s_steady"] / base["tokens_per_s_steady"],
         "speedup_whole_run": forma["tokens_per_s"] / base["tokens_per_s"],
@@ -342,11 +343,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=PACKED_ROWS, help="packed rows of max_seq_length per step")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--optim", default=OPTIM, help="optimizer of both paths (a transformers `optim` name)")
+    ap.add_argument("--gc", choices=["unsloth", "true"], default=None,
+                    help=f"forma's gradient checkpointing: unsloth (offloaded to CPU) or true (plain, on the GPU); "
+                         f"default {GC!r}. The baseline always uses HF gradient checkpointing.")
     a = ap.parse_args()
     if a.step == "prepare":
         prepare(a.sdist, a.data, a.chats)
     elif a.step == "run":
-        run_all(a.data, a.out, a.model, a.rows, a.steps, a.optim)
+        run_all(a.data, a.out, a.model, a.rows, a.steps, a.optim,
+                GC if a.gc is None else (True if a.gc == "true" else "unsloth"))
     elif a.step == "sweep":
         sweep(a.data, a.out, a.model, json.loads(a.variant))
     else:
