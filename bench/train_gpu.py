@@ -193,6 +193,7 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
             "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
+            "packed_attention": report.get("packed_attention"),
             "phases": _phases(_PHASE_CLOCKS[-1].marks) if _PHASE_CLOCKS else {}}
 
 

@@ -221,3 +221,36 @@ def test_schema_samples_round_trip(tmp_path: Path) -> None:
     path = write_samples(schema_samples(10, seed=1), tmp_path / "d")
     chats = load_chats(path)
     assert len(chats.train) + len(chats.test) == 10 and len(chats.dataset_hash) == 64
+
+
+def test_packed_attention_gqa_wrapper_pairs_heads_as_grouped_query_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch 2.11 shim: a varlen kernel without GQA, given repeated K/V heads, must equal SDPA's enable_gqa."""
+    import itertools
+
+    import torch
+    import torch.nn.functional as F
+
+    from train import packed_attention
+
+    def varlen_without_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):  # type: ignore[no-untyped-def]
+        assert q.shape[1] == k.shape[1], "a kernel without enable_gqa needs as many K/V heads as query heads"
+        bounds = cu_q.tolist()
+        return torch.cat([F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                                         v[a:b].transpose(0, 1), is_causal=True).transpose(0, 1)
+                          for a, b in itertools.pairwise(bounds)])
+
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim = [5, 9, 2], 8, 2, 16
+    q = torch.randn(sum(lengths), heads, dim)
+    k, v = torch.randn(sum(lengths), kv_heads, dim), torch.randn(sum(lengths), kv_heads, dim)
+    cu = torch.tensor([0, 5, 14, 16], dtype=torch.int32)
+    out = packed_attention.with_gqa(varlen_without_gqa)(q, k, v, cu, cu, 9, 9, enable_gqa=True, window_size=(-1, 0))
+    expected = torch.cat([F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                                         v[a:b].transpose(0, 1), is_causal=True,
+                                                         enable_gqa=True).transpose(0, 1)
+                          for a, b in ((0, 5), (5, 14), (14, 16))])
+    torch.testing.assert_close(out, expected)
+    # and the shim stays off where it is not needed: no CUDA here, or switched off by the user
+    assert packed_attention.enable() is False
+    monkeypatch.setenv("FORMA_TORCH_VARLEN", "0")
+    assert packed_attention.enable() is False

@@ -217,6 +217,10 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
     from trl import SFTConfig, SFTTrainer
     from unsloth import FastLanguageModel
 
+    from train import packed_attention
+
+    # packed batches: one flash varlen call per layer where Unsloth would loop over the chats (see the module)
+    flash_varlen_shim = packed_attention.enable() if pre.device == "cuda" and config.packing else False
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(str(pre.base_model))
@@ -333,6 +337,8 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
         "model_type": pre.model_type,
         "device": pre.device if cpu else torch.cuda.get_device_name(0),
         "resumed_from": resume_from,
+        "packed_attention": ("torch flash varlen (train/packed_attention.py)" if flash_varlen_shim
+                             else "Unsloth's choice" if config.packing else None),
         "data": {"train_chats": len(train_tok.input_ids), "eval_chats": len(eval_tok.input_ids),
                  "dropped_too_long": train_tok.too_long + eval_tok.too_long, "train_tokens": train_tok.tokens,
                  "train_label_tokens": train_tok.label_tokens},
