@@ -254,3 +254,25 @@ def test_packed_attention_gqa_wrapper_pairs_heads_as_grouped_query_attention(mon
     assert packed_attention.enable() is False
     monkeypatch.setenv("FORMA_TORCH_VARLEN", "0")
     assert packed_attention.enable() is False
+
+
+def test_shipped_configs_load_and_the_gpu_config_is_what_the_bench_measured() -> None:
+    """Every config under train/configs validates; the GPU one keeps the settings bench/train_gpu.py measured."""
+    import importlib.util
+
+    from train.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    configs = {p.stem: load_config(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
+    assert {"smollm2-cpu", "qwen25-3b-gpu"} <= set(configs)
+    spec = importlib.util.spec_from_file_location("bench_train_gpu", root / "bench" / "train_gpu.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gpu = configs["qwen25-3b-gpu"]
+    assert (gpu.max_seq_length, gpu.batch_size, gpu.gradient_accumulation) == (bench.SEQ, bench.PACKED_ROWS, 1)
+    assert (gpu.quantization, gpu.packing, gpu.gradient_checkpointing, gpu.device) == ("4bit", True, bench.GC, "cuda")
+    lora = bench.LORA
+    assert (gpu.lora.r, gpu.lora.alpha, gpu.lora.dropout) == (lora["r"], lora["alpha"], lora["dropout"])
+    assert list(gpu.lora.target_modules) == bench.LORA["target_modules"]
+    assert gpu.learning_rate == bench.LR and gpu.optimizer == bench.OPTIM
