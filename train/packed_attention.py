@@ -48,7 +48,6 @@ def enable() -> bool:
         return False
     try:
         import torch.nn.attention.varlen as varlen_module
-        from torch.nn.attention.varlen import varlen_attn
         from unsloth.utils import attention_dispatch as dispatch
     except ImportError:
         return False
@@ -56,6 +55,7 @@ def enable() -> bool:
         return False
     if os.environ.get("UNSLOTH_TORCH_VARLEN", "1").lower() in OFF:  # the user turned varlen off in Unsloth
         return False
+    varlen_attn = varlen_module.varlen_attn
     if "window_size" not in inspect.signature(varlen_attn).parameters:  # torch < 2.11
         return False
     if not getattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)():

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from factory.errors import FormaError
 
 MAX_EXAMPLES = 3
@@ -29,8 +31,6 @@ def reports_root() -> Path:
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     if not path.is_file():
         return
-    import orjson
-
     with path.open("rb") as fh:
         for line in fh:
             line = line.strip()
