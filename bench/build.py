@@ -73,9 +73,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=["bare", "engine", "full"])
     args = parser.parse_args()
     if args.variant:
-        runners = {"bare": lambda n: bare(n), "engine": lambda n: pipeline(n, filters=False),
-                   "full": lambda n: pipeline(n, filters=True)}
-        result = runners[args.variant](args.total)
+        result = bare(args.total) if args.variant == "bare" else pipeline(args.total, filters=args.variant == "full")
         result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return

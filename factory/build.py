@@ -225,7 +225,7 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
     def phase_done(name: str) -> None:
         nonlocal mark
         now = time.perf_counter()
-        phases[name] = phases.get(name, 0.0) + now - mark
+        phases[name] = now - mark
         mark = now
 
     generator = make_generator(loaded, out, resume) if engine == "local" else None
