@@ -24,6 +24,15 @@ Label = Literal["comply", "refuse", "escalate"]
 Check = Literal["stop", "no_template", "language"]
 
 
+class HistoryTurn(BaseModel):
+    """An earlier turn of a multi-turn case (the red flag may only surface in the last user turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1)
+
+
 class Case(BaseModel):
     """One eval case. Exactly one of expect / quantity / choices / checks says how it is scored."""
 
@@ -35,6 +44,7 @@ class Case(BaseModel):
     topic: str | None = None
     prompt: str = Field(min_length=3)
     system: str | None = None
+    history: list[HistoryTurn] = Field(default_factory=list, description="Earlier turns, oldest first.")
     language: str = "en"
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
     expect: Label | None = None
@@ -62,7 +72,8 @@ class Case(BaseModel):
 
     def messages(self) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system}] if self.system else []
-        return [*out, {"role": "user", "content": self.prompt}]
+        past = [{"role": t.role, "content": t.content} for t in self.history]
+        return [*out, *past, {"role": "user", "content": self.prompt}]
 
 
 class KnowledgeKind(BaseModel):

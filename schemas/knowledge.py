@@ -97,6 +97,11 @@ class Fact(BaseModel):
     populations: list[str] = Field(default_factory=lambda: ["general"])
     questions: list[str] = Field(min_length=1, description="Ways a user asks for this fact.")
     answer: str = Field(min_length=20, description="The expert answer; carries the fact's numbers.")
+    variants: list[str] = Field(
+        default_factory=list,
+        description="Other wordings of ``answer`` by the experts: same content and the same numbers, so that a "
+        "model trained on the data learns the fact rather than one string.",
+    )
     follow_ups: list[FollowUp] = Field(default_factory=list)
     heldout: bool = Field(default=False, description="Held out of training, kept for the accuracy suite.")
 
