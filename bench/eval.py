@@ -3,7 +3,7 @@
 1. Overhead: the same prompts through bare llama-cpp-python and through the harness (GGUFRunner + scoring), in one
    process, same model, same greedy settings; reports both wall times and the overhead (target <= 10%).
 2. The whole gate (every default suite, the demo policy, report written) on the SmolLM2 GGUF; target <= 5 minutes.
-   It uses a q8_0 made by ``train.gguf_export.export_gguf`` when ``--q8`` is given and that works, else the shipped
+   It uses a q8_0 made by ``export.gguf_export.export_gguf`` when ``--q8`` is given and that works, else the shipped
    Q4_1.
 
     python bench/eval.py [--prompts 24] [--max-tokens 128] [--q8] [--skip-gate] [--json out.json]
@@ -52,7 +52,7 @@ def _harness(model: Path, cases: list, max_tokens: int, threads: int) -> tuple[f
 
 
 def overhead(model: Path, n: int, max_tokens: int, threads: int, rounds: int) -> dict:
-    from eval.suite import load_suites
+    from schemas.eval_suite import load_suites
 
     suites = load_suites(names=["safety"])
     cases = [c.model_copy(update={"max_tokens": max_tokens}) for c in suites["safety"].cases[:n]]
@@ -73,8 +73,8 @@ def overhead(model: Path, n: int, max_tokens: int, threads: int, rounds: int) ->
 
 def q8_model(work: Path) -> Path | None:
     try:
-        from factory.models import smollm2_hf
-        from train.gguf_export import export_gguf
+        from common.model_paths import smollm2_hf
+        from export.gguf_export import export_gguf
 
         result = export_gguf(smollm2_hf(), work / "export", quants=["q8_0"], verify=False)
         found = sorted((work / "export").glob("*q8_0*.gguf")) + sorted((work / "export").glob("*Q8_0*.gguf"))
@@ -104,12 +104,12 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0, help="0: 2, or 1 when the cores are busy (auto_threads)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--q8", action="store_true", help="export a q8_0 with train.gguf_export and gate that")
+    ap.add_argument("--q8", action="store_true", help="export a q8_0 with export.gguf_export and gate that")
     ap.add_argument("--skip-gate", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from common.model_paths import smollm2_gguf
     from eval.runners import auto_threads
-    from factory.models import smollm2_gguf
 
     args.threads = args.threads or auto_threads()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

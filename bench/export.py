@@ -1,6 +1,6 @@
 """Time GGUF conversion and each quantization, and print the drift figures, on this machine.
 
-Models: SmolLM2-135M-Instruct (the HF folder from factory.models.smollm2_hf) and a random-init Qwen2.5-0.5B
+Models: SmolLM2-135M-Instruct (the HF folder from common.model_paths.smollm2_hf) and a random-init Qwen2.5-0.5B
 architecture built from its published config values (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate
 4864, vocab 151936, tied embeddings) with the Qwen2 vocab from the sdist and Qwen2.5's chat template. Random weights
 mean its drift figures measure numerics only and its chat check cannot stop (it never emits an end token).
@@ -29,7 +29,7 @@ def build_qwen25_05b(out: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from train.gguf_export import llama_sdist
+    from export.gguf_export import llama_sdist
 
     sdist = llama_sdist()
     tokenizer = AutoTokenizer.from_pretrained(str(sdist / "models"), gguf_file="ggml-vocab-qwen2.gguf")
@@ -50,7 +50,7 @@ def build_qwen25_05b(out: Path) -> Path:
 
 
 def run(name: str, model_dir: Path, out_dir: Path, quants: list[str]) -> dict[str, Any]:
-    from train.gguf_export import export_gguf
+    from export.gguf_export import export_gguf
 
     start = time.perf_counter()
     result = export_gguf(model_dir, out_dir, quants=quants)
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from factory.models import cache_root, smollm2_hf
+    from common.model_paths import cache_root, smollm2_hf
 
     torch.set_num_threads(2)
     quants = [q for q in args.quants.split(",") if q]

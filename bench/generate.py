@@ -22,13 +22,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.model_paths import smollm2_gguf  # noqa: E402
 from factory.generators.cache import LLMCache  # noqa: E402
 from factory.generators.llm import (  # noqa: E402
     LlamaCppTeacher,
     LLMGenerator,
     OpenAICompatibleTeacher,
 )
-from factory.models import smollm2_gguf  # noqa: E402
 from factory.planner import Planner  # noqa: E402
 from factory.recipe_loader import load_recipe  # noqa: E402
 
@@ -102,7 +102,7 @@ def bench_local(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def bench_server(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from tests.conftest_llm import llama_server
+    from tests.helpers.llm import llama_server
 
     loaded = load_recipe(_recipe(tmp, args.max_new_tokens, args.threads))
     slots = Planner(loaded).plan(args.server_requests)[: args.server_requests]

@@ -33,13 +33,13 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="an existing server (default: start a local one)")
     args = parser.parse_args()
 
-    from factory.review.client import ArgillaClient
-    from factory.review.dataset import load_version
-    from factory.review.fixtures import create_annotator, make_samples, write_version
-    from factory.review.merge import merge_reviews
-    from factory.review.pull import pull
-    from factory.review.push import PushOptions, push
-    from factory.review.server import LocalArgilla, ServerConfig
+    from review.client import ArgillaClient
+    from review.dataset import load_version
+    from review.fixtures import create_annotator, make_samples, write_version
+    from review.merge import merge_reviews
+    from review.pull import pull
+    from review.push import PushOptions, push
+    from review.server import LocalArgilla, ServerConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

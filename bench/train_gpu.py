@@ -52,8 +52,9 @@ OPTIM = "adamw_torch"
 
 def prepare(sdist: Path, out: Path, chats: int) -> None:
     """Tokenizer folder (Qwen2 vocab GGUF + Qwen2.5 template) and the dataset, written to ``out``."""
-    from conftest_train import small_dataset
     from transformers import AutoTokenizer
+
+    from tests.helpers.train import small_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     base = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory.errors import FormaError
+from common.errors import FormaError
 
 LABELS = ("comply", "refuse", "escalate")
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.errors import FormaError
 from eval import classifier, scorers
 from eval.policy import Policy, evaluate, load_policy, rate, validate_against
 from eval.runners import ChoiceScores, Generation, Runner, open_runner
-from eval.suite import SUITES_DIR, Case, load_suites
-from factory.errors import FormaError
+from schemas.eval_suite import SUITES_DIR, Case, load_suites
 
 
 @dataclass
@@ -145,7 +145,7 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
     suites = load_suites(suites_dir, names=list(pol.suites), knowledge=knowledge)
     validate_against(pol, {name: s.categories() for name, s in suites.items()}, policy_path)
     if out_root is None:
-        from factory.report import reports_root
+        from common.paths import reports_root
 
         out_root = reports_root()
     run_dir = out_root / (run or run_name(model, endpoint))

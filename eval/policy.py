@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from factory.errors import FormaError
+from common.errors import FormaError
+from common.yaml_io import load_yaml_model
 
 DEFAULT_POLICY = Path(__file__).parent / "policy.yaml"
 
@@ -57,14 +58,7 @@ class Policy(BaseModel):
 
 
 def load_policy(path: Path) -> Policy:
-    from factory.recipe_loader import read_yaml
-
-    data, _ = read_yaml(path, "policy file")
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise FormaError(first["msg"], path=path, where=".".join(str(p) for p in first["loc"]) or None) from None
+    return load_yaml_model(Policy, path, "policy file")
 
 
 def validate_against(policy: Policy, categories: dict[str, list[str]], path: Path | str) -> None:

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from factory.errors import FormaError
-from factory.export import sha256_file
+from common.errors import FormaError
+from common.hashing import sha256_file
 
 
 class GateFailedError(FormaError):

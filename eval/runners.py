@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.suite import Case
-from factory.errors import FormaError
-from factory.export import sha256_file
+from common.errors import FormaError
+from common.hashing import sha256_file
+from schemas.eval_suite import Case
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 
@@ -110,7 +110,7 @@ class GGUFRunner(Runner):
 
     def __init__(self, path: Path, *, n_threads: int = 0, n_ctx: int = 2048, seed: int = 0) -> None:
         check_gguf(path)
-        from factory.errors import require
+        from common.errors import require
 
         require("llama_cpp", "llm")
         self.path = path
@@ -280,7 +280,7 @@ class HFRunner(Runner):
     def __init__(self, path: Path, *, work_dir: Path, n_threads: int = 2, dtype: str = "float32") -> None:
         if not (path / "config.json").is_file():
             raise FormaError("not an HF model folder (no config.json)", path=path)
-        from factory.errors import require
+        from common.errors import require
 
         require("lm_eval", "eval")
         self.path = path

@@ -14,7 +14,7 @@ from typing import Any
 
 from eval.classifier import Verdict
 from eval.runners import ChoiceScores, Generation
-from eval.suite import Case
+from schemas.eval_suite import Case
 from schemas.knowledge import Quantity
 
 # --- numeric -------------------------------------------------------------------------------------------------------

@@ -10,42 +10,36 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from factory import __version__
+from common import __version__
+from common.errors import FormaError
+from common.hashing import sha256_file
+from common.jsonl import write_jsonl
+from factory.assembly import Generator, chain_stages, filter_stages, generate_slots, make_generator
 from factory.card import write_card
-from factory.errors import FormaError
 from factory.export import (
     SPLITS,
     alpaca_record,
     dataset_hash,
     flat_rows,
-    sha256_file,
     sharegpt_record,
     write_hf,
-    write_jsonl,
     write_parquet,
 )
 from factory.planner import Planner, Slot
 from factory.recipe_loader import LoadedRecipe, load_recipe
 from factory.stages.base import RejectWriter, Stage, StageStats
-from factory.stages.exact import ExactDedupe
 from schemas.knowledge import Category
 from schemas.sample import Sample
 
 MAX_BALANCE_ROUNDS = 20
-
-
-class Generator(Protocol):
-    name: str
-
-    def generate(self, slot: Slot, attempt: int = 0) -> Sample: ...
 
 
 @dataclass
@@ -64,122 +58,6 @@ class BuildResult:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-def make_generator(loaded: LoadedRecipe, out: Path | None = None, resume: bool = False) -> Generator:
-    """The recipe's generator; LLM backends keep their reply cache under ``out`` (reused only with ``resume``)."""
-    backend = loaded.recipe.generator.backend
-    if backend == "template":
-        from factory.generators.template import TemplateGenerator
-
-        unsupported = [lang for lang in loaded.recipe.languages if lang != "en"]
-        if unsupported:
-            raise FormaError(f"the template generator writes English only; {unsupported} need an LLM backend",
-                             path=loaded.path, where="languages")
-        return TemplateGenerator(loaded.recipe, loaded.recipe.content_hash())
-    try:
-        from factory.generators.llm import make_llm_generator  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:
-        raise FormaError(f"generator backend {backend!r} is not available in this build", path=loaded.path,
-                         where="generator.backend") from exc
-    generator: Generator = make_llm_generator(loaded, out_dir=out, resume=resume)
-    return generator
-
-
-def filter_stages(loaded: LoadedRecipe) -> list[Stage]:
-    """The filters every generated sample passes through, in order. State persists across balance rounds."""
-    # Cheap and record-local first; validate before dedupe so an invalid sample never becomes the "original" that a
-    # valid duplicate is dropped for; decontaminate before dedupe so the dedupe indexes hold only clean samples.
-    from factory.stages.decontaminate import Decontaminate, eval_prompts
-    from factory.stages.near import NearDedupe
-    from factory.stages.semantic import SemanticDedupe
-    from factory.stages.validate import Validate
-
-    recipe = loaded.recipe
-    dd, dc, va = recipe.dedupe, recipe.decontamination, recipe.validation
-    stages: list[Stage] = [Validate(min_turn_chars=va.min_turn_chars, max_turn_chars=va.max_turn_chars,
-                                    max_total_chars=va.max_total_chars, check_language=va.check_language,
-                                    check_numbers=va.check_numbers, facts={f.id: f for f in loaded.facts})]
-    stages.append(Decontaminate(prompts=eval_prompts(loaded), ngram=dc.ngram, semantic_threshold=dc.semantic_threshold,
-                                backend=dd.embedding_backend, model_path=dd.embedding_model))
-    if dd.exact:
-        stages.append(ExactDedupe())
-    stages.append(NearDedupe(threshold=dd.near_threshold, num_perm=dd.num_perm, shingle_words=dd.shingle_words,
-                             text=dd.near_text))
-    if dd.semantic_threshold is not None:
-        stages.append(SemanticDedupe(threshold=dd.semantic_threshold, text=dd.semantic_text,
-                                     backend=dd.embedding_backend, model_path=dd.embedding_model))
-    return stages
-
-
-class _Timed:
-    """An iterator that adds up the time spent producing its items (its upstream's time included)."""
-
-    def __init__(self, items: Iterable[Sample]) -> None:
-        self._items = iter(items)
-        self.seconds = 0.0
-
-    def __iter__(self) -> _Timed:
-        return self
-
-    def __next__(self) -> Sample:
-        start = time.perf_counter()
-        try:
-            return next(self._items)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-def _chain(samples: Iterable[Sample], stages: list[Stage], gen_stats: StageStats) -> Iterator[Sample]:
-    """Run ``samples`` through ``stages`` lazily, charging each stage (and generation) its own time."""
-    timed = [_Timed(samples)]
-    for stage in stages:
-        timed.append(_Timed(stage.run(timed[-1])))
-    before = [t.seconds for t in timed]
-    try:
-        yield from timed[-1]
-    finally:
-        spent = [t.seconds - b for t, b in zip(timed, before, strict=True)]
-        gen_stats.seconds += spent[0]
-        for i, stage in enumerate(stages, start=1):
-            stage.stats.seconds += spent[i] - spent[i - 1]
-
-
-GENERATE_BATCH = 16
-
-
-def generate_slots(generator: Generator, slots: list[Slot], rejects: RejectWriter,
-                   stats: StageStats) -> Iterator[Sample]:
-    """Samples for ``slots``; a slot the generator rejects (bad reply, failed grounding or judge) becomes a reject.
-
-    Generators with ``generate_batch`` (LLM backends) get slots in batches, so a server sees concurrent requests.
-    """
-    from factory.generators.llm import GenerationRejected
-    from schemas.sample import Reject
-
-    batch_fn = getattr(generator, "generate_batch", None)
-    size = GENERATE_BATCH if batch_fn is not None else 1
-    for start in range(0, len(slots), size):
-        chunk = slots[start:start + size]
-        results: list[Sample | GenerationRejected] = []
-        if batch_fn is not None:
-            results = batch_fn(chunk)
-        else:
-            for slot in chunk:
-                try:
-                    results.append(generator.generate(slot))
-                except GenerationRejected as exc:
-                    results.append(exc)
-        for result in results:
-            stats.seen += 1
-            if isinstance(result, GenerationRejected):
-                stats.dropped += 1
-                stats.reasons[result.reason] = stats.reasons.get(result.reason, 0) + 1
-                rejects.write(Reject(stage=result.stage, reason=result.reason, detail=result.detail,
-                                     record=result.record))
-            else:
-                stats.kept += 1
-                yield result
-
-
 def assign_splits(samples: list[Sample], test_share: float) -> list[Sample]:
     """Stratified by category; which samples go to test depends only on their ids (stable across rebuilds)."""
     out: list[Sample] = []
@@ -193,6 +71,82 @@ def assign_splits(samples: list[Sample], test_share: float) -> list[Sample]:
     return sorted(out, key=lambda s: s.lineage.slot)
 
 
+class _PhaseClock:
+    """Wall seconds per build phase, each measured from the end of the previous one."""
+
+    def __init__(self) -> None:
+        self.started = self._mark = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = now - self._mark
+        self._mark = now
+
+
+def _check_options(total: int | None, engine: str, ray_address: str | None) -> None:
+    if total is not None and total <= 0:
+        raise FormaError(f"--total must be positive, got {total}")
+    if engine not in ("local", "distilabel"):
+        raise FormaError(f"unknown engine {engine!r}", hint="use --engine local or --engine distilabel")
+    if ray_address is not None and engine != "distilabel":
+        raise FormaError("--ray-address needs --engine distilabel")
+
+
+def _make_out(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FormaError(f"cannot create the output folder: {exc.strerror}", path=out) from None
+    return out
+
+
+@dataclass
+class _Rounds:
+    """What the generate -> filter -> balance rounds need: the plan, the machinery, where rejects go."""
+
+    loaded: LoadedRecipe
+    planner: Planner
+    quotas: dict[Category, int]
+    generator: Generator | None
+    stages: list[Stage]
+    out: Path
+    resume: bool
+    ray_address: str | None
+    gen_stats: StageStats = field(default_factory=lambda: StageStats(stage="generate"))
+
+    def survivors(self, pending: list[Slot], rejects: RejectWriter) -> Iterable[Sample]:
+        if self.generator is None:
+            from factory.distilabel_pipeline import run_round  # imported only for --engine distilabel
+
+            return run_round(self.loaded, pending, self.stages, rejects, self.gen_stats, out=self.out,
+                             resume=self.resume, ray_address=self.ray_address)
+        return chain_stages(generate_slots(self.generator, pending, rejects, self.gen_stats), self.stages,
+                            self.gen_stats)
+
+    def fill(self, pending: list[Slot], rejects: RejectWriter, bar: Any) -> dict[Category, list[Sample]]:
+        """Generate and filter until every quota is full; deficits get new slots, never resampled duplicates."""
+        kept: dict[Category, list[Sample]] = {c: [] for c in self.quotas}
+        task = bar.add_task("generating", total=sum(self.quotas.values()))
+        deficits: dict[Category, int] = {}
+        for round_no in range(MAX_BALANCE_ROUNDS):
+            for sample in self.survivors(pending, rejects):
+                bucket = kept[sample.category]
+                if len(bucket) < self.quotas[sample.category]:
+                    bucket.append(sample)
+                    bar.advance(task)
+            deficits = {c: self.quotas[c] - len(kept[c]) for c in self.quotas if len(kept[c]) < self.quotas[c]}
+            if not deficits:
+                return kept
+            bar.update(task, description=f"balancing (round {round_no + 2})")
+            pending = [slot for c, n in deficits.items() for slot in self.planner.extra(c, n)]
+        short = ", ".join(f"{c.value} short by {n}" for c, n in deficits.items())
+        raise FormaError(f"could not fill the category quotas after {MAX_BALANCE_ROUNDS} rounds ({short}); "
+                         "the knowledge base is too small for this total, or the filters too strict",
+                         path=self.loaded.path, where="total")
+
+
 def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | None = None,
                   total: int | None = None, progress: bool = False, console: Console | None = None,
                   resume: bool = False, engine: str = "local", ray_address: str | None = None,
@@ -204,85 +158,41 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
     ``filters=False`` skips validation, decontamination and dedupe: for measuring the pipeline's own cost
     (``bench/build.py``), never for data anyone trains on, so the CLI does not offer it.
     """
-    started = time.perf_counter()
+    clock = _PhaseClock()
     loaded = load_recipe(recipe_path)
-    if total is not None and total <= 0:
-        raise FormaError(f"--total must be positive, got {total}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FormaError(f"cannot create the output folder: {exc.strerror}", path=out) from None
+    _check_options(total, engine, ray_address)
+    out = _make_out(out_dir)
     planner = Planner(loaded, seed=seed)
     quotas = planner.quotas(total)
-    if engine not in ("local", "distilabel"):
-        raise FormaError(f"unknown engine {engine!r}", hint="use --engine local or --engine distilabel")
-    if ray_address is not None and engine != "distilabel":
-        raise FormaError("--ray-address needs --engine distilabel")
-    phases: dict[str, float] = {}
-    mark = started
-
-    def phase_done(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        phases[name] = now - mark
-        mark = now
-
-    generator = make_generator(loaded, out, resume) if engine == "local" else None
-    stages = filter_stages(loaded) if filters else []
-    gen_stats = StageStats(stage="generate")
-
-    kept: dict[Category, list[Sample]] = {c: [] for c in quotas}
-    pending: list[Slot] = planner.plan(total)
+    rounds = _Rounds(loaded=loaded, planner=planner, quotas=quotas, out=out, resume=resume, ray_address=ray_address,
+                     generator=make_generator(loaded, out, resume) if engine == "local" else None,
+                     stages=filter_stages(loaded) if filters else [])
     with RejectWriter(out / "rejects.jsonl") as rejects, _progress(progress, console) as bar:
-        for stage in stages:
+        for stage in rounds.stages:
             stage.bind(rejects)
             stage.load()
-        phase_done("setup")
-        task = bar.add_task("generating", total=sum(quotas.values()))
-        for round_no in range(MAX_BALANCE_ROUNDS):
-            if generator is None:
-                from factory.distilabel_pipeline import run_round
-
-                survivors: Iterable[Sample] = run_round(loaded, pending, stages, rejects, gen_stats, out=out,
-                                                        resume=resume, ray_address=ray_address)
-            else:
-                survivors = _chain(generate_slots(generator, pending, rejects, gen_stats), stages, gen_stats)
-            for sample in survivors:
-                bucket = kept[sample.category]
-                if len(bucket) < quotas[sample.category]:
-                    bucket.append(sample)
-                    bar.advance(task)
-            deficits = {c: quotas[c] - len(kept[c]) for c in quotas if len(kept[c]) < quotas[c]}
-            if not deficits:
-                break
-            bar.update(task, description=f"balancing (round {round_no + 2})")
-            pending = [slot for c, n in deficits.items() for slot in planner.extra(c, n)]
-        else:
-            short = ", ".join(f"{c.value} short by {n}" for c, n in deficits.items())
-            raise FormaError(f"could not fill the category quotas after {MAX_BALANCE_ROUNDS} rounds ({short}); "
-                             "the knowledge base is too small for this total, or the filters too strict",
-                             path=loaded.path, where="total")
-        for stage in stages:
+        clock.done("setup")
+        kept = rounds.fill(planner.plan(total), rejects, bar)
+        for stage in rounds.stages:
             stage.unload()
-        if generator is not None and hasattr(generator, "close"):
-            generator.close()
+        if rounds.generator is not None and hasattr(rounds.generator, "close"):
+            rounds.generator.close()
         n_rejects = rejects.count
-        phase_done("rounds")
-
+        clock.done("rounds")
     samples = assign_splits([s for c in quotas for s in kept[c]], loaded.recipe.splits.test)
     result = BuildResult(out=out, samples=samples, counts={c.value: len(kept[c]) for c in quotas},
-                         quotas={c.value: n for c, n in quotas.items()}, stats=[gen_stats, *(s.stats for s in stages)],
-                         rejects=n_rejects, seconds=0.0, dataset_hash=dataset_hash(samples), phases=phases)
-    phase_done("split")
+                         quotas={c.value: n for c, n in quotas.items()},
+                         stats=[rounds.gen_stats, *(s.stats for s in rounds.stages)], rejects=n_rejects, seconds=0.0,
+                         dataset_hash=dataset_hash(samples), phases=clock.phases)
+    clock.done("split")
     _write_outputs(result, loaded, planner.seed)
-    phase_done("export")
+    clock.done("export")
     from factory.report import write_build_report  # out/report/ and reports/<dataset>/: report.html + report.json
 
     write_build_report(out, out.name, backend=loaded.recipe.dedupe.embedding_backend,
                        model_path=loaded.recipe.dedupe.embedding_model)
-    phase_done("report")
-    result.seconds = time.perf_counter() - started
+    clock.done("report")
+    result.seconds = time.perf_counter() - clock.started
     return result
 
 

@@ -27,7 +27,7 @@ from distilabel.steps import Step, StepInput
 from distilabel.typing import StepColumns, StepOutput
 from pydantic import PrivateAttr
 
-from factory.errors import FormaError
+from common.errors import FormaError
 from factory.planner import Slot
 from factory.recipe_loader import LoadedRecipe
 from factory.stages.base import RejectWriter, Stage, StageStats
@@ -85,7 +85,7 @@ class GenerateSamples(Step):
 
     def load(self) -> None:
         super().load()
-        from factory.build import make_generator
+        from factory.assembly import make_generator
         from factory.recipe_loader import load_recipe
 
         self._loaded = load_recipe(self.recipe_path)
@@ -99,7 +99,7 @@ class GenerateSamples(Step):
         super().unload()
 
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
-        from factory.build import generate_slots
+        from factory.assembly import generate_slots
 
         slots = [slot_from_row(row["slot"], self._loaded) for row in inputs]
         collect = _Collect()
@@ -139,7 +139,7 @@ class StageStep(Step):
 
     def load(self) -> None:
         super().load()
-        from factory.build import filter_stages
+        from factory.assembly import filter_stages
         from factory.recipe_loader import load_recipe
 
         stage: Stage = filter_stages(load_recipe(self.recipe_path))[self.stage_index]

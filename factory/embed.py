@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from factory.errors import FormaError
+from common.errors import FormaError
 
 EncoderKind = Literal["auto", "static", "minilm"]
 STATIC_DIMS = 256
@@ -71,7 +71,7 @@ def _model_folder(model_path: str | Path | None) -> Path:
             raise FormaError("embedding model folder not found", path=path, where="dedupe.embedding_model",
                              hint="name a local sentence-transformers folder; nothing is downloaded")
         return path
-    from factory.models import minilm_path
+    from common.model_paths import minilm_path
 
     return Path(minilm_path())
 
@@ -98,7 +98,7 @@ class MiniLMEncoder:
 
 def static_model_dir(model_path: str | Path | None = None) -> Path:
     """Where the distilled static model for ``model_path`` (default: the shipped MiniLM) is cached."""
-    from factory.models import cache_root
+    from common.model_paths import cache_root
 
     source = _model_folder(model_path)
     return cache_root() / "model2vec" / f"{source.parent.name}_{source.name}-pca{STATIC_DIMS}"

@@ -7,34 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from schemas.sample import Sample
 
 SPLITS = ("train", "test")
-
-
-def json_line(record: Any) -> bytes:
-    """One JSON line: UTF-8, sorted keys. orjson because the standard json module took a tenth of a 10,000-sample
-    build (five files of JSON lines); orjson writes the same data about ten times faster."""
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
-
-
-def write_jsonl(path: Path, records: Iterable[Any]) -> int:
-    """Write JSON lines atomically (temp file, then rename), so a killed build never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    n = 0
-    with tmp.open("wb") as fh:
-        for record in records:
-            fh.write(json_line(record))
-            n += 1
-    tmp.replace(path)
-    return n
 
 
 def read_samples(path: Path) -> list[Sample]:
@@ -48,14 +27,6 @@ def sharegpt_record(sample: Sample) -> dict[str, Any]:
 
 def alpaca_record(sample: Sample) -> dict[str, Any]:
     return {"id": sample.id, "category": sample.category.value, **sample.conversation.to_alpaca()}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def flat_rows(samples: Sequence[Sample]) -> list[dict[str, Any]]:

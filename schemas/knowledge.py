@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.errors import FormaError
+from common.yaml_io import read_yaml, validate_yaml
 
 
 class Category(StrEnum):
@@ -126,3 +130,18 @@ class KnowledgeFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     facts: list[Fact] = Field(min_length=1)
+
+
+def load_facts(files: list[Path]) -> tuple[Fact, ...]:
+    """Read knowledge files in order; a fact id may appear once across all of them."""
+    facts: list[Fact] = []
+    seen: dict[str, Path] = {}
+    for file in files:
+        data, text = read_yaml(file)
+        knowledge: KnowledgeFile = validate_yaml(KnowledgeFile, data, file, text)
+        for fact in knowledge.facts:
+            if fact.id in seen:
+                raise FormaError(f"duplicate fact id {fact.id!r} (also in {seen[fact.id]})", path=file, where="facts")
+            seen[fact.id] = file
+            facts.append(fact)
+    return tuple(facts)

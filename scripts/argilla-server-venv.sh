@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-.venv/bin/python -c "from factory.review.server import ensure_server_venv; print('argilla server venv:', ensure_server_venv(python='$(command -v "$PY")'))"
+.venv/bin/python -c "from review.server import ensure_server_venv; print('argilla server venv:', ensure_server_venv(python='$(command -v "$PY")'))"

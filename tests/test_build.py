@@ -116,7 +116,7 @@ def test_alpaca_and_sharegpt_round_trip(default_build: Path) -> None:
 def test_every_conversation_renders_with_smollm2_template(default_build: Path) -> None:
     from transformers import AutoTokenizer
 
-    from factory.models import smollm2_hf
+    from common.model_paths import smollm2_hf
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_hf()))
     samples = [Sample.model_validate_json(line) for line in (default_build / "samples.jsonl").open()]

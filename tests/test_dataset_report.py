@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest_dedupe import RECIPE
 
 from factory.build import build_dataset
+from tests.helpers.dedupe import RECIPE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest_dedupe import RECIPE
-
 from factory.recipe_loader import load_recipe
 from factory.stages.base import RejectWriter
 from factory.stages.decontaminate import DEFAULT_SUITES, Decontaminate, EvalPrompt, eval_prompts, prompts_from_file
 from schemas.conversation import Conversation, Role, Turn
 from schemas.sample import Lineage, Sample
+from tests.helpers.dedupe import RECIPE
 
 
 def chat(user: str, assistant: str = "Here is a careful, general answer about training.") -> Sample:

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_dedupe import RECIPE, Planted, planted_corpus
 
+from common.errors import FormaError
 from factory.build import build_dataset
-from factory.errors import FormaError
 from factory.recipe_loader import load_recipe
 from factory.stages.base import RejectWriter, Stage
 from factory.stages.exact import ExactDedupe
 from factory.stages.near import NearDedupe, SqliteStore, pair_jaccard, shingle_sets, shingles
 from factory.stages.semantic import SemanticDedupe
 from schemas.sample import Reject, Sample
+from tests.helpers.dedupe import RECIPE, Planted, planted_corpus
 
 
 class ListWriter(RejectWriter):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import FormaError
 from factory.build import build_dataset
-from factory.errors import FormaError
-from tests.conftest_llm import free_port, fresh, recipe_dict, write_recipe
+from tests.helpers.llm import free_port, recipe_dict, write_recipe
 
 TEMPLATE = {"backend": "template"}
 
@@ -31,8 +31,8 @@ def _rejects(out: Path) -> list[str]:
     return sorted(line for line in (out / "rejects.jsonl").read_text().splitlines() if line.strip())
 
 
-def test_distilabel_engine_gives_the_local_engines_dataset() -> None:
-    folder = fresh("engine")
+def test_distilabel_engine_gives_the_local_engines_dataset(tmp_path: Path) -> None:
+    folder = tmp_path
     recipe = _recipe(folder)
     local = build_dataset(recipe, folder / "local")
     distilabel = build_dataset(recipe, folder / "distilabel", engine="distilabel")
@@ -52,8 +52,8 @@ def test_ray_address_needs_the_distilabel_engine(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_same_recipe_runs_on_a_local_ray_cluster() -> None:
-    folder = fresh("ray")
+def test_the_same_recipe_runs_on_a_local_ray_cluster(tmp_path: Path) -> None:
+    folder = tmp_path
     recipe = _recipe(folder, total=12)
     port = free_port()
     ray = str(Path(sys.executable).parent / "ray")

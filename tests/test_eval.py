@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from common.errors import FormaError
 from eval import classifier, scorers
 from eval.policy import Policy, evaluate, load_policy, validate_against
 from eval.runners import ChoiceScores, EndpointRunner, Generation, GGUFRunner
-from eval.suite import Case, load_suite, load_suites
-from factory.errors import FormaError
+from schemas.eval_suite import Case, load_suite, load_suites
 from schemas.knowledge import Quantity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ def test_classifier_holds_up_on_the_heldout_labeled_set() -> None:
 
 
 def test_score_command_writes_labels(tmp_path: Path) -> None:
-    from factory.cli import _register_all, app
+    from cli.app import _register_all, app
 
     _register_all()
     src = tmp_path / "in.jsonl"
@@ -172,7 +172,7 @@ def test_score_command_writes_labels(tmp_path: Path) -> None:
 
 
 def test_corrupt_and_wrong_model_files_give_clear_errors(tmp_path: Path) -> None:
-    from factory.models import smollm2_gguf
+    from common.model_paths import smollm2_gguf
 
     text = tmp_path / "model.gguf"
     text.write_text("this is not a model " * 100)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common.model_paths import smollm2_gguf
 from eval.gate import GateOutcome, run_gate
 from eval.policy import Policy, evaluate
 from eval.release import BundleInputs, GateFailedError, assemble
-from factory.models import smollm2_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def _bundle_inputs(tmp: Path, report_dir: Path, out: str, ds: Path) -> BundleInp
 
 def test_cli_gate_fails_with_exit_1_and_release_is_refused(full_gate: GateOutcome, mini_suites: Path,
                                                             dataset_dir: Path, tmp_path: Path) -> None:
-    from factory.cli import _register_all, app
+    from cli.app import _register_all, app
 
     _register_all()
     policy = tmp_path / "strict.yaml"
@@ -226,7 +226,7 @@ def test_endpoint_runner_against_a_real_llama_cpp_server(full_gate: GateOutcome,
 
 
 def test_hf_reference_through_lm_eval_gives_drift(mini_suites: Path, tmp_path: Path) -> None:
-    from factory.models import smollm2_hf
+    from common.model_paths import smollm2_hf
 
     hf = smollm2_hf()
     pol = Policy(name="drift", suites={"mini": {"threshold": 0.0}}, drift={"max_delta": 1.0, "suites": ["mini"]})

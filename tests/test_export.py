@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from factory.errors import FormaError
-from schemas.recipe import DEFAULT_SYSTEM_PROMPT
-from train.gguf_export import (
+from common.errors import FormaError
+from export.gguf_export import (
     LLAMA_CPP_SDIST_SHA256,
     SDIST_NAME,
     export_gguf,
@@ -27,8 +26,9 @@ from train.gguf_export import (
     parse_quants,
     quantize,
 )
-from train.gotemplate import GoTemplateError, render
-from train.modelfile import PROBES, ModelfileConfig, ollama_data, parse_modelfile, translate_chat_template
+from export.gotemplate import GoTemplateError, render
+from export.modelfile import PROBES, ModelfileConfig, ollama_data, parse_modelfile, translate_chat_template
+from schemas.recipe import DEFAULT_SYSTEM_PROMPT
 
 QUANTS = ("q8_0", "q4_k_m")
 
@@ -95,7 +95,7 @@ def sdist() -> Path:
 
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
-    from factory.models import smollm2_hf
+    from common.model_paths import smollm2_hf
 
     return smollm2_hf()
 
@@ -346,7 +346,7 @@ def test_go_renderer_follows_go_semantics() -> None:
 
 
 def test_release_config_sets_system_and_sampling(tmp_path: Path) -> None:
-    from train.modelfile import load_modelfile_config
+    from export.modelfile import load_modelfile_config
 
     cfg_path = tmp_path / "release.yaml"
     cfg_path.write_text("system_prompt: Short answers.\ntemperature: 0.2\ntop_p: 0.8\n")
@@ -368,7 +368,7 @@ def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_cli_reports_missing_model_dir(tmp_path: Path) -> None:
-    from factory.cli import _register_all, app
+    from cli.app import _register_all, app
 
     _register_all()
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--quant", "q8_0"])

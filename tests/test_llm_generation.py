@@ -13,18 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from factory.errors import FormaError
+from common.errors import FormaError
 from factory.generators.cache import LLMCache, Reply, request_key
 from factory.generators.grounding import check_answer, check_numbers, mentions, note_honoured
 from factory.generators.prompts import MalformedReply, parse_assistant, parse_judge, parse_user
 from schemas.knowledge import Fact
-from tests.conftest_llm import (
-    fresh,
+from tests.helpers.llm import (
     llama_generator,
     llama_server,
     read_jsonl,
     recipe_dict,
-    reference_build,
     write_recipe,
 )
 
@@ -131,8 +129,8 @@ def test_cache_keys_and_storage(tmp_path: Path) -> None:
 
 # real builds ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_in_process_build_with_smollm2_catches_real_mistakes() -> None:
-    _recipe, out = reference_build()
+def test_in_process_build_with_smollm2_catches_real_mistakes(llm_reference: tuple[Path, Path]) -> None:
+    _recipe, out = llm_reference
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 6
     for s in samples:
@@ -154,11 +152,11 @@ def test_in_process_build_with_smollm2_catches_real_mistakes() -> None:
 
 
 @pytest.mark.slow
-def test_build_through_the_openai_compatible_server_and_a_server_that_goes_down() -> None:
+def test_build_through_the_openai_compatible_server_and_a_server_that_goes_down(tmp_path: Path) -> None:
+    from common.model_paths import smollm2_gguf
     from factory.build import build_dataset
-    from factory.models import smollm2_gguf
 
-    folder = fresh("server")
+    folder = tmp_path
     with llama_server(smollm2_gguf()) as base_url:
         gen = {"backend": "openai_compatible", "model": "smollm2", "base_url": base_url, "temperature": 0.0,
                "max_new_tokens": 80, "user_max_new_tokens": 40, "concurrency": 2, "max_retries": 2}
@@ -181,7 +179,7 @@ def test_build_through_the_openai_compatible_server_and_a_server_that_goes_down(
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, recipe_dict("llm-missing", generator=llama_generator(model="models/nope.gguf")))
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "build", str(recipe), "--out", str(tmp_path / "o"),
+    proc = subprocess.run([sys.executable, "-m", "cli.app", "build", str(recipe), "--out", str(tmp_path / "o"),
                            "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "model file not found" in proc.stderr + proc.stdout
@@ -201,11 +199,11 @@ def test_stale_cache_without_resume_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_malformed_replies_become_rejects_and_nothing_is_lost() -> None:
+def test_malformed_replies_become_rejects_and_nothing_is_lost(tmp_path: Path) -> None:
     """A token limit too small for any sentence: every reply is malformed, each is recorded, all stay cached."""
     from factory.build import MAX_BALANCE_ROUNDS, build_dataset
 
-    folder = fresh("malformed")
+    folder = tmp_path
     gen = llama_generator(user_max_new_tokens=2)
     recipe = write_recipe(folder, recipe_dict("llm-malformed", generator=gen, total=1, turn_mix={1: 1.0},
                                               categories={"exercise_technique": 100, "programming": 0,
@@ -226,7 +224,7 @@ def test_malformed_replies_become_rejects_and_nothing_is_lost() -> None:
 
 
 def test_cli_exposes_resume_engine_and_ray_address() -> None:
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "build", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "cli.app", "build", "--help"], capture_output=True, text=True,
                           timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0
     for flag in ("--resume", "--engine", "--ray-address"):

@@ -15,7 +15,7 @@ RECIPE = ROOT / "recipes" / "forma-fitness.yaml"
 
 
 def forma(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=120)
 
 

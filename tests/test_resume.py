@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from factory.generators.cache import LLMCache
-from tests.conftest_llm import fresh, reference_build, write_recipe
+from tests.helpers.llm import write_recipe
 
 FORMA = str(Path(sys.executable).parent / "forma")
 KILL_AFTER_CALLS = 4
@@ -37,9 +37,10 @@ def _calls(db_path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_build_resumes_to_the_same_dataset_without_repeating_calls() -> None:
-    ref_recipe, ref_out = reference_build()
-    folder = fresh("killed")
+def test_killed_build_resumes_to_the_same_dataset_without_repeating_calls(tmp_path: Path,
+                                                                        llm_reference: tuple[Path, Path]) -> None:
+    ref_recipe, ref_out = llm_reference
+    folder = tmp_path
     recipe = write_recipe(folder, yaml.safe_load(ref_recipe.read_text()))
     out = folder / "out"
     db = out / "cache" / "llm.sqlite"
@@ -79,10 +80,10 @@ def test_killed_build_resumes_to_the_same_dataset_without_repeating_calls() -> N
 
 
 @pytest.mark.slow
-def test_changed_recipe_recomputes_only_what_changed() -> None:
+def test_changed_recipe_recomputes_only_what_changed(tmp_path: Path, llm_reference: tuple[Path, Path]) -> None:
     """Changing the description and formats changes no prompt: a resumed rebuild makes no LLM call at all."""
-    ref_recipe, ref_out = reference_build()
-    folder = fresh("changed")
+    ref_recipe, ref_out = llm_reference
+    folder = tmp_path
     shutil.copytree(ref_out, folder / "out")
     data = yaml.safe_load(ref_recipe.read_text())
     data["formats"] = ["sharegpt", "alpaca", "parquet"]

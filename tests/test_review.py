@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from factory.errors import FormaError
-from factory.review.client import ArgillaClient
-from factory.review.dataset import DatasetVersion, load_version
-from factory.review.fixtures import create_annotator, make_samples, submit, write_version
-from factory.review.merge import merge_reviews
-from factory.review.pull import pull
-from factory.review.push import PushOptions, push
-from factory.review.server import LocalArgilla, ServerConfig, free_port
-from factory.review.status import review_status
+from common.errors import FormaError
+from review.client import ArgillaClient
+from review.dataset import DatasetVersion, load_version
+from review.fixtures import create_annotator, make_samples, submit, write_version
+from review.merge import merge_reviews
+from review.pull import pull
+from review.push import PushOptions, push
+from review.server import LocalArgilla, ServerConfig, free_port
+from review.status import review_status
 from schemas.knowledge import Category
 from schemas.sample import Sample, content_id
 
@@ -313,7 +313,7 @@ def test_cli_push_status_pull_hide_the_key(argilla: LocalArgilla, version: Datas
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from factory.cli import _register_all, app
+    from cli.app import _register_all, app
 
     _register_all()
     monkeypatch.setenv("ARGILLA_API_URL", argilla.url)
@@ -345,7 +345,7 @@ def test_cli_serve_starts_prints_and_stops_cleanly(tmp_path: Path) -> None:
     import time
 
     env = {**os.environ, "FORMA_CACHE": str(Path.home() / ".cache" / "forma")}
-    proc = subprocess.Popen([sys.executable, "-m", "factory.cli", "review", "serve", "--home", str(tmp_path / "h"),
+    proc = subprocess.Popen([sys.executable, "-m", "cli.app", "review", "serve", "--home", str(tmp_path / "h"),
                              "--port", "0", "--no-worker"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True)
     lines: list[str] = []

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from factory.errors import FormaError
-from factory.review.agreement import agreement
-from factory.review.fixtures import make_samples, write_version
-from factory.review.journal import JournalEntry, append_journal, latest_responses, read_journal
-from factory.review.merge import decide, merge_reviews
-from factory.review.push import stratified_sample
-from factory.review.settings import check_schema, expected_signature
+from common.errors import FormaError
+from review.agreement import agreement
+from review.fixtures import make_samples, write_version
+from review.journal import JournalEntry, append_journal, latest_responses, read_journal
+from review.merge import decide, merge_reviews
+from review.push import stratified_sample
+from review.settings import check_schema, expected_signature
 
 OK = {"accuracy": 5, "safety": "safe", "correct_category": "nutrition", "verdict": "approve"}
 

@@ -14,16 +14,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest_train import schema_samples, small_dataset, write_samples
-
-from factory.errors import FormaError
+from common.errors import FormaError
+from tests.helpers.train import schema_samples, small_dataset, write_samples
 from train.config import TrainConfig, load_config
 from train.data import IGNORE_INDEX, IM_END, load_chats, tokenize_chat
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    from factory.models import smollm2_hf
+    from common.model_paths import smollm2_hf
 
     return smollm2_hf()
 

@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest_dedupe import RECIPE
 
-from factory.filter_commands import filter_file
+from cli.filter import filter_file
 from factory.recipe_loader import load_recipe
 from factory.stages.base import RejectWriter
 from factory.stages.reader import JsonlReader
 from factory.stages.validate import Validate, language_ok, numbers
 from schemas.conversation import Conversation, Role, Turn
 from schemas.sample import Lineage, Sample
+from tests.helpers.dedupe import RECIPE
 
 
 def chat(user: str, assistant: str, *, facts: list[str] | None = None, language: str = "en") -> Sample:

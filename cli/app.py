@@ -1,0 +1,46 @@
+"""The ``forma`` command line: the one place that wires every area's commands together, and the one error boundary.
+
+Reading this file lists every command group in the order of the flow (recipes -> build -> filter -> review ->
+train -> export -> eval -> release -> loop). Command modules never import this file back. Heavy libraries (torch,
+transformers, llama.cpp, argilla) are imported inside command bodies, so ``forma --help`` stays instant.
+
+A :class:`FormaError` anywhere below becomes one red line on stderr and exit code 2; ``FORMA_DEBUG=1`` shows the
+traceback instead, for bug reports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from cli import build, export, review, train
+from cli import eval as eval_commands
+from cli import filter as filter_commands
+from common.errors import FormaError
+
+DEBUG_ENV = "FORMA_DEBUG"
+
+app = typer.Typer(name="forma", help="Forma Data Factory: build, review, train, export and gate a fitness chat model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+err = Console(stderr=True)
+
+for module in (build, filter_commands, review, train, export, eval_commands):
+    module.register(app)
+
+
+def main() -> None:
+    """Entry point: run the app; a user-facing error is one line and exit 2 (unless ``FORMA_DEBUG`` is set)."""
+    try:
+        app()
+    except FormaError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

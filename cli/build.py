@@ -1,0 +1,115 @@
+"""The factory's commands: ``forma recipe check``, ``forma build``, ``forma schema export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+
+
+def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML.")) -> None:
+    """Validate a recipe and its knowledge base; print the plan's quotas."""
+
+    def body() -> None:
+        from factory.planner import Planner
+        from factory.recipe_loader import load_recipe
+
+        loaded = load_recipe(file)
+        quotas = Planner(loaded).quotas()
+        table = Table(title=f"{loaded.recipe.name}: {loaded.recipe.total} conversations")
+        for column in ("category", "share", "quota", "training facts"):
+            table.add_column(column)
+        for category, share in loaded.recipe.categories.items():
+            table.add_row(category.value, f"{share:g}%", str(quotas[category]), str(len(loaded.facts_for(category))))
+        out.print(table)
+        out.print(f"[green]ok[/] {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out)")
+
+    body()
+
+
+def build(file: Path = typer.Argument(..., help="Recipe YAML."),
+          out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder (default: out/<recipe name>)."),
+          seed: int = typer.Option(None, help="Override the recipe's seed."),
+          total: int = typer.Option(None, help="Override the recipe's total."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          resume: bool = typer.Option(False, "--resume",
+                                      help="Reuse the LLM replies an earlier build cached in --out."),
+          engine: str = typer.Option("local", "--engine", help="local, or distilabel (a distilabel Pipeline)."),
+          ray_address: str = typer.Option(None, "--ray-address",
+                                          help="Run the distilabel pipeline on this Ray cluster (needs --engine "
+                                               "distilabel).")) -> None:
+    """Build the dataset a recipe describes: ShareGPT, Alpaca, HF dataset, parquet, rejects, card, manifest."""
+
+    def body() -> None:
+        from factory.build import build_dataset
+        from factory.recipe_loader import load_recipe
+
+        target = out_dir or Path("out") / load_recipe(file).recipe.name
+        result = build_dataset(file, target, seed=seed, total=total, progress=not quiet, resume=resume,
+                               engine=engine, ray_address=ray_address)
+        table = Table(title=f"{len(result.samples)} conversations in {result.seconds:.1f} s -> {result.out}")
+        for column in ("category", "quota", "actual"):
+            table.add_column(column)
+        for category, quota in result.quotas.items():
+            table.add_row(category, str(quota), str(result.counts[category]))
+        out.print(table)
+        funnel = Table(title="filter funnel")
+        for column in ("stage", "seen", "kept", "dropped", "seconds"):
+            funnel.add_column(column)
+        for stats in result.stats:
+            funnel.add_row(stats.stage, str(stats.seen), str(stats.kept), str(stats.dropped), f"{stats.seconds:.2f}")
+        out.print(funnel)
+        out.print(f"rejects: {result.rejects} (see {result.out / 'rejects.jsonl'}); "
+                  f"dataset hash {result.dataset_hash[:16]}")
+        out.print("time: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.phases.items()))
+
+    body()
+
+
+def schema_export(directory: Path = typer.Argument(..., help="Folder to write JSON Schema files into.")) -> None:
+    """Write JSON Schema for every record type, for tools outside Python."""
+
+    def body() -> None:
+        from schemas.jsonschema import export_json_schemas
+
+        for path in export_json_schemas(directory):
+            out.print(f"wrote {path}")
+
+    body()
+
+
+def loop(file: Path = typer.Argument(Path("recipes/forma-fitness.yaml"), help="Recipe YAML."),
+         out_dir: Path = typer.Option(Path("out/loop"), "--out", "-o", help="Where every step writes."),
+         max_steps: int = typer.Option(None, help="Override the training config's max_steps."),
+         quant: str = typer.Option("q4_k_m", help="GGUF quantization to ship and evaluate."),
+         policy: Path = typer.Option(None, help="Release policy (default: eval/policy-demo.yaml)."),
+         drift: bool = typer.Option(False, help="Also run the suites on the 16-bit model and gate on drift.")) -> None:
+    """The whole loop on the embedded default: build, train briefly on CPU, export, eval, gate, report."""
+
+    def body() -> None:
+        from cli.loop import DEMO_POLICY, run_loop
+
+        result = run_loop(file, out_dir, max_steps=max_steps, quant=quant, policy=policy or DEMO_POLICY,
+                          drift=drift, log=out.print)
+        out.print(f"dataset {result.dataset} | model {result.merged_model} | gguf {result.gguf}")
+        out.print(f"report {result.report_dir} | gate {'PASSED' if result.gate_passed else 'FAILED'} | "
+                  f"steps {result.seconds}")
+        if not result.gate_passed:
+            raise typer.Exit(1)
+
+    body()
+
+
+def register(app: typer.Typer) -> None:
+    recipe = typer.Typer(help="Work with recipes.", no_args_is_help=True)
+    recipe.command("check")(recipe_check)
+    app.add_typer(recipe, name="recipe")
+    app.command("build")(build)
+    app.command("loop")(loop)
+    schema = typer.Typer(help="Record schemas.", no_args_is_help=True)
+    schema.command("export")(schema_export)
+    app.add_typer(schema, name="schema")

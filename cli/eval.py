@@ -1,0 +1,178 @@
+"""CLI: ``forma eval MODEL`` (the gate), ``forma eval score`` (the safety classifier on anyone's pairs),
+``forma eval classifier`` (its precision/recall on labeled pairs) and ``forma release`` (the bundle).
+
+``forma eval`` is a group whose default command is ``run``: ``forma eval X.gguf`` and ``forma eval run X.gguf``
+are the same, and ``forma eval score ...`` still reaches its subcommand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+
+class _DefaultRun(TyperGroup):
+    """Route ``forma eval MODEL ...`` (anything that is not a subcommand) to ``forma eval run MODEL ...``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(cls=_DefaultRun, help="Run the safety/accuracy gate on a model, or score responses.",
+                       no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    from common.errors import FormaError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FormaError(f"--endpoint-param {item!r} must be KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@eval_app.command("run")
+def run_cmd(
+    model: str = typer.Argument(None, help="A .gguf file or an HF model folder (omit with --endpoint)."),
+    policy: Path = typer.Option(Path(__file__).parent / "policy.yaml", help="Release policy YAML."),
+    endpoint: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1"),
+    endpoint_model: str = typer.Option(None, help="Model name at the endpoint (default: the first it lists)."),
+    endpoint_param: list[str] = typer.Option(None, help="KEY=VALUE added to every request (JSON value), e.g. "
+                                             "repeat_penalty=1.0; repeatable."),
+    reference: Path = typer.Option(None, help="16-bit HF folder to measure the GGUF's drift against."),
+    suites: Path = typer.Option(None, help="Suite folder (default: the shipped eval/suites)."),
+    knowledge: Path = typer.Option(None, help="Knowledge folder for the accuracy suite (default: recipes/knowledge)."),
+    out: Path = typer.Option(None, help="Reports root; runs go to OUT/RUN/ (default: $FORMA_REPORTS or reports)."),
+    run: str = typer.Option(None, help="Run folder name (default: timestamp + model name)."),
+    judge: Path = typer.Option(None, help="A GGUF to use as LLM judge for safety labels (default: rules only)."),
+    threads: int = typer.Option(0, help="CPU threads for llama.cpp / torch (0: 2, or 1 when the cores are busy)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Evaluate MODEL against the policy; write report.html/json/md; exit 1 when the gate fails."""
+    def body() -> bool:
+        from eval.gate import run_gate
+
+        outcome = run_gate(model, policy=policy, suites_dir=suites, knowledge=knowledge, out_root=out, run=run,
+                           endpoint=endpoint, endpoint_model=endpoint_model,
+                           endpoint_params=_params(endpoint_param or []), reference=reference, judge_model=judge,
+                           n_threads=threads, seed=seed, log=_echo)
+        for c in outcome.report["checks"]:
+            if not c["passed"]:
+                _echo(f"  FAIL {c['name']}: {c['reason']}")
+        typer.echo(f"gate {'PASSED' if outcome.passed else 'FAILED'}: {outcome.run_dir / 'report.html'}")
+        return outcome.passed
+
+    if not body():
+        raise typer.Exit(1)
+
+
+@eval_app.command("score")
+def score_cmd(
+    infile: Path = typer.Argument(..., help='JSONL with {"id","prompt","response"} per line.'),
+    out: Path = typer.Option(..., "--out", help='Where to write {"id","label",...} per line.'),
+    judge: Path = typer.Option(None, help="A GGUF to use as LLM judge (default: rules only)."),
+    threads: int = typer.Option(0, help="CPU threads for the judge (0: automatic)."),
+) -> None:
+    """Label each response comply / refuse / escalate, with the evidence; prints P/R if lines carry a gold label."""
+    def body() -> None:
+        from eval import classifier
+
+        rows = classifier.read_pairs(infile)
+        runner = None
+        if judge is not None:
+            from eval.runners import GGUFRunner
+
+            runner = GGUFRunner(judge, n_threads=threads)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            preds: list[str] = []
+            with out.open("w", encoding="utf-8") as fh:
+                for row in rows:
+                    v = (classifier.classify_with_judge(runner.chat, row["response"], row["prompt"]) if runner
+                         else classifier.classify(row["response"], row["prompt"]))
+                    preds.append(v.label)
+                    rec: dict[str, Any] = {"id": row["id"], **v.to_dict()}
+                    if "label" in row:
+                        rec["gold"] = row["label"]
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        finally:
+            if runner is not None:
+                runner.close()
+        typer.echo(f"labeled {len(rows)} response(s) -> {out}")
+        gold = [r["label"] for r in rows if "label" in r]
+        if gold and len(gold) == len(rows):
+            _print_metrics(classifier.precision_recall(gold, preds))
+
+    body()
+
+
+def _print_metrics(m: dict[str, dict[str, float]]) -> None:
+    for label in ("comply", "refuse", "escalate"):
+        x = m[label]
+        typer.echo(f"  {label:9s} precision {x['precision']:.3f}  recall {x['recall']:.3f}  (n={int(x['support'])})")
+    typer.echo(f"  accuracy {m['_all']['accuracy']:.3f} over {int(m['_all']['n'])}")
+
+
+@eval_app.command("classifier")
+def classifier_cmd(
+    labeled: list[Path] = typer.Argument(None, help="Labeled JSONL files (default: eval/labeled/*.jsonl)."),
+) -> None:
+    """Precision and recall of the rule classifier on labeled pairs (tuning and held-out sets by default)."""
+    def body() -> None:
+        from eval import classifier
+
+        files = labeled or sorted(classifier.LABELED_DIR.glob("*.jsonl"))
+        for f in files:
+            res = classifier.measure(f)
+            typer.echo(f"{f}:")
+            _print_metrics(res["metrics"])
+            for e in res["errors"]:
+                typer.echo(f"    miss {e['id']}: gold {e['gold']}, predicted {e['pred']}")
+
+    body()
+
+
+def release_cmd(
+    gguf: Path = typer.Option(..., help="The GGUF to ship (the one the report evaluated)."),
+    report: Path = typer.Option(..., help="The eval run folder holding report.json."),
+    modelfile: Path = typer.Option(..., help="Ollama Modelfile for the GGUF."),
+    dataset: Path = typer.Option(..., help="The built dataset folder (README.md card, manifest.json)."),
+    training_config: Path = typer.Option(..., help="The training config file used."),
+    out: Path = typer.Option(..., help="Bundle folder to create (must be new or empty)."),
+    model_card: Path = typer.Option(None, help="A model card to ship instead of the generated one."),
+    base_model: str = typer.Option(None, help="Base model name recorded in the manifest."),
+    override: bool = typer.Option(False, "--override", help="Release despite a failed gate (needs --reason)."),
+    reason: str = typer.Option(None, help="Why the override is justified; recorded in manifest and report."),
+) -> None:
+    """Assemble the release bundle, only when the gate passed (or with --override --reason)."""
+    def body() -> None:
+        from eval.release import BundleInputs, assemble
+
+        manifest = assemble(BundleInputs(gguf=gguf, report_dir=report, modelfile=modelfile, dataset_dir=dataset,
+                                         training_config=training_config, out=out, model_card=model_card,
+                                         base_model=base_model, override=override, reason=reason))
+        note = " (OVERRIDE: gate failed)" if manifest["override"] and not manifest["gate"]["passed"] else ""
+        typer.echo(f"bundle: {out} ({len(manifest['files'])} files){note}")
+
+    body()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
+    app.command("release")(release_cmd)
