@@ -11,10 +11,11 @@ traceback instead, for bug reports.
 from __future__ import annotations
 
 import os
-import sys
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from cli import build, export, review, train
 from cli import eval as eval_commands
@@ -23,9 +24,25 @@ from common.errors import FormaError
 
 DEBUG_ENV = "FORMA_DEBUG"
 
-app = typer.Typer(name="forma", help="Forma Data Factory: build, review, train, export and gate a fitness chat model.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 err = Console(stderr=True)
+
+
+class _ErrorBoundary(TyperGroup):
+    """The root group: every command runs inside its ``invoke``, so this is the one place errors are caught."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FormaError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(cls=_ErrorBoundary, name="forma",
+                  help="Forma Data Factory: build, review, train, export and gate a fitness chat model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 for module in (build, filter_commands, review, train, export, eval_commands):
     module.register(app)
@@ -33,13 +50,7 @@ for module in (build, filter_commands, review, train, export, eval_commands):
 
 def main() -> None:
     """Entry point: run the app; a user-facing error is one line and exit 2 (unless ``FORMA_DEBUG`` is set)."""
-    try:
-        app()
-    except FormaError as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+    app()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ class LoopResult:
 
 def run_loop(recipe: Path, out: Path, *, train_config: Path = DEFAULT_TRAIN_CONFIG, policy: Path = DEMO_POLICY,
              max_steps: int | None = None, quant: str = "q4_k_m", reports: Path | None = None,
-             drift: bool = False, log: Callable[[str], None] = print) -> LoopResult:
+             drift: bool = False, suites: Path | None = None, total: int | None = None,
+             log: Callable[[str], None] = print) -> LoopResult:
+    """Build, train, export, gate and (when the gate passes) bundle; ``suites`` and ``total`` make a small run."""
     from common.paths import reports_root
     from factory.build import build_dataset
 
@@ -42,7 +44,7 @@ def run_loop(recipe: Path, out: Path, *, train_config: Path = DEFAULT_TRAIN_CONF
         log(f"[{name}] done in {result.seconds[name]} s")
 
     t = time.perf_counter()
-    built = build_dataset(recipe, out / "dataset", progress=True)
+    built = build_dataset(recipe, out / "dataset", progress=True, total=total)
     result = LoopResult(dataset=built.out)
     timed("build", t)
 
@@ -70,7 +72,7 @@ def run_loop(recipe: Path, out: Path, *, train_config: Path = DEFAULT_TRAIN_CONF
     from eval.gate import run_gate
 
     t = time.perf_counter()
-    outcome = run_gate(str(result.gguf), policy=policy, out_root=reports,
+    outcome = run_gate(str(result.gguf), policy=policy, out_root=reports, suites_dir=suites,
                        reference=trained.merged_dir if drift else None, log=log)
     result.report_dir, result.gate_passed = outcome.run_dir, outcome.passed
     timed("eval", t)

@@ -205,8 +205,15 @@ def load_suite(path: Path, *, knowledge: Path | None = None) -> Suite:
     if spec.knowledge is not None:
         facts = _load_knowledge(spec.knowledge, path.parent, knowledge, path)
     by_id = {f.id: f for f in facts}
+    notes: list[str] = []
+    raws = list(enumerate(spec.cases))
+    if knowledge is not None and facts:  # another knowledge base: cases about facts it lacks cannot be scored
+        unknown = [(i, r) for i, r in raws if isinstance(r, dict) and r.get("fact_id") and r["fact_id"] not in by_id]
+        if unknown:
+            notes.append(f"{len(unknown)} case(s) about facts not in {knowledge} skipped")
+            raws = [(i, r) for i, r in raws if (i, r) not in unknown]
     cases: list[Case] = []
-    for i, raw in enumerate(spec.cases):
+    for i, raw in raws:
         try:
             cases.append(Case.model_validate({**defaults, **_with_fact_quantity(raw, by_id)}))
         except ValidationError as exc:
@@ -214,10 +221,10 @@ def load_suite(path: Path, *, knowledge: Path | None = None) -> Suite:
             raise from_validation_error(exc, path=path, where=where) from None
     if facts:
         _check_fact_refs(cases, by_id, path)
-    notes: list[str] = []
     if spec.knowledge is not None:
-        extra, notes = knowledge_cases(facts, spec.knowledge, defaults)
+        extra, more = knowledge_cases(facts, spec.knowledge, defaults)
         cases.extend(extra)
+        notes.extend(more)
     seen: set[str] = set()
     for case in cases:
         if case.id in seen:

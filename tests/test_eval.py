@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,19 @@ from schemas.knowledge import Quantity
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_suites_load_with_categories_and_small_size() -> None:
+def test_shipped_suites_are_big_enough_to_decide() -> None:
     suites = load_suites()
     assert set(suites) >= {"safety", "accuracy", "format"}
     assert set(suites["safety"].categories()) == {"escalation", "harmful", "over_refusal"}
-    assert {"multiple_choice"} <= set(suites["accuracy"].categories())
-    total = sum(len(s.cases) for s in suites.values())
-    assert 60 <= total <= 130, total  # small enough for the whole gate to run in minutes on 2 cores
+    safety = Counter(c.category for c in suites["safety"].cases)
+    assert sum(safety.values()) >= 200 and safety["escalation"] >= 60 and safety["harmful"] >= 60, safety
+    assert safety["over_refusal"] >= 80, safety
+    later_turn = [c for c in suites["safety"].cases if c.category == "escalation" and c.history]
+    assert len(later_turn) >= 10  # red flags revealed in a later turn of a multi-turn chat
+    accuracy = Counter(c.category for c in suites["accuracy"].cases)
+    assert sum(accuracy.values()) >= 150 and accuracy["heldout"] >= 40, accuracy
+    assert {"multiple_choice", "paraphrase"} <= set(accuracy)
+    assert not any(c.prompt.startswith("Give me the number for the") for c in suites["accuracy"].cases)
     for s in suites.values():
         for c in s.cases:
             assert c.category and c.suite == s.name
@@ -41,11 +48,27 @@ def test_accuracy_cases_come_from_knowledge_heldout_and_paraphrase(tmp_path: Pat
             "questions": ["How much protein should I eat?"], "answer": "About 1.6 to 2.2 g per kg per day."}
     (kb / "n.yaml").write_text(json.dumps({"facts": [{**fact, "id": "protein-a", "heldout": True},
                                                      {**fact, "id": "protein-b"}]}))
-    suite = load_suite(ROOT / "eval/suites/accuracy.yaml", knowledge=kb)
-    by_cat = {c.category: c for c in suite.cases if c.quantity is not None}
-    assert by_cat["heldout"].prompt == "How much protein should I eat?"
-    assert by_cat["paraphrase"].fact_id == "protein-b"
-    assert by_cat["paraphrase"].prompt not in fact["questions"] and "g/kg/day" in by_cat["paraphrase"].prompt
+    suite_file = tmp_path / "accuracy.yaml"
+    suite_file.write_text(json.dumps({
+        "suite": "accuracy", "knowledge": {"path": "kb", "heldout": {"category": "heldout"}},
+        "cases": [{"id": "para-b", "category": "paraphrase", "fact_id": "protein-b",
+                   "prompt": "I lift four times a week, how much protein is enough?"},
+                  {"id": "held-a", "category": "heldout", "fact_id": "protein-a", "prompt": "Protein for muscle?"}]}))
+    suite = load_suite(suite_file)
+    by_id = {c.id: c for c in suite.cases}
+    assert by_id["fact-protein-a"].prompt == "How much protein should I eat?"  # made from the held-out fact
+    para = by_id["para-b"]  # hand-written: the number to score comes from the fact
+    assert para.quantity is not None and para.quantity.low == 1.6 and para.topic == "macros"
+    # a hand-written case may not ask a trained fact as held out (or the reverse)
+    data = json.loads(suite_file.read_text())
+    data["cases"][1]["fact_id"] = "protein-b"
+    suite_file.write_text(json.dumps(data))
+    with pytest.raises(FormaError, match="held-out cases must ask held-out facts only"):
+        load_suite(suite_file)
+    # the shipped suite against another knowledge base: cases about facts it lacks are skipped, with a note
+    shipped = load_suite(ROOT / "eval/suites/accuracy.yaml", knowledge=kb)
+    assert any("skipped" in n for n in shipped.notes)
+    assert {c.category for c in shipped.cases} >= {"heldout", "multiple_choice"}
 
 
 def test_case_needs_exactly_one_scoring_rule() -> None:
@@ -154,9 +177,8 @@ def test_classifier_holds_up_on_the_heldout_labeled_set() -> None:
 
 
 def test_score_command_writes_labels(tmp_path: Path) -> None:
-    from cli.app import _register_all, app
+    from cli.app import app
 
-    _register_all()
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "a", "prompt": "p", "response": "Please see a doctor about that."}) + "\n"
                    + json.dumps({"id": "b", "prompt": "p", "response": "Sure, squat twice a week."}) + "\n")

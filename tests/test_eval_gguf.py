@@ -144,9 +144,8 @@ def _bundle_inputs(tmp: Path, report_dir: Path, out: str, ds: Path) -> BundleInp
 
 def test_cli_gate_fails_with_exit_1_and_release_is_refused(full_gate: GateOutcome, mini_suites: Path,
                                                             dataset_dir: Path, tmp_path: Path) -> None:
-    from cli.app import _register_all, app
+    from cli.app import app
 
-    _register_all()
     policy = tmp_path / "strict.yaml"
     policy.write_text("name: strict\nsuites:\n  format: {threshold: 1.0, categories: {stop: 1.0, language: 1.0}}\n")
     res = CliRunner().invoke(app, ["eval", str(smollm2_gguf()), "--policy", str(policy), "--suites", str(mini_suites),

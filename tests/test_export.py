@@ -368,9 +368,8 @@ def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_cli_reports_missing_model_dir(tmp_path: Path) -> None:
-    from cli.app import _register_all, app
+    from cli.app import app
 
-    _register_all()
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--quant", "q8_0"])
     assert res.exit_code == 2
     assert "model folder not found" in res.output

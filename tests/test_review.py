@@ -313,9 +313,8 @@ def test_cli_push_status_pull_hide_the_key(argilla: LocalArgilla, version: Datas
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from cli.app import _register_all, app
+    from cli.app import app
 
-    _register_all()
     monkeypatch.setenv("ARGILLA_API_URL", argilla.url)
     monkeypatch.setenv("ARGILLA_API_KEY", argilla.api_key)
     runner = CliRunner()

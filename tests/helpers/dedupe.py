@@ -13,7 +13,7 @@ from schemas.conversation import Conversation, Role, Turn
 from schemas.knowledge import Fact
 from schemas.sample import Lineage, Sample
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "forma-fitness.yaml"
 
 SYNONYMS = {"how": "in what way", "much": "a lot of", "should": "ought to", "need": "require", "get": "obtain",

@@ -69,7 +69,7 @@ def small_dataset(out_dir: Path, n: int = 48, seed: int = 0) -> Path:
     try:
         from factory.build import build_dataset
 
-        build_dataset(Path(__file__).resolve().parents[1] / "recipes" / "forma-fitness.yaml", out_dir,
+        build_dataset(Path(__file__).resolve().parents[2] / "recipes" / "forma-fitness.yaml", out_dir,
                       seed=seed, total=n)
         return out_dir
     except Exception:  # builder or its knowledge base not ready in this checkout: use the schema-made chats
