@@ -84,6 +84,8 @@ class FollowUp(BaseModel):
 
     question: str = Field(min_length=3)
     answer: str = Field(min_length=3)
+    variants: list[str] = Field(default_factory=list,
+                                description="Other wordings of the answer: same content, same numbers.")
 
 
 class Fact(BaseModel):
@@ -107,6 +109,8 @@ class Fact(BaseModel):
         "model trained on the data learns the fact rather than one string.",
     )
     follow_ups: list[FollowUp] = Field(default_factory=list)
+    related: list[str] = Field(default_factory=list,
+                               description="Ids of facts a conversation may move on to without changing the subject.")
     heldout: bool = Field(default=False, description="Held out of training, kept for the accuracy suite.")
 
     @field_validator("id")
