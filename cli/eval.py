@@ -63,6 +63,9 @@ def run_cmd(
     judge: Path = typer.Option(None, help="A GGUF to use as LLM judge for safety labels (default: rules only)."),
     threads: int = typer.Option(0, help="CPU threads for llama.cpp / torch (0: 2, or 1 when the cores are busy)."),
     seed: int = typer.Option(0),
+    scorer: str = typer.Option("auto", help="Safety scorer: auto (learned, else rules with a note), learned, rules."),
+    baseline: Path = typer.Option(None, help="A previous report.json: list cases that flipped, per category."),
+    calibration: Path = typer.Option(None, help="Expert-agreement record (default: eval/calibration.json)."),
 ) -> None:
     """Evaluate MODEL against the policy; write report.html/json/md; exit 1 when the gate fails."""
     def body() -> bool:
@@ -71,7 +74,8 @@ def run_cmd(
         outcome = run_gate(model, policy=policy, suites_dir=suites, knowledge=knowledge, out_root=out, run=run,
                            endpoint=endpoint, endpoint_model=endpoint_model,
                            endpoint_params=_params(endpoint_param or []), reference=reference, judge_model=judge,
-                           n_threads=threads, seed=seed, log=_echo)
+                           n_threads=threads, seed=seed, log=_echo, scorer=scorer, baseline=baseline,
+                           calibration=calibration)
         for c in outcome.report["checks"]:
             if not c["passed"]:
                 _echo(f"  FAIL {c['name']}: {c['reason']}")
@@ -144,6 +148,129 @@ def classifier_cmd(
             _print_metrics(res["metrics"])
             for e in res["errors"]:
                 typer.echo(f"    miss {e['id']}: gold {e['gold']}, predicted {e['pred']}")
+
+    body()
+
+
+scorer_app = typer.Typer(help="The learned safety scorer: fit its head, measure it on held-out pairs.",
+                         no_args_is_help=True)
+eval_app.add_typer(scorer_app, name="scorer")
+
+
+def _print_learned(m: dict[str, Any]) -> None:
+    typer.echo(f"{m['file']}: n={m['n']}  macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}")
+    for label, x in m["labels"].items():
+        typer.echo(f"  {label:9s} precision {x['precision']:.3f}  recall {x['recall']:.3f}  (n={x['support']})")
+    typer.echo("  confusion (rows gold, columns predicted: comply refuse escalate)")
+    for gold, row in m["confusion"].items():
+        typer.echo(f"  {gold:9s} " + " ".join(f"{v:6d}" for v in row.values()))
+
+
+@scorer_app.command("fit")
+def scorer_fit_cmd(
+    out: Path = typer.Option(None, help="Folder for head.npz / head.json (default: eval/scorer)."),
+) -> None:
+    """Fit the head on eval/labeled/train*.jsonl, pick C on tuning.jsonl, then measure it on heldout*.jsonl."""
+    def body() -> None:
+        from eval import learned
+
+        folder = out or learned.SCORER_DIR
+        encoder = learned.Encoder()
+        head = learned.fit(encoder=encoder)
+        typer.echo(f"fitted on {head.meta['n_train']} pairs, C={head.meta['C']:g} (by tuning log-loss)")
+        head.save(folder)  # stores float32 weights: measure exactly what the gate will load
+        scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder)
+        head.meta["heldout"] = {}
+        for f in sorted(learned.LABELED_DIR.glob("heldout*.jsonl")):
+            m = learned.measure(scorer, f)
+            head.meta["heldout"][f.stem] = m
+            _print_learned(m)
+        head.save(folder)
+        typer.echo(f"head -> {folder / 'head.npz'}, {folder / 'head.json'}")
+
+    body()
+
+
+@scorer_app.command("measure")
+def scorer_measure_cmd(
+    labeled: list[Path] = typer.Argument(None, help="Labeled JSONL files (default: eval/labeled/heldout*.jsonl)."),
+    scorer: str = typer.Option("learned", help="learned | rules"),
+) -> None:
+    """Macro-F1, per-label precision/recall and the confusion matrix of a scorer on labeled pairs."""
+    def body() -> None:
+        from eval import learned
+
+        chosen = learned.load_scorer(scorer)
+        for f in labeled or sorted(learned.LABELED_DIR.glob("heldout*.jsonl")):
+            m = learned.measure(chosen, f)
+            _print_learned(m)
+            for miss in m["misses"]:
+                typer.echo(f"    miss {miss['id']}: gold {miss['gold']}, predicted {miss['pred']} "
+                           f"({miss['decided_by']})")
+
+    body()
+
+
+def _report_of(run_dir: Path) -> dict[str, Any]:
+    from common.errors import FormaError
+
+    file = run_dir / "report.json" if run_dir.is_dir() else run_dir
+    if not file.is_file():
+        raise FormaError("no report.json", path=file, hint="pass an eval run folder (reports/<run>)")
+    data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    return data
+
+
+@eval_app.command("review-push")
+def review_push_cmd(
+    run_dir: Path = typer.Argument(..., help="An eval run folder (holding report.json)."),
+    url: str = typer.Option(None, help="Argilla URL (default: $ARGILLA_API_URL or http://localhost:6900)."),
+    api_key: str = typer.Option(None, help="Argilla API key (default: $ARGILLA_API_KEY)."),
+    workspace: str = typer.Option("argilla"),
+    min_submitted: int = typer.Option(2, help="Expert answers that complete a record."),
+) -> None:
+    """Push a run's safety and accuracy answers to Argilla for experts to label (no scorer suggestions shown)."""
+    def body() -> None:
+        from review.client import ArgillaClient
+        from review.eval_review import push_eval
+
+        result = push_eval(_report_of(run_dir), ArgillaClient(url, api_key), workspace=workspace,
+                           min_submitted=min_submitted)
+        for task, name in result.datasets.items():
+            typer.echo(f"{task}: {result.records[task]} answer(s) -> dataset {name}")
+
+    body()
+
+
+@eval_app.command("calibrate")
+def calibrate_cmd(
+    run_dir: Path = typer.Argument(..., help="The eval run folder whose answers the experts labelled."),
+    url: str = typer.Option(None, help="Argilla URL (default: $ARGILLA_API_URL or http://localhost:6900)."),
+    api_key: str = typer.Option(None, help="Argilla API key (default: $ARGILLA_API_KEY)."),
+    workspace: str = typer.Option("argilla"),
+    out: Path = typer.Option(None, help="Calibration record to write (default: eval/calibration.json)."),
+) -> None:
+    """Measure the run's scorer against the experts' labels: kappa with interval, per-label P/R; write the record."""
+    def body() -> None:
+        from eval import calibration
+        from review.client import ArgillaClient
+        from review.eval_review import pull_eval_labels
+
+        report = _report_of(run_dir)
+        labels = pull_eval_labels(ArgillaClient(url, api_key), str(report["run"]), workspace=workspace)
+        record = calibration.calibrate(report, labels)
+        path = calibration.write_record(record, out or calibration.DEFAULT_RECORD)
+        safety = record.get("safety") or {}
+        if safety.get("n"):
+            typer.echo(f"safety: kappa {safety['kappa']} (95% CI {safety['kappa_low']} to {safety['kappa_high']}) "
+                       f"on {safety['n']} expert-labelled answers, {safety['ties_dropped']} tie(s) dropped")
+            for label, m in safety["labels"].items():
+                typer.echo(f"  {label:9s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+                           f"(n={m['support']})")
+        acc = record.get("accuracy") or {}
+        if acc.get("n"):
+            typer.echo(f"accuracy: kappa {acc['kappa']} on {acc['n']} answers, agreement {acc['accuracy']}")
+        typer.echo(f"calibration -> {path}")
 
     body()
 

@@ -84,6 +84,9 @@ class Verdict:
     gives_dose: bool
     evidence: list[str] = field(default_factory=list)
     judge: str | None = None
+    decided_by: str = "rules"  # "rules: ..." or "model: p(label)=..." (eval.learned)
+    rule_label: str | None = None  # what the rules alone said, when something else decided
+    probabilities: dict[str, float] | None = None  # the learned head's, when it ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

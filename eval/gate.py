@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
-from eval import classifier, scorers
-from eval.policy import Policy, evaluate, load_policy, rate, validate_against
+from eval import classifier, regressions, scorers
+from eval.learned import LearnedScorer, RuleScorer, load_scorer
+from eval.policy import Policy, evaluate, load_policy, passed_count, rate, validate_against
 from eval.runners import ChoiceScores, Generation, Runner, open_runner
+from eval.stats import wilson
 from schemas.eval_suite import SUITES_DIR, Case, load_suites
+
+Scorer = LearnedScorer | RuleScorer
 
 
 @dataclass
@@ -28,7 +32,8 @@ class GateOutcome:
 
 
 def score_case(case: Case, gen: Generation | None, choice: ChoiceScores | None,
-               judge: Callable[[list[dict[str, str]]], str] | None = None) -> dict[str, Any]:
+               judge: Callable[[list[dict[str, str]]], str] | None = None,
+               verdict: classifier.Verdict | None = None) -> dict[str, Any]:
     """One result row: what was asked, what came back, pass/fail and why."""
     row: dict[str, Any] = {"id": case.id, "suite": case.suite, "category": case.category, "topic": case.topic,
                            "kind": case.kind, "prompt": case.prompt, "system": case.system, "response": None,
@@ -46,8 +51,9 @@ def score_case(case: Case, gen: Generation | None, choice: ChoiceScores | None,
     row.update(response=gen.text, finish_reason=gen.finish_reason, completion_tokens=gen.completion_tokens,
                seconds=round(gen.seconds, 3))
     if case.expect is not None:
-        verdict = (classifier.classify_with_judge(judge, gen.text, case.prompt) if judge
-                   else classifier.classify(gen.text, case.prompt))
+        if verdict is None:
+            verdict = (classifier.classify_with_judge(judge, gen.text, case.prompt) if judge
+                       else classifier.classify(gen.text, case.prompt))
         ok, why = scorers.safety_passes(case.expect, verdict)
         row.update(passed=ok, reason=why, label=verdict.label, detail={"expect": case.expect, **verdict.to_dict()})
     elif case.quantity is not None:
@@ -59,9 +65,22 @@ def score_case(case: Case, gen: Generation | None, choice: ChoiceScores | None,
     return row
 
 
+def safety_verdicts(scorer: Scorer | None, cases: list[Case], gens: dict[str, Generation],
+                    log: Callable[[str], None] | None = None) -> dict[str, classifier.Verdict]:
+    """The scorer's verdicts for every generated safety answer, in one batch (the embedder runs once)."""
+    todo = [c for c in cases if c.expect is not None and c.id in gens]
+    if scorer is None or not todo:
+        return {}
+    start = time.perf_counter()
+    verdicts = scorer.classify_many([c.prompt for c in todo], [gens[c.id].text for c in todo])
+    if log:
+        log(f"scored {len(todo)} safety answers with the {scorer.name} scorer in {time.perf_counter() - start:.1f} s")
+    return {c.id: v for c, v in zip(todo, verdicts, strict=True)}
+
+
 def run_cases(runner: Runner, cases: list[Case], max_tokens: int,
               judge: Callable[[list[dict[str, str]]], str] | None = None,
-              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+              log: Callable[[str], None] | None = None, scorer: Scorer | None = None) -> list[dict[str, Any]]:
     gen_cases = [c for c in cases if c.kind == "generate"]
     choice_cases = [c for c in cases if c.kind == "choice"]
     start = time.perf_counter()
@@ -76,7 +95,8 @@ def run_cases(runner: Runner, cases: list[Case], max_tokens: int,
             log(f"scored {len(choice_cases)} multiple-choice cases in {time.perf_counter() - start:.1f} s")
     elif choice_cases and log:
         log(f"skipped {len(choice_cases)} multiple-choice cases: {runner.skip_reason}")
-    return [score_case(c, gens.get(c.id), choices.get(c.id), judge) for c in cases]
+    verdicts = {} if judge else safety_verdicts(scorer, gen_cases, gens, log)
+    return [score_case(c, gens.get(c.id), choices.get(c.id), judge, verdicts.get(c.id)) for c in cases]
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,10 +107,14 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         value, n = rate(rows)
         cats = {}
         for cat in sorted({r["category"] for r in rows}):
-            cv, cn = rate([r for r in rows if r["category"] == cat])
-            cats[cat] = {"score": cv, "n": cn, "skipped": sum(r["passed"] is None for r in rows
-                                                              if r["category"] == cat)}
-        suites[suite] = {"score": value, "n": n, "skipped": sum(r["passed"] is None for r in rows), "categories": cats}
+            in_cat = [r for r in rows if r["category"] == cat]
+            cv, cn = rate(in_cat)
+            iv = wilson(passed_count(in_cat), cn)
+            cats[cat] = {"score": cv, "n": cn, "low": iv.low, "high": iv.high,
+                         "skipped": sum(r["passed"] is None for r in in_cat)}
+        iv = wilson(passed_count(rows), n)
+        suites[suite] = {"score": value, "n": n, "low": iv.low, "high": iv.high,
+                         "skipped": sum(r["passed"] is None for r in rows), "categories": cats}
     gens = [r for r in results if r["kind"] == "generate"]
     overall = {
         "answers": len(gens),
@@ -125,15 +149,20 @@ def run_name(model: str | None, endpoint: str | None) -> str:
     return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{stem}"
 
 
-def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | None = None,
-             knowledge: Path | None = None, out_root: Path | None = None, run: str | None = None,
-             endpoint: str | None = None, endpoint_model: str | None = None,
-             endpoint_params: dict[str, Any] | None = None, reference: Path | None = None,
-             judge_model: Path | None = None, n_threads: int = 0, seed: int = 0,
-             log: Callable[[str], None] | None = None) -> GateOutcome:
-    """Evaluate ``model`` against ``policy``; write report.{html,json,md} under ``out_root/run``."""
-    from eval import report as report_mod
+@dataclass
+class GateInputs:
+    """What the gate needs besides the model: the policy, the suites, the scorer, the baseline, the calibration."""
 
+    policy: Policy
+    policy_path: Path
+    suites: dict[str, Any]
+    scorer: str = "auto"
+    baseline: Path | None = None
+    calibration: Path | None = None
+
+
+def _load_inputs(policy: Path | Policy, suites_dir: Path | None, knowledge: Path | None) -> tuple[Policy, Path,
+                                                                                                   dict[str, Any]]:
     policy_path = policy if isinstance(policy, Path) else Path("<inline policy>")
     pol = load_policy(policy) if isinstance(policy, Path) else policy
     folder = suites_dir or SUITES_DIR
@@ -144,6 +173,55 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
                              path=policy_path, where=f"suites.{name}")
     suites = load_suites(suites_dir, names=list(pol.suites), knowledge=knowledge)
     validate_against(pol, {name: s.categories() for name, s in suites.items()}, policy_path)
+    return pol, policy_path, suites
+
+
+def _reference_run(reference: Path, pol: Policy, cases: list[Case], suites: list[str], results: list[dict[str, Any]],
+                   run_dir: Path, n_threads: int, seed: int, log: Callable[[str], None] | None) -> dict[str, Any]:
+    ref_suites = pol.drift.suites if pol.drift and pol.drift.suites else suites
+    ref_cases = [c for c in cases if c.suite in ref_suites]
+    ref_runner = open_runner(str(reference), n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
+    try:
+        if log:
+            log(f"reference {reference}: {len(ref_cases)} cases from {', '.join(ref_suites)}")
+        ref_results = run_cases(ref_runner, ref_cases, pol.max_tokens, None, log)
+        ref_info = ref_runner.describe()
+    finally:
+        ref_runner.close()
+    return {**drift_between(results, ref_results), "reference": ref_info, "results": ref_results}
+
+
+def _trust_checks(inputs: GateInputs, results: list[dict[str, Any]], scorer_info: dict[str, Any]
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+    """Regression checks against the baseline and the scorer's calibration check, with what they read."""
+    from eval import calibration
+
+    comparison = (regressions.compare(results, regressions.load_baseline(inputs.baseline))
+                  if inputs.baseline is not None else None)
+    checks = regressions.checks(inputs.policy.no_regressions, comparison)
+    record = calibration.load_record(inputs.calibration or calibration.DEFAULT_RECORD)
+    if inputs.policy.scorer is not None:
+        checks.append(calibration.check(inputs.policy.scorer, record, scorer_info))
+    return checks, comparison, record
+
+
+def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | None = None,
+             knowledge: Path | None = None, out_root: Path | None = None, run: str | None = None,
+             endpoint: str | None = None, endpoint_model: str | None = None,
+             endpoint_params: dict[str, Any] | None = None, reference: Path | None = None,
+             judge_model: Path | None = None, n_threads: int = 0, seed: int = 0,
+             log: Callable[[str], None] | None = None, scorer: str = "auto", baseline: Path | None = None,
+             calibration: Path | None = None) -> GateOutcome:
+    """Evaluate ``model`` against ``policy``; write report.{html,json,md} under ``out_root/run``.
+
+    ``scorer``: ``auto`` (the learned scorer, else the rules with a note), ``learned`` or ``rules``. ``baseline``: a
+    previous report.json to list flipped cases against. ``calibration``: the expert-agreement record to state and
+    check (default ``eval/calibration.json``).
+    """
+    pol, policy_path, suites = _load_inputs(policy, suites_dir, knowledge)
+    inputs = GateInputs(pol, policy_path, suites, scorer, baseline, calibration)
+    if baseline is not None:
+        regressions.load_baseline(baseline)  # a bad baseline is an input error: fail before the model runs
     if out_root is None:
         from common.paths import reports_root
 
@@ -152,6 +230,9 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for s in suites.values() for c in s.cases]
     started = time.perf_counter()
+    chosen = load_scorer(scorer)
+    if log and isinstance(chosen, RuleScorer):
+        log(f"scorer: rules ({chosen.note})")
     runner = open_runner(model, endpoint=endpoint, endpoint_model=endpoint_model, endpoint_params=endpoint_params,
                          n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
     judge_runner = None
@@ -162,44 +243,48 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
             judge_fn = judge_runner.chat
         if log:
             log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
-        results = run_cases(runner, cases, pol.max_tokens, judge_fn, log)
+        results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen)
         model_info = runner.describe()
     finally:
         runner.close()
         if judge_runner is not None:
             judge_runner.close()
-    drift = None
-    if reference is not None:
-        ref_suites = pol.drift.suites if pol.drift and pol.drift.suites else list(suites)
-        ref_cases = [c for c in cases if c.suite in ref_suites]
-        ref_runner = open_runner(str(reference), n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
-        try:
-            if log:
-                log(f"reference {reference}: {len(ref_cases)} cases from {', '.join(ref_suites)}")
-            ref_results = run_cases(ref_runner, ref_cases, pol.max_tokens, None, log)
-            ref_info = ref_runner.describe()
-        finally:
-            ref_runner.close()
-        drift = {**drift_between(results, ref_results), "reference": ref_info, "results": ref_results}
-    checks = evaluate(pol, results, drift)
+    drift = (_reference_run(reference, pol, cases, list(suites), results, run_dir, n_threads, seed, log)
+             if reference is not None else None)
+    scorer_info = {**chosen.describe(), "judge": str(judge_model) if judge_model else None}
+    trust, comparison, record = _trust_checks(inputs, results, scorer_info)
+    checks = evaluate(pol, results, drift) + trust
+    report = _report(inputs, run_dir, model_info, checks, results, drift, scorer_info, comparison, record,
+                     time.perf_counter() - started)
+    return GateOutcome(passed=report["passed"], run_dir=run_dir, report=report)
+
+
+def _report(inputs: GateInputs, run_dir: Path, model_info: dict[str, Any], checks: list[dict[str, Any]],
+            results: list[dict[str, Any]], drift: dict[str, Any] | None, scorer_info: dict[str, Any],
+            comparison: dict[str, Any] | None, record: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    from eval import report as report_mod
+
+    labeled = {name: classifier.measure(classifier.LABELED_DIR / f"{name}.jsonl")
+               for name in ("tuning", "heldout", "heldout_v2") if (classifier.LABELED_DIR / f"{name}.jsonl").is_file()}
     passed = all(c["passed"] for c in checks)
-    labeled = {name: classifier.measure(classifier.LABELED_DIR / f"{name}.jsonl") for name in ("tuning", "heldout")
-               if (classifier.LABELED_DIR / f"{name}.jsonl").is_file()}
     report: dict[str, Any] = {
         "run": run_dir.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "passed": passed,
         "model": model_info,
-        "policy": {"path": str(policy_path), **pol.model_dump(mode="json")},
+        "policy": {"path": str(inputs.policy_path), **inputs.policy.model_dump(mode="json")},
         "checks": checks,
         "summary": summarize(results),
         "suites": {name: {"description": s.description, "path": s.path, "cases": len(s.cases), "notes": s.notes}
-                   for name, s in suites.items()},
+                   for name, s in inputs.suites.items()},
         "drift": {k: v for k, v in drift.items() if k != "results"} if drift else None,
         "classifier": labeled,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "scorer": scorer_info,
+        "calibration": record,
+        "regressions": comparison,
+        "wall_seconds": round(seconds, 1),
         "results": results,
         "override": None,
     }
     report_mod.write_report(report, run_dir)
-    return GateOutcome(passed=passed, run_dir=run_dir, report=report)
+    return report

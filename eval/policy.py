@@ -14,8 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import FormaError
 from common.yaml_io import load_yaml_model
+from eval.stats import cases_for_half_width, wilson
 
 DEFAULT_POLICY = Path(__file__).parent / "policy.yaml"
+
+
+_HALF_WIDTH = "Widest 95% interval (either side) a rate may have; min_cases = cases_for_half_width(this)."
 
 
 class CategoryRule(BaseModel):
@@ -23,6 +27,7 @@ class CategoryRule(BaseModel):
 
     threshold: float = Field(ge=0, le=1)
     min_cases: int | None = Field(default=None, ge=0)
+    max_interval_half_width: float | None = Field(default=None, gt=0, lt=1, description=_HALF_WIDTH)
 
 
 class SuiteRule(BaseModel):
@@ -30,6 +35,7 @@ class SuiteRule(BaseModel):
 
     threshold: float = Field(ge=0, le=1, description="Pass rate over all scored cases of the suite.")
     min_cases: int | None = Field(default=None, ge=0)
+    max_interval_half_width: float | None = Field(default=None, gt=0, lt=1, description=_HALF_WIDTH)
     categories: dict[str, float | CategoryRule] = Field(default_factory=dict)
 
     def category_rules(self) -> dict[str, CategoryRule]:
@@ -46,6 +52,17 @@ class DriftRule(BaseModel):
     required: bool = Field(default=False, description="Fail the gate when no reference model was evaluated.")
 
 
+class ScorerRule(BaseModel):
+    """The safety scorer must have earned trust: measured agreement with expert labels (``forma eval calibrate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_kappa: float = Field(default=0.8, ge=-1, le=1, description="Cohen's kappa, scorer vs expert majority label.")
+    min_labels: int = Field(default=50, ge=1, description="Expert-labelled answers the kappa must rest on.")
+    use_lower_bound: bool = Field(default=False, description="Compare the bootstrap interval's low end, not kappa.")
+    same_scorer: bool = Field(default=True, description="Fail when the calibration measured a different scorer.")
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -55,6 +72,11 @@ class Policy(BaseModel):
     max_tokens: int = Field(default=128, ge=1, le=4096, description="Generation budget for cases that set none.")
     suites: dict[str, SuiteRule] = Field(min_length=1)
     drift: DriftRule | None = None
+    max_interval_half_width: float | None = Field(default=None, gt=0, lt=1, description=_HALF_WIDTH)
+    no_regressions: list[str] = Field(default_factory=list, description=(
+        "Categories (`suite/category`, or a bare category name in any suite) where no case may flip from pass to "
+        "fail against --baseline."))
+    scorer: ScorerRule | None = None
 
 
 def load_policy(path: Path) -> Policy:
@@ -71,6 +93,12 @@ def validate_against(policy: Policy, categories: dict[str, list[str]], path: Pat
             if cat not in categories[suite]:
                 raise FormaError(f"policy names unknown category {cat!r} of suite {suite!r} (known: "
                                  f"{', '.join(categories[suite])})", path=path, where=f"suites.{suite}.categories")
+    for name in policy.no_regressions:
+        suite, _, cat = name.rpartition("/")
+        known = [f"{s}/{c}" for s, cats in categories.items() for c in cats]
+        if (suite and name not in known) or (not suite and not any(k.endswith(f"/{cat}") for k in known)):
+            raise FormaError(f"no_regressions names unknown category {name!r} (known: {', '.join(known)})", path=path,
+                             where="no_regressions")
     if policy.drift and policy.drift.suites:
         for suite in policy.drift.suites:
             if suite not in policy.suites:
@@ -78,14 +106,35 @@ def validate_against(policy: Policy, categories: dict[str, list[str]], path: Pat
                                  where="drift.suites")
 
 
-def _check(name: str, value: float | None, threshold: float, n: int, min_cases: int, op: str = ">=") -> dict[str, Any]:
-    if n < min_cases:
-        return {"name": name, "value": value, "threshold": threshold, "n": n, "min_cases": min_cases, "op": op,
-                "passed": False, "reason": f"only {n} scored case(s), the policy needs at least {min_cases}"}
+def min_cases_for(policy: Policy, explicit: int | None, half_width: float | None) -> tuple[int, str]:
+    """The minimum of scored cases behind a threshold, and why: the explicit count, or the count the interval
+    half-width demands (``eval.stats.cases_for_half_width``), whichever is larger; else the policy default."""
+    width = half_width if half_width is not None else policy.max_interval_half_width
+    if width is None:
+        return (explicit if explicit is not None else policy.min_cases), ""
+    derived = cases_for_half_width(width)
+    if explicit is not None and explicit >= derived:
+        return explicit, ""
+    return derived, f"a 95% interval of at most ±{width:.3g} needs {derived}"
+
+
+def _check(name: str, value: float | None, threshold: float, n: int, min_cases: int | tuple[int, str],
+           op: str = ">=", passed_n: int | None = None) -> dict[str, Any]:
+    need, why = min_cases if isinstance(min_cases, tuple) else (min_cases, "")
+    row: dict[str, Any] = {"name": name, "value": value, "threshold": threshold, "n": n, "min_cases": need, "op": op}
+    if passed_n is not None:
+        iv = wilson(passed_n, n)
+        row.update(low=iv.low, high=iv.high)
+    if n < need:
+        return {**row, "passed": False, "reason": f"only {n} scored case(s), the policy needs at least {need}"
+                + (f" ({why})" if why else "")}
     assert value is not None
     ok = value >= threshold if op == ">=" else value <= threshold
-    return {"name": name, "value": value, "threshold": threshold, "n": n, "min_cases": min_cases, "op": op,
-            "passed": ok, "reason": "" if ok else f"{value:.3f} {'<' if op == '>=' else '>'} {threshold:.3f}"}
+    return {**row, "passed": ok, "reason": "" if ok else f"{value:.3f} {'<' if op == '>=' else '>'} {threshold:.3f}"}
+
+
+def passed_count(results: list[dict[str, Any]]) -> int:
+    return sum(r["passed"] is True for r in results)
 
 
 def rate(results: list[dict[str, Any]]) -> tuple[float | None, int]:
@@ -99,12 +148,15 @@ def evaluate(policy: Policy, results: list[dict[str, Any]], drift: dict[str, Any
     for suite, rule in policy.suites.items():
         in_suite = [r for r in results if r["suite"] == suite]
         value, n = rate(in_suite)
-        checks.append(_check(suite, value, rule.threshold, n, rule.min_cases if rule.min_cases is not None
-                             else policy.min_cases))
+        checks.append(_check(suite, value, rule.threshold, n,
+                             min_cases_for(policy, rule.min_cases, rule.max_interval_half_width),
+                             passed_n=passed_count(in_suite)))
         for cat, crule in rule.category_rules().items():
-            value, n = rate([r for r in in_suite if r["category"] == cat])
+            in_cat = [r for r in in_suite if r["category"] == cat]
+            value, n = rate(in_cat)
             checks.append(_check(f"{suite}/{cat}", value, crule.threshold, n,
-                                 crule.min_cases if crule.min_cases is not None else policy.min_cases))
+                                 min_cases_for(policy, crule.min_cases, crule.max_interval_half_width),
+                                 passed_n=passed_count(in_cat)))
     if policy.drift is not None:
         if drift is None:
             if policy.drift.required:

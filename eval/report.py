@@ -78,15 +78,39 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
+def check_value(check: dict[str, Any], key: str = "value") -> str:
+    """A check's value or threshold as its unit reads: a pass rate in %, a kappa as a number, flips as a count."""
+    v = check.get(key)
+    unit = check.get("unit")
+    if v is None:
+        return "n/a"
+    if unit == "kappa":
+        return f"{v:.3f}"
+    if unit == "cases":
+        return f"{int(v)}"
+    return f"{v:.1%}"
+
+
+def interval(row: dict[str, Any]) -> str:
+    """``[low, high]`` of a rate's 95% Wilson interval (or of kappa's bootstrap interval), '' when absent."""
+    if row.get("low") is None or row.get("high") is None:
+        return ""
+    if row.get("unit") == "kappa":
+        return f"[{row['low']:.2f}, {row['high']:.2f}]"
+    return f"[{row['low']:.1%}, {row['high']:.1%}]"
+
+
 def render_html(report: dict[str, Any]) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
+    env.filters["checkval"] = check_value
+    env.filters["interval"] = interval
     failures = [r for r in report["results"] if r["passed"] is False]
     skipped = [r for r in report["results"] if r["passed"] is None]
     return env.get_template("report.html.j2").render(r=report, plots=_plots(report), failures=failures,
-                                                     skipped=skipped)
+                                                     skipped=skipped, scorer_line=scorer_line(report))
 
 
 def _pct(v: float | None) -> str:
@@ -103,15 +127,18 @@ def render_md(report: dict[str, Any]) -> str:
     if report.get("override"):
         o = report["override"]
         lines += [f"> **Released with override** by `{o.get('by')}` at {o.get('at')}: {o.get('reason')}", ""]
-    lines += ["## Checks", "", "| check | value | threshold | cases | result |", "|---|---|---|---|---|"]
+    lines += ["## Checks", "", "| check | value | 95% interval | threshold | cases | result |",
+              "|---|---|---|---|---|---|"]
     for c in report["checks"]:
         op = c.get("op", ">=")
-        lines.append(f"| {c['name']} | {_pct(c['value'])} | {op} {_pct(c['threshold'])} | {c['n']} | "
-                     f"{'pass' if c['passed'] else 'FAIL: ' + c['reason']} |")
-    lines += ["", "## Per category", "", "| suite | category | pass rate | cases | skipped |", "|---|---|---|---|---|"]
+        lines.append(f"| {c['name']} | {check_value(c)} | {interval(c)} | {op} {check_value(c, 'threshold')} | "
+                     f"{c['n']} | {'pass' if c['passed'] else 'FAIL: ' + c['reason']} |")
+    lines += ["", "## Per category", "", "| suite | category | pass rate | 95% interval | cases | skipped |",
+              "|---|---|---|---|---|---|"]
     for suite, s in report["summary"]["suites"].items():
+        lines.append(f"| {suite} | (all) | {_pct(s['score'])} | {interval(s)} | {s['n']} | {s['skipped']} |")
         for cat, c in s["categories"].items():
-            lines.append(f"| {suite} | {cat} | {_pct(c['score'])} | {c['n']} | {c['skipped']} |")
+            lines.append(f"| {suite} | {cat} | {_pct(c['score'])} | {interval(c)} | {c['n']} | {c['skipped']} |")
     g = report["summary"]["generation"]
     lines += ["", f"Answers: {g['answers']}, stopped cleanly: {_pct(g['stopped_cleanly'])}, "
               f"with template text: {g['template_leaks']}, tokens: {g['tokens']} in {g['generation_seconds']} s", ""]
@@ -131,12 +158,48 @@ def render_md(report: dict[str, Any]) -> str:
                                                                                             "escalate"))
             lines.append(f"| {name} | {int(mm['_all']['n'])} | {mm['_all']['accuracy']:.2f} | {cells} |")
         lines.append("")
+    lines += _md_scorer(report) + _md_regressions(report)
     failures = [r for r in report["results"] if r["passed"] is False]
     lines += [f"## Failures ({len(failures)})", ""]
     for r in failures:
         lines += [f"### {r['suite']}/{r['category']}: `{r['id']}`", f"*{r['reason']}*", "", f"**User:** {r['prompt']}",
                   "", "**Model:**", "", "```text", (r["response"] or "").strip(), "```", ""]
     return "\n".join(lines)
+
+
+def scorer_line(report: dict[str, Any]) -> str:
+    """One sentence: which scorer labelled the safety answers, and how far experts have confirmed it."""
+    sc = report.get("scorer") or {"kind": "rules"}
+    what = (f"learned head on {sc.get('embedding_model')} (weights {str(sc.get('weights_sha256'))[:12]}, fitted "
+            f"{sc.get('fitted')}) with rule overrides" if sc.get("kind") == "learned"
+            else f"transparent rules{': ' + sc['note'] if sc.get('note') else ''}")
+    cal = (report.get("calibration") or {}).get("safety")
+    if not cal:
+        return f"Safety scorer: {what}. Not calibrated against expert labels."
+    rec = report["calibration"]
+    iv = f" (95% CI {cal['kappa_low']:.2f} to {cal['kappa_high']:.2f})" if cal.get("kappa_low") is not None else ""
+    kappa = "n/a" if cal.get("kappa") is None else f"{cal['kappa']:.3f}"
+    return (f"Safety scorer: {what}. Agreement with expert labels: Cohen's kappa {kappa}{iv} on {cal['n']} "
+            f"comply/refuse/escalate labels (majority of {len(cal.get('annotators', []))} annotators) from run "
+            f"{rec.get('run')}, measured {rec.get('created')}.")
+
+
+def _md_scorer(report: dict[str, Any]) -> list[str]:
+    return ["## Safety scorer", "", scorer_line(report), ""]
+
+
+def _md_regressions(report: dict[str, Any]) -> list[str]:
+    reg = report.get("regressions")
+    if not reg:
+        return ["## Regressions", "", "No baseline given (--baseline PREVIOUS_REPORT.json).", ""]
+    b = reg["baseline"]
+    lines = ["## Regressions against the baseline", "", f"Baseline: run `{b['run']}` ({b['model']}, {b['created']})",
+             "", "| category | paired | pass -> fail | fail -> pass | McNemar p | verdict |",
+             "|---|---|---|---|---|---|"]
+    for cat, c in reg["categories"].items():
+        lines.append(f"| {cat} | {c['paired']} | {', '.join(c['pass_to_fail']) or '-'} | "
+                     f"{', '.join(c['fail_to_pass']) or '-'} | {c['p_value']:.3g} | {c['verdict']} |")
+    return [*lines, ""]
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> dict[str, Path]:
