@@ -2,11 +2,13 @@
 
 1. Overhead: the same prompts through bare llama-cpp-python and through the harness (GGUFRunner + scoring), in one
    process, same model, same greedy settings; reports both wall times and the overhead (target <= 10%).
-2. The whole gate (every default suite, the demo policy, report written) on the SmolLM2 GGUF; target <= 5 minutes.
-   It uses a q8_0 made by ``export.gguf_export.export_gguf`` when ``--q8`` is given and that works, else the shipped
-   Q4_1.
+2. The whole gate (every default suite, the demo policy, the learned scorer, report written) on the SmolLM2 GGUF;
+   target <= 10 minutes. It uses a q8_0 made by ``export.gguf_export.export_gguf`` when ``--q8`` is given and that
+   works, else the shipped Q4_1. ``--gate-vs-bare`` also generates every one of the gate's answers with a bare
+   ``Llama.create_chat_completion`` loop (same messages, same max_tokens) and reports gate wall / bare wall: the
+   whole harness (loading, multiple-choice scoring, the scorer, the report) against generation alone.
 
-    python bench/eval.py [--prompts 24] [--max-tokens 128] [--q8] [--skip-gate] [--json out.json]
+    python bench/eval.py [--prompts 24] [--max-tokens 128] [--q8] [--skip-gate] [--gate-vs-bare] [--json out.json]
 """
 
 from __future__ import annotations
@@ -85,17 +87,52 @@ def q8_model(work: Path) -> Path | None:
         return None
 
 
+DEMO_POLICY = Path(__file__).resolve().parents[1] / "eval" / "policy-demo.yaml"
+
+
 def whole_gate(model: Path, threads: int, out: Path) -> dict:
     from eval.gate import run_gate
 
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        lines.append(f"{time.perf_counter() - start:7.1f} s  {msg}")
+        print(lines[-1], file=sys.stderr, flush=True)
+
     start = time.perf_counter()
-    outcome = run_gate(str(model), policy=Path(__file__).resolve().parents[1] / "eval" / "policy-demo.yaml",
-                       out_root=out, run="bench", n_threads=threads)
+    outcome = run_gate(str(model), policy=DEMO_POLICY, out_root=out, run="bench", n_threads=threads, log=log)
     wall = time.perf_counter() - start
     s = outcome.report["summary"]
     return {"model": model.name, "wall_s": round(wall, 1), "cases": len(outcome.report["results"]),
-            "tokens": s["generation"]["tokens"], "passed_demo_policy": outcome.passed,
-            "scores": {k: v["score"] for k, v in s["suites"].items()}, "report": str(outcome.run_dir / "report.html")}
+            "answers": s["generation"]["answers"], "tokens": s["generation"]["tokens"],
+            "generation_s": s["generation"]["generation_seconds"], "passed_demo_policy": outcome.passed,
+            "scorer": outcome.report["scorer"]["kind"], "log": lines,
+            "scores": {k: v["score"] for k, v in s["suites"].items()}, "report": str(outcome.run_dir / "report.html"),
+            "responses": {r["id"]: r["response"] for r in outcome.report["results"] if r["kind"] == "generate"}}
+
+
+def bare_gate_answers(model: Path, threads: int) -> dict:
+    """Every answer the gate generates, by a bare llama-cpp-python loop: same messages, max_tokens, greedy, seed."""
+    from llama_cpp import Llama
+
+    from eval.policy import load_policy
+    from schemas.eval_suite import load_suites
+
+    pol = load_policy(DEMO_POLICY)
+    cases = [c for s in load_suites(names=list(pol.suites)).values() for c in s.cases if c.kind == "generate"]
+    start = time.perf_counter()
+    llm: Any = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=0,
+                     verbose=False)
+    texts: dict[str, str] = {}
+    tokens = 0
+    for c in cases:
+        budget = c.max_tokens or pol.max_tokens
+        out = llm.create_chat_completion(messages=c.messages(), temperature=0.0, max_tokens=budget, seed=0)
+        texts[c.id] = str(out["choices"][0]["message"]["content"] or "")
+        tokens += int((out.get("usage") or {}).get("completion_tokens", 0))
+    wall = time.perf_counter() - start
+    llm.close()
+    return {"answers": len(cases), "tokens": tokens, "wall_s": round(wall, 1), "texts": texts}
 
 
 def main() -> None:
@@ -106,6 +143,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--q8", action="store_true", help="export a q8_0 with export.gguf_export and gate that")
     ap.add_argument("--skip-gate", action="store_true")
+    ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--gate-vs-bare", action="store_true", help="also generate the gate's answers bare and compare")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from common.model_paths import smollm2_gguf
@@ -116,12 +155,22 @@ def main() -> None:
 
     model = smollm2_gguf()
     result: dict = {"cpu_count": os.cpu_count(), "threads": args.threads, "loadavg_start": os.getloadavg()}
-    result["overhead"] = overhead(model, args.prompts, args.max_tokens, args.threads, args.rounds)
-    print(json.dumps(result["overhead"]), flush=True)
+    if not args.skip_overhead:
+        result["overhead"] = overhead(model, args.prompts, args.max_tokens, args.threads, args.rounds)
+        print(json.dumps(result["overhead"]), flush=True)
     if not args.skip_gate:
         with tempfile.TemporaryDirectory() as tmp:
             gate_model = (q8_model(Path(tmp)) if args.q8 else None) or model
-            result["gate"] = whole_gate(gate_model, args.threads, Path(tmp) / "reports")
+            if args.gate_vs_bare:
+                bare = bare_gate_answers(gate_model, args.threads)
+                print(json.dumps({k: v for k, v in bare.items() if k != "texts"}), flush=True)
+            gate = whole_gate(gate_model, args.threads, Path(tmp) / "reports")
+            responses = gate.pop("responses")
+            if args.gate_vs_bare:
+                gate["bare"] = {k: v for k, v in bare.items() if k != "texts"}
+                gate["identical_answers"] = sum(responses.get(k) == v for k, v in bare["texts"].items())
+                gate["ratio_gate_over_bare"] = round(gate["wall_s"] / bare["wall_s"], 3)
+            result["gate"] = gate
             print(json.dumps(result["gate"]), flush=True)
     result["loadavg_end"] = os.getloadavg()
     if args.json:
