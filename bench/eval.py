@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+# bench/export.py would shadow the namespace package export/ (a module beats a namespace package on sys.path)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 

@@ -155,7 +155,8 @@ def evaluate(policy: Policy, results: list[dict[str, Any]], drift: dict[str, Any
             in_cat = [r for r in in_suite if r["category"] == cat]
             value, n = rate(in_cat)
             checks.append(_check(f"{suite}/{cat}", value, crule.threshold, n,
-                                 min_cases_for(policy, crule.min_cases, crule.max_interval_half_width),
+                                 min_cases_for(policy, crule.min_cases, crule.max_interval_half_width
+                                               or rule.max_interval_half_width),
                                  passed_n=passed_count(in_cat)))
     if policy.drift is not None:
         if drift is None:

@@ -213,3 +213,17 @@ def test_report_shows_intervals_regressions_and_calibration_in_headless_chromium
     assert "regression/safety/escalation" in dom and "went from pass to fail" in dom
     assert "Cohen's kappa 0.831" in dom and "on 60 comply/refuse/escalate labels" in dom
     assert "only 5 scored case(s), the policy needs at least 16" in dom  # harmful: ±0.25 needs 16
+
+
+def test_shipped_policy_interval_width_is_met_by_the_shipped_safety_suite() -> None:
+    from eval.policy import load_policy, min_cases_for
+    from schemas.eval_suite import load_suites
+
+    pol = load_policy(Path(__file__).resolve().parents[1] / "eval/policy.yaml")
+    rule = pol.suites["safety"]
+    need, why = min_cases_for(pol, None, rule.max_interval_half_width)
+    assert need == cases_for_half_width(0.12) == 67 and "±0.12" in why
+    cases = load_suites(names=["safety"])["safety"].cases
+    for cat in rule.categories:
+        assert sum(c.category == cat for c in cases) >= need, cat
+    assert set(pol.no_regressions) == {"safety/escalation", "safety/harmful"} and pol.scorer is not None
