@@ -7,7 +7,7 @@
 The corpus is made from the knowledge base's sentences (fitness language, ~100 words per record): 90% distinct
 records, 5% exact copies, 5% near copies (one or two words changed). Both near-dup implementations see the same
 records, the same word 5-shingles, 128 permutations, threshold 0.8 and batches of 1,000; F1 is on the planted copies.
-distilabel 1.5.3 needs two workarounds (see /work/shared/notes/dedupe.md): its "words" tokenizer needs nltk's
+distilabel 1.5.3 needs two workarounds (docs/dedupe.md): its "words" tokenizer needs nltk's
 punkt_tab data (absent offline) and is a bag of single words, so the word-shingle tokenizer is swapped in; with
 datasketch 2.x its LSH subclass lacks ``_require_bytes_keys`` (set after load; we pin datasketch<2 anyway).
 """

@@ -38,6 +38,7 @@ def _recipe(tmp: Path, max_new_tokens: int, threads: int) -> Path:
 
     data = yaml.safe_load((ROOT / "recipes" / "forma-fitness-llm.yaml").read_text())
     data["knowledge"] = [str(ROOT / "recipes" / "knowledge")]
+    data["behaviour_knowledge"] = [str(ROOT / "recipes" / "behaviours")]
     data["generator"].update(max_new_tokens=max_new_tokens, user_max_new_tokens=min(40, max_new_tokens),
                              n_threads=threads)
     data["turn_mix"] = {1: 1.0}

@@ -11,13 +11,13 @@ traceback instead, for bug reports.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from cli import build, export, review, train
+from cli import build, diff, export, review, train
 from cli import eval as eval_commands
 from cli import filter as filter_commands
 from common.errors import FormaError
@@ -30,7 +30,7 @@ err = Console(stderr=True)
 class _ErrorBoundary(TyperGroup):
     """The root group: every command runs inside its ``invoke``, so this is the one place errors are caught."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except FormaError as exc:
@@ -44,7 +44,7 @@ app = typer.Typer(cls=_ErrorBoundary, name="forma",
                   help="Forma Data Factory: build, review, train, export and gate a fitness chat model.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-for module in (build, filter_commands, review, train, export, eval_commands):
+for module in (build, filter_commands, review, train, export, eval_commands, diff):
     module.register(app)
 
 

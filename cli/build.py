@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -11,24 +12,44 @@ from rich.table import Table
 out = Console()
 
 
-def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML.")) -> None:
-    """Validate a recipe and its knowledge base; print the plan's quotas."""
+def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML."),
+                 qa: bool = typer.Option(False, "--qa", help="Also flag questions their fact's answer does not fit "
+                                                             "(MiniLM; about half a minute)."),
+                 qa_out: Path = typer.Option(None, help="Write the flagged questions as JSON lines here.")) -> None:
+    """Validate a recipe and its knowledge base; print the plan's category and behaviour quotas."""
+    from factory.planner import Planner
+    from factory.recipe_loader import load_recipe
 
-    def body() -> None:
-        from factory.planner import Planner
-        from factory.recipe_loader import load_recipe
+    loaded = load_recipe(file)
+    planner = Planner(loaded)
+    quotas, cells = planner.quotas(), planner.behaviour_quotas()
+    behaviours = list(loaded.recipe.behaviours)
+    table = Table(title=f"{loaded.recipe.name}: {loaded.recipe.total} conversations")
+    for column in ("category", "share", "quota", *behaviours, "training facts"):
+        table.add_column(column)
+    for category, share in loaded.recipe.categories.items():
+        table.add_row(category.value, f"{share:g}%", str(quotas[category]),
+                      *(str(cells.get((category, b), 0)) for b in behaviours), str(len(loaded.facts_for(category))))
+    out.print(table)
+    out.print(f"[green]ok[/] {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out), "
+              f"{len(loaded.behaviours.ids())} behaviour items")
+    if qa:
+        _question_answer_check(loaded.facts, qa_out)
 
-        loaded = load_recipe(file)
-        quotas = Planner(loaded).quotas()
-        table = Table(title=f"{loaded.recipe.name}: {loaded.recipe.total} conversations")
-        for column in ("category", "share", "quota", "training facts"):
-            table.add_column(column)
-        for category, share in loaded.recipe.categories.items():
-            table.add_row(category.value, f"{share:g}%", str(quotas[category]), str(len(loaded.facts_for(category))))
-        out.print(table)
-        out.print(f"[green]ok[/] {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out)")
 
-    body()
+def _question_answer_check(facts: Any, qa_out: Path | None) -> None:
+    from common.jsonl import write_jsonl
+    from factory.embed import get_encoder
+    from factory.knowledge_check import question_answer_mismatches
+
+    found = question_answer_mismatches(facts, get_encoder("minilm"), top_k=5)
+    for m in found[:20]:
+        out.print(f"[yellow]check[/] {m.render()}", highlight=False)
+    out.print(f"{len(found)} question(s) to review: their fact's answer ranks below 5th for them"
+              + ("" if len(found) <= 20 else " (first 20 shown)"))
+    if qa_out is not None:
+        write_jsonl(qa_out, (m.__dict__ for m in found))
+        out.print(f"wrote {qa_out}")
 
 
 def build(file: Path = typer.Argument(..., help="Recipe YAML."),
@@ -66,8 +87,23 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
         out.print(f"rejects: {result.rejects} (see {result.out / 'rejects.jsonl'}); "
                   f"dataset hash {result.dataset_hash[:16]}")
         out.print("time: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.phases.items()))
+        _report_quality(result.quality, result.quality_misses)
 
     body()
+
+
+def _report_quality(figures: dict[str, Any], misses: list[str]) -> None:
+    """The quality figures in one line; a figure that missed the recipe's threshold fails the build (exit 1)."""
+    if figures:
+        top = figures["most_repeated_assistant_turn"]["count"]
+        out.print(f"quality: {figures['distinct_assistant_turns']} distinct assistant turns (most repeated x{top}), "
+                  f"facts {figures['facts_used']}/{figures['facts_available']}, behaviour items "
+                  f"{figures['behaviour_items_used']}/{figures['behaviour_items_available']}, topic switches "
+                  f"{100 * figures['topic_switch_share']:.1f}%")
+    for miss in misses:
+        out.print(f"[bold red]quality:[/] {miss}")
+    if misses:
+        raise typer.Exit(1)
 
 
 def schema_export(directory: Path = typer.Argument(..., help="Folder to write JSON Schema files into.")) -> None:

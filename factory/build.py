@@ -22,6 +22,7 @@ from common import __version__
 from common.errors import FormaError
 from common.hashing import sha256_file
 from common.jsonl import write_jsonl
+from factory import quality
 from factory.assembly import Generator, chain_stages, filter_stages, generate_slots, make_generator
 from factory.card import write_card
 from factory.export import (
@@ -41,6 +42,9 @@ from schemas.sample import Sample
 
 MAX_BALANCE_ROUNDS = 20
 
+#: A quota cell: every (category, behaviour) pair with a share holds its exact count.
+Cell = tuple[Category, str]
+
 
 @dataclass
 class BuildResult:
@@ -48,9 +52,14 @@ class BuildResult:
     samples: list[Sample]
     counts: dict[str, int]
     quotas: dict[str, int]
+    behaviour_quotas: dict[str, int]
+    behaviour_counts: dict[str, int]
     stats: list[StageStats]
     rejects: int
     seconds: float
+    quality: dict[str, Any] = field(default_factory=dict)
+    #: Figures that missed the recipe's ``quality:`` thresholds; ``forma build`` exits 1 when there are any.
+    quality_misses: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     dataset_hash: str = ""
     #: Wall seconds per phase: setup (recipe, plan, stage loading), rounds (generate + filter + balance), split,
@@ -108,7 +117,7 @@ class _Rounds:
 
     loaded: LoadedRecipe
     planner: Planner
-    quotas: dict[Category, int]
+    quotas: dict[Cell, int]
     generator: Generator | None
     stages: list[Stage]
     out: Path
@@ -125,24 +134,25 @@ class _Rounds:
         return chain_stages(generate_slots(self.generator, pending, rejects, self.gen_stats), self.stages,
                             self.gen_stats)
 
-    def fill(self, pending: list[Slot], rejects: RejectWriter, bar: Any) -> dict[Category, list[Sample]]:
-        """Generate and filter until every quota is full; deficits get new slots, never resampled duplicates."""
-        kept: dict[Category, list[Sample]] = {c: [] for c in self.quotas}
+    def fill(self, pending: list[Slot], rejects: RejectWriter, bar: Any) -> dict[Cell, list[Sample]]:
+        """Generate and filter until every (category, behaviour) quota is full; deficits get new slots, never
+        resampled duplicates."""
+        kept: dict[Cell, list[Sample]] = {cell: [] for cell in self.quotas}
         task = bar.add_task("generating", total=sum(self.quotas.values()))
-        deficits: dict[Category, int] = {}
+        deficits: dict[Cell, int] = {}
         for round_no in range(MAX_BALANCE_ROUNDS):
             for sample in self.survivors(pending, rejects):
-                bucket = kept[sample.category]
-                if len(bucket) < self.quotas[sample.category]:
+                bucket = kept.get((sample.category, sample.behaviour))
+                if bucket is not None and len(bucket) < self.quotas[(sample.category, sample.behaviour)]:
                     bucket.append(sample)
                     bar.advance(task)
             deficits = {c: self.quotas[c] - len(kept[c]) for c in self.quotas if len(kept[c]) < self.quotas[c]}
             if not deficits:
                 return kept
             bar.update(task, description=f"balancing (round {round_no + 2})")
-            pending = [slot for c, n in deficits.items() for slot in self.planner.extra(c, n)]
-        short = ", ".join(f"{c.value} short by {n}" for c, n in deficits.items())
-        raise FormaError(f"could not fill the category quotas after {MAX_BALANCE_ROUNDS} rounds ({short}); "
+            pending = [slot for (c, b), n in deficits.items() for slot in self.planner.extra(c, n, b)]
+        short = ", ".join(f"{c.value}/{b} short by {n}" for (c, b), n in deficits.items())
+        raise FormaError(f"could not fill the quotas after {MAX_BALANCE_ROUNDS} rounds ({short}); "
                          "the knowledge base is too small for this total, or the filters too strict",
                          path=self.loaded.path, where="total")
 
@@ -164,7 +174,8 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
     out = _make_out(out_dir)
     planner = Planner(loaded, seed=seed)
     quotas = planner.quotas(total)
-    rounds = _Rounds(loaded=loaded, planner=planner, quotas=quotas, out=out, resume=resume, ray_address=ray_address,
+    rounds = _Rounds(loaded=loaded, planner=planner, quotas=planner.behaviour_quotas(total), out=out, resume=resume,
+                     ray_address=ray_address,
                      generator=make_generator(loaded, out, resume) if engine == "local" else None,
                      stages=filter_stages(loaded) if filters else [])
     with RejectWriter(out / "rejects.jsonl") as rejects, _progress(progress, console) as bar:
@@ -179,12 +190,17 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
             rounds.generator.close()
         n_rejects = rejects.count
         clock.done("rounds")
-    samples = assign_splits([s for c in quotas for s in kept[c]], loaded.recipe.splits.test)
-    result = BuildResult(out=out, samples=samples, counts={c.value: len(kept[c]) for c in quotas},
+    samples = assign_splits([s for cell in rounds.quotas for s in kept[cell]], loaded.recipe.splits.test)
+    result = BuildResult(out=out, samples=samples,
+                         counts={c.value: sum(len(v) for (k, _), v in kept.items() if k == c) for c in quotas},
                          quotas={c.value: n for c, n in quotas.items()},
+                         behaviour_quotas={f"{c.value}/{b}": n for (c, b), n in rounds.quotas.items()},
+                         behaviour_counts={f"{c.value}/{b}": len(v) for (c, b), v in kept.items()},
                          stats=[rounds.gen_stats, *(s.stats for s in rounds.stages)], rejects=n_rejects, seconds=0.0,
                          dataset_hash=dataset_hash(samples), phases=clock.phases)
     clock.done("split")
+    result.quality = quality.figures(samples, loaded, result.behaviour_quotas)
+    result.quality_misses = [m.render() for m in quality.misses(result.quality, loaded.recipe.quality)]
     _write_outputs(result, loaded, planner.seed)
     clock.done("export")
     from factory.report import write_build_report  # out/report/ and reports/<dataset>/: report.html + report.json
@@ -225,6 +241,9 @@ def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None
         # stage timings vary from run to run, and these files must be byte-identical for the same recipe and seed
         "stages": [s.model_dump(exclude={"seconds"}) for s in result.stats],
         "rejects": result.rejects, "files": result.files,
+        "behaviours": {"shares": dict(loaded.recipe.behaviours), "quotas": result.behaviour_quotas,
+                       "counts": result.behaviour_counts},
+        "quality": result.quality,
     }
     write_card(out / "README.md", manifest, loaded)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

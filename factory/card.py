@@ -19,10 +19,10 @@ CATEGORY_TITLES = {
 }
 
 
-def write_card(path: Path, manifest: dict[str, Any], loaded: LoadedRecipe) -> None:
+def _header(manifest: dict[str, Any], loaded: LoadedRecipe) -> dict[str, Any]:
+    """The Hugging Face YAML header: languages, licence, configs for ShareGPT and Alpaca, Forma's identity."""
     recipe = loaded.recipe
-    total = max(manifest["total"], 1)
-    header = {
+    return {
         "language": list(recipe.languages),
         "license": "apache-2.0",
         "task_categories": ["text-generation"],
@@ -35,11 +35,19 @@ def write_card(path: Path, manifest: dict[str, Any], loaded: LoadedRecipe) -> No
         "forma": {k: manifest[k] for k in ("recipe", "recipe_hash", "seed", "pipeline_version", "dataset_hash",
                                            "generator", "total")},
     }
+
+
+def write_card(path: Path, manifest: dict[str, Any], loaded: LoadedRecipe) -> None:
+    recipe = loaded.recipe
+    total = max(manifest["total"], 1)
+    header = _header(manifest, loaded)
     rows = []
     for category, share in recipe.categories.items():
         actual = manifest["counts"].get(category.value, 0)
         rows.append(f"| {CATEGORY_TITLES.get(category.value, category.value)} | {share:g}% | "
                     f"{manifest['quotas'].get(category.value, 0)} | {actual} | {100 * actual / total:.1f}% |")
+    behaviour_rows = _behaviour_table(manifest)
+    quality_rows = _quality_lines(manifest.get("quality") or {})
     turns = " · ".join(f"{k} user turn{'s' if int(k) > 1 else ''}: {v}" for k, v in manifest["turns"].items())
     funnel = "\n".join(f"| {s['stage']} | {s['seen']} | {s['kept']} | {s['dropped']} | "
                        f"{', '.join(f'{r} {n}' for r, n in sorted(s['reasons'].items())) or '-'} |"
@@ -57,6 +65,17 @@ Rebuilding the same recipe with the same seed gives byte-identical files.
 | Category | Target share | Quota | Actual | Actual share |
 |---|---|---|---|---|
 {chr(10).join(rows)}
+
+## Behaviours per category: target versus actual
+
+What the assistant must do: answer, escalate a red flag to a professional, decline a harmful request, or reassure
+(answer a question that only sounds alarming). Shares {', '.join(f'{b} {v:g}%' for b, v in recipe.behaviours.items())}.
+
+{behaviour_rows}
+
+## Quality figures
+
+{quality_rows}
 
 ## Shape
 
@@ -89,6 +108,38 @@ This data is educational and does not replace a doctor, physiotherapist or regis
 """
     text = "---\n" + yaml.safe_dump(header, sort_keys=True, allow_unicode=True) + "---\n\n" + body
     path.write_text(text, encoding="utf-8")
+
+
+def _behaviour_table(manifest: dict[str, Any]) -> str:
+    mix = (manifest.get("quality") or {}).get("behaviour_mix") or {}
+    behaviours = sorted({cell.split("/")[1] for cell in mix})
+    if not behaviours:
+        return "(no behaviour quotas)"
+    head = "| Category | " + " | ".join(behaviours) + " |\n|---|" + "---|" * len(behaviours)
+    lines = [head]
+    for category in CATEGORY_TITLES:
+        cells = [mix.get(f"{category}/{b}") for b in behaviours]
+        if not any(cells):
+            continue
+        shown = [f"{c['actual']} / {c['target']}" if c else "-" for c in cells]
+        lines.append(f"| {CATEGORY_TITLES[category]} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n\n(actual / target)"
+
+
+def _quality_lines(q: dict[str, Any]) -> str:
+    if not q:
+        return "(not computed)"
+    top = q["most_repeated_assistant_turn"]
+    return "\n".join([
+        f"- Distinct assistant turns (greeting and closer stripped): {q['distinct_assistant_turns']} of "
+        f"{q['assistant_turns']}; the most repeated occurs {top['count']} times",
+        f"- Facts used: {q['facts_used']} of {q['facts_available']} ({100 * q['fact_coverage']:.1f}%)",
+        f"- Red flags, harmful requests and benign phrasings used: {q['behaviour_items_used']} of "
+        f"{q['behaviour_items_available']}",
+        f"- Multi-turn chats that switch to an unrelated topic: {q['topic_switch_chats']} of {q['multi_turn_chats']} "
+        f"({100 * q['topic_switch_share']:.1f}%)",
+        f"- Distinct word bigrams of assistant text: {100 * q['distinct_bigram_share']:.1f}%",
+    ])
 
 
 def _size_category(n: int) -> str:

@@ -40,7 +40,8 @@ def slot_row(slot: Slot, order: int) -> dict[str, Any]:
     """A slot as a row of plain columns (facts and persona by id; the worker's recipe resolves them)."""
     data = {"index": slot.index, "category": slot.category.value, "persona": slot.persona.id,
             "user_turns": slot.user_turns, "language": slot.language, "facts": [f.id for f in slot.facts],
-            "seed": slot.seed}
+            "seed": slot.seed, "behaviour": slot.behaviour, "item": getattr(slot.item, "id", None),
+            "item_use": slot.item_use, "fact_uses": list(slot.fact_uses)}
     return {"order": order, "slot": json.dumps(data)}
 
 
@@ -50,9 +51,12 @@ def slot_from_row(text: str, loaded: LoadedRecipe) -> Slot:
     data = json.loads(text)
     persona = next(p for p in loaded.recipe.personas if p.id == data["persona"])
     facts = {f.id: f for f in loaded.facts}
+    behaviour = data.get("behaviour", "answer")
+    item = next((i for i in loaded.items_for(Category(data["category"]), behaviour) if i.id == data.get("item")), None)
     return Slot(index=data["index"], category=Category(data["category"]), persona=persona,
                 user_turns=data["user_turns"], language=data["language"],
-                facts=tuple(facts[i] for i in data["facts"]), seed=data["seed"])
+                facts=tuple(facts[i] for i in data["facts"]), seed=data["seed"], behaviour=behaviour, item=item,
+                item_use=data.get("item_use", 0), fact_uses=tuple(data.get("fact_uses", ())))
 
 
 class _Collect(RejectWriter):

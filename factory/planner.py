@@ -1,16 +1,21 @@
-"""Turn a recipe into generation slots with exact per-category quotas.
+"""Turn a recipe into generation slots with exact per-category and per-behaviour quotas.
 
 Quotas use the largest-remainder method, so the shares hold for any total (2,000 gives 600/400/500/200/200/100, and
-a total that does not divide evenly still sums exactly). Each slot fixes everything a generator needs: category,
-persona, user-turn count, language and the facts it rests on, so any backend fills the same plan.
+a total that does not divide evenly still sums exactly). Behaviours (answer, escalate, decline, reassure) are then
+allocated the same way inside each category, so the category shares stay exact and every category carries its own
+safety cases. Each slot fixes everything a generator needs: category, behaviour and the red flag, harmful request or
+benign phrasing it uses, persona, user-turn count, language and the facts it rests on, so any backend fills the
+same plan.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from factory.recipe_loader import LoadedRecipe
 from schemas.knowledge import Category, Fact
@@ -28,9 +33,21 @@ class Slot:
     language: str
     facts: tuple[Fact, ...]
     seed: int
+    behaviour: str = "answer"
+    item: Any = None  # the RedFlag, HarmfulRequest or BenignAlarming of a behaviour slot (schemas.behaviour)
+    #: How many slots used the item, and each fact, before this one: the generator rotates wordings by it, so no
+    #: wording of a popular fact or item comes up far more often than the others.
+    item_use: int = 0
+    fact_uses: tuple[int, ...] = ()
 
 
-def largest_remainder(shares: dict[Category, float], total: int) -> dict[Category, int]:
+K = TypeVar("K", bound=Hashable)
+
+#: How many more times a persona's own facts may be used than the category's least-used fact.
+POPULATION_SLACK = 2
+
+
+def largest_remainder(shares: dict[K, float], total: int) -> dict[K, int]:
     """Integer quotas proportional to ``shares`` that sum to exactly ``total`` (Hamilton's method)."""
     weight = sum(shares.values())
     exact = {c: total * s / weight for c, s in shares.items()}
@@ -68,6 +85,9 @@ class Planner:
         self._next_index = 0
         self._fact_cursor: dict[Category, int] = {}
         self._fact_orders: dict[Category, list[Fact]] = {}
+        self._item_orders: dict[tuple[Category, str], list[Any]] = {}
+        self._uses: Counter[str] = Counter()  # how often each fact was planned, to spread later turns evenly
+        self._item_cursor: dict[tuple[Category, str], int] = {}
         rng = random.Random(f"{self.seed}:facts")
         for category in self.recipe.categories:
             facts = list(loaded.facts_for(category))
@@ -77,54 +97,92 @@ class Planner:
     def quotas(self, total: int | None = None) -> dict[Category, int]:
         return largest_remainder(self.recipe.categories, self.recipe.total if total is None else total)
 
+    def behaviour_quotas(self, total: int | None = None) -> dict[tuple[Category, str], int]:
+        """Quotas per (category, behaviour): each category's quota split by the behaviour shares."""
+        out: dict[tuple[Category, str], int] = {}
+        for category, quota in self.quotas(total).items():
+            for behaviour, n in largest_remainder(dict(self.recipe.behaviours), quota).items():
+                if n > 0:
+                    out[(category, behaviour)] = n
+        return out
+
     def plan(self, total: int | None = None) -> list[Slot]:
         slots: list[Slot] = []
-        for category, quota in self.quotas(total).items():
-            slots.extend(self.extra(category, quota))
+        for (category, behaviour), quota in self.behaviour_quotas(total).items():
+            slots.extend(self.extra(category, quota, behaviour))
         return slots
 
-    def extra(self, category: Category, n: int) -> list[Slot]:
-        """``n`` new slots for ``category``, with indices never used before in this plan."""
+    def _next_items(self, category: Category, behaviour: str, n: int) -> list[tuple[Any, int]]:
+        """Behaviour items round-robin over a seeded order (every item is used before any is used twice), each with
+        how many times it was used before."""
+        if behaviour == "answer":
+            return [(None, 0)] * n
+        key = (category, behaviour)
+        if key not in self._item_orders:
+            items = list(self.loaded.items_for(category, behaviour))
+            random.Random(f"{self.seed}:{category.value}:{behaviour}").shuffle(items)
+            self._item_orders[key] = items
+        order = self._item_orders[key]
+        start = self._item_cursor.get(key, 0)
+        self._item_cursor[key] = start + n
+        return [(order[(start + i) % len(order)], (start + i) // len(order)) for i in range(n)]
+
+    def extra(self, category: Category, n: int, behaviour: str = "answer") -> list[Slot]:
+        """``n`` new slots for ``category`` and ``behaviour``, with indices never used before in this plan."""
         if n <= 0:
             return []
         rng = random.Random(f"{self.seed}:{category.value}:{self._next_index}")
+        items = self._next_items(category, behaviour, n)
         personas = _weighted_sequence(rng, [(p, p.weight) for p in self.recipe.personas], n)
         turns = _weighted_sequence(rng, list(self.recipe.turn_mix.items()), n)
         languages = _weighted_sequence(rng, [(lang, 1.0) for lang in self.recipe.languages], n)
         slots = []
-        for persona, user_turns, language in zip(personas, turns, languages, strict=True):
+        for persona, user_turns, language, (item, item_use) in zip(personas, turns, languages, items, strict=True):
             assert isinstance(persona, Persona) and isinstance(user_turns, int) and isinstance(language, str)
+            persona = self._persona_for(item, persona)
             index = self._next_index
             self._next_index += 1
+            facts = tuple(self._pick_facts(category, persona, user_turns, rng))
             slots.append(Slot(index=index, category=category, persona=persona, user_turns=user_turns,
-                              language=language, facts=tuple(self._pick_facts(category, persona, user_turns, rng)),
-                              seed=hash_seed(self.seed, index)))
+                              language=language, facts=facts, seed=hash_seed(self.seed, index), behaviour=behaviour,
+                              item=item, item_use=item_use, fact_uses=tuple(self._uses[f.id] - 1 for f in facts)))
         return slots
 
-    def _pick_facts(self, category: Category, persona: Persona, user_turns: int, rng: random.Random) -> Iterator[Fact]:
-        """Facts for one slot: the primary one round-robin over the category (even coverage), then related ones.
+    def _persona_for(self, item: Any, drawn: Persona) -> Persona:
+        """A red flag for a population (pregnancy warning signs, say) goes to a persona of that population."""
+        wanted = set(getattr(item, "populations", None) or ["general"]) - {"general"}
+        if not wanted or wanted & set(drawn.populations):
+            return drawn
+        return next((p for p in self.recipe.personas if wanted & set(p.populations)), drawn)
 
-        A persona's populations are preferred for the primary fact when the category has facts for them.
+    def _pick_facts(self, category: Category, persona: Persona, user_turns: int, rng: random.Random) -> Iterator[Fact]:
+        """Facts for one slot: the least-used fact of the category first (even coverage), then related ones.
+
+        A persona's populations are preferred for the primary fact while those facts are not used more than the
+        category's least-used fact (plus ``POPULATION_SLACK``): a population with two facts must not put the same
+        two answers into every chat of that persona.
         """
         order = self._fact_orders[category]
         cursor = self._fact_cursor.get(category, 0)
-        wanted = set(persona.populations) - {"general"}
-        primary = order[cursor % len(order)]
-        if wanted:
-            for step in range(len(order)):
-                candidate = order[(cursor + step) % len(order)]
-                if wanted & set(candidate.populations):
-                    primary = candidate
-                    break
         self._fact_cursor[category] = cursor + 1
+        position = {f.id: (i - cursor) % len(order) for i, f in enumerate(order)}
+        floor = min(self._uses[f.id] for f in order)
+        wanted = set(persona.populations) - {"general"}
+        candidates = [f for f in order if wanted & set(f.populations) and self._uses[f.id] <= floor + POPULATION_SLACK]
+        primary = min(candidates or order, key=lambda f: (self._uses[f.id], position[f.id]))
         yield primary
-        # later turns: the primary's follow-ups first (the generator uses them), then facts on the same topic
-        extra_needed = max(0, user_turns - 1 - len(primary.follow_ups))
-        same_topic = [f for f in order if f.topic == primary.topic and f.id != primary.id]
-        others = [f for f in order if f.topic != primary.topic]
+        # later turns: the primary's follow-ups first (the generator uses them), then the facts it links to, then
+        # facts on the same topic; never an unrelated topic, so a chat does not jump from squat depth to curls
+        # (the least used first, so a small topic's facts are not served in every chat that reaches them)
+        extra_needed = max(0, user_turns - 1)
+        related = [f for f in order if f.id in primary.related]
+        same_topic = [f for f in order if f.topic == primary.topic and f.id != primary.id and f not in related]
         rng.shuffle(same_topic)
-        rng.shuffle(others)
-        yield from (same_topic + others)[:extra_needed]
+        same_topic.sort(key=lambda f: self._uses[f.id])
+        chosen = (related + same_topic)[:extra_needed]
+        for fact in (primary, *chosen):
+            self._uses[fact.id] += 1
+        yield from chosen
 
 
 def hash_seed(seed: int, index: int) -> int:

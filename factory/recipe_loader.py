@@ -6,14 +6,18 @@ knowledge folders) and what must hold across files (every category with a share 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
 from common.yaml_io import read_yaml, validate_yaml
+from schemas.behaviour import BehaviourFile, load_behaviours
 from schemas.knowledge import Category, Fact, load_facts
 from schemas.recipe import Recipe
+
+#: A behaviour knowledge item: a red flag, a harmful request or a benign-but-alarming phrasing.
+BehaviourItem = Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class LoadedRecipe:
     path: Path
     recipe: Recipe
     facts: tuple[Fact, ...]
+    behaviours: BehaviourFile = field(default_factory=BehaviourFile)
 
     @property
     def training_facts(self) -> tuple[Fact, ...]:
@@ -31,6 +36,14 @@ class LoadedRecipe:
 
     def facts_for(self, category: Category) -> tuple[Fact, ...]:
         return tuple(f for f in self.training_facts if f.category == category)
+
+    def items_for(self, category: Category, behaviour: str) -> tuple[BehaviourItem, ...]:
+        """The behaviour knowledge a conversation of this category and behaviour can rest on ("answer": none)."""
+        pools: dict[str, list[Any]] = {"escalate": list(self.behaviours.red_flags),
+                                       "decline": list(self.behaviours.harmful_requests),
+                                       "reassure": list(self.behaviours.benign)}
+        pool = pools.get(behaviour, [])
+        return tuple(item for item in pool if item.category == category)
 
 
 def _knowledge_files(base: Path, entries: list[str], recipe_path: Path) -> list[Path]:
@@ -83,9 +96,29 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     data, text = read_recipe_data(recipe_path)
     recipe: Recipe = validate_yaml(Recipe, data, recipe_path, text)
     facts = load_facts(_knowledge_files(recipe_path.parent, recipe.knowledge, recipe_path))
-    loaded = LoadedRecipe(path=recipe_path, recipe=recipe, facts=facts)
+    loaded = LoadedRecipe(path=recipe_path, recipe=recipe, facts=facts,
+                          behaviours=_load_behaviour_knowledge(recipe_path, recipe))
     for category, share in recipe.categories.items():
         if share > 0 and not loaded.facts_for(category):
             raise FormaError(f"category {category.value!r} has a share of {share:g}% but no training facts",
                              path=recipe_path, where=f"categories.{category.value}")
+        for behaviour, b_share in recipe.behaviours.items():
+            if share > 0 and b_share > 0 and behaviour != "answer" and not loaded.items_for(category, behaviour):
+                raise FormaError(f"behaviour {behaviour!r} has a share of {b_share:g}% but the behaviour knowledge "
+                                 f"holds nothing for category {category.value!r}", path=recipe_path,
+                                 where="behaviour_knowledge", hint="add items, or set the behaviour's share to 0")
     return loaded
+
+
+def _load_behaviour_knowledge(recipe_path: Path, recipe: Recipe) -> BehaviourFile:
+    merged = BehaviourFile()
+    for entry in recipe.behaviour_knowledge:
+        folder = (recipe_path.parent / entry).resolve()
+        if not folder.is_dir():
+            raise FormaError(f"behaviour knowledge folder {entry!r} not found (looked for {folder})",
+                             path=recipe_path, where="behaviour_knowledge")
+        part = load_behaviours(folder)
+        merged = BehaviourFile(red_flags=merged.red_flags + part.red_flags,
+                               harmful_requests=merged.harmful_requests + part.harmful_requests,
+                               benign=merged.benign + part.benign)
+    return merged

@@ -3,7 +3,7 @@
 argilla-server 2.8.0 pins pydantic 2.9, httpx 0.27 and typer 0.9, which must not leak into the project's
 environment, so it lives in a venv of its own under ``cache_root()/argilla-server-venv``. Its typer CLI breaks
 with the click it installs, so the stack is started through the functions the CLI would call
-(see shared/notes/argilla-local.md). The API key travels through the environment, never argv, so it does not
+(docs/review.md describes the local server). The API key travels through the environment, never argv, so it does not
 show in ``ps``.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,8 +19,60 @@ DEFAULT_SYSTEM_PROMPT = (
 
 MAX_TOTAL = 10_000_000
 
+#: What the assistant must do in a conversation. ``answer``: an ordinary grounded answer; ``escalate``: a red flag
+#: comes up and the assistant sends the user to a professional; ``decline``: a harmful request, declined with a safe
+#: alternative; ``reassure``: a harmless question that only sounds risky, answered plainly (no over-refusal).
+Behaviour = Literal["answer", "escalate", "decline", "reassure"]
+BEHAVIOURS: tuple[Behaviour, ...] = ("answer", "escalate", "decline", "reassure")
+
 ExportFormat = Literal["sharegpt", "alpaca", "hf", "parquet"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("sharegpt", "alpaca", "hf", "parquet")
+
+
+class PersonaProfile(BaseModel):
+    """Facts about the person that change the answer: the fact's population notes apply, and personal numbers are
+    computed from the fact's quantities (g/kg times the stated body mass; a weekly target over the stated days)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    age_band: str | None = Field(default=None, description="e.g. '60+', '30s'.")
+    body_mass_kg: list[float] = Field(default_factory=list, description="Body masses this persona may state.")
+    training_days: list[int] = Field(default_factory=list, description="Training days a week it may state.")
+    training_age: str | None = Field(default=None, description="e.g. 'new', 'two years'.")
+    pregnant: bool = False
+    injury: str | None = None
+    medication: str | None = None
+
+    @field_validator("body_mass_kg")
+    @classmethod
+    def _masses(cls, value: list[float]) -> list[float]:
+        if any(not 30 <= v <= 250 for v in value):
+            raise ValueError("body masses must lie between 30 and 250 kg")
+        return value
+
+    @field_validator("training_days")
+    @classmethod
+    def _days(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= v <= 7 for v in value):
+            raise ValueError("training days must lie between 1 and 7")
+        return value
+
+
+class QualityThresholds(BaseModel):
+    """Figures a build must reach; a build that misses one exits 1 naming it (``forma build``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_assistant_turn_repeats: int | None = Field(
+        default=5, ge=1, description="How often one normalised assistant turn (greeting, closer stripped) may recur.")
+    min_fact_coverage: float | None = Field(default=0.95, ge=0, le=1,
+                                            description="Share of the training facts used at least once.")
+    max_topic_switch_share: float | None = Field(
+        default=0.05, ge=0, le=1, description="Share of multi-turn chats that jump to an unrelated topic.")
+    min_distinct_bigram_share: float | None = Field(
+        default=None, ge=0, le=1, description="Distinct word bigrams over all bigrams of assistant text.")
+    require_every_behaviour_item: bool = Field(
+        default=True, description="Every red flag, harmful request and benign phrase of the knowledge used once.")
 
 
 class Persona(BaseModel):
@@ -35,6 +87,7 @@ class Persona(BaseModel):
     populations: list[str] = Field(default_factory=lambda: ["general"],
                                    description="Knowledge-base populations this persona draws facts for.")
     weight: float = Field(default=1.0, gt=0)
+    profile: PersonaProfile = Field(default_factory=PersonaProfile)
 
 
 class JudgeConfig(BaseModel):
@@ -125,6 +178,19 @@ class Splits(BaseModel):
         return self
 
 
+S = TypeVar("S", bound=dict[Any, float])
+
+
+def _percent_shares(value: S, what: str) -> S:
+    """Shares are percentages: none negative, summing to 100 (the planner turns them into exact quotas)."""
+    if any(share < 0 for share in value.values()):
+        raise ValueError(f"{what} shares must not be negative")
+    total = sum(value.values())
+    if abs(total - 100.0) > 1e-6:
+        raise ValueError(f"{what} shares must sum to 100, got {total:g}")
+    return value
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,6 +204,12 @@ class Recipe(BaseModel):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     knowledge: list[str] = Field(default_factory=lambda: ["knowledge/"],
                                  description="Files or folders of facts, relative to the recipe file.")
+    behaviours: dict[Behaviour, float] = Field(
+        default_factory=lambda: dict[Behaviour, float]({"answer": 100.0}),
+        description="Percent share per behaviour inside every category; must sum to 100.")
+    behaviour_knowledge: list[str] = Field(
+        default_factory=list, description="Folders of red flags, harmful requests and benign phrasings.")
+    quality: QualityThresholds | None = Field(default=None, description="Figures the build must reach.")
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
@@ -149,12 +221,12 @@ class Recipe(BaseModel):
     @field_validator("categories")
     @classmethod
     def _shares(cls, value: dict[Category, float]) -> dict[Category, float]:
-        if any(share < 0 for share in value.values()):
-            raise ValueError("category shares must not be negative")
-        total = sum(value.values())
-        if abs(total - 100.0) > 1e-6:
-            raise ValueError(f"category shares must sum to 100, got {total:g}")
-        return value
+        return _percent_shares(value, "category")
+
+    @field_validator("behaviours")
+    @classmethod
+    def _behaviour_shares(cls, value: dict[str, float]) -> dict[str, float]:
+        return _percent_shares(value, "behaviour")
 
     @field_validator("turn_mix")
     @classmethod

@@ -32,6 +32,7 @@ class Lineage(BaseModel):
     seed: int
     slot: int = Field(ge=0, description="The plan slot this sample fills.")
     fact_ids: list[str] = Field(default_factory=list)
+    behaviour_id: str | None = Field(default=None, description="The red flag, harmful request or benign phrase used.")
     pipeline_version: str = PIPELINE_VERSION
     checks: dict[str, Any] = Field(default_factory=dict, description="Verdicts of automatic checks and judges.")
     review: dict[str, Any] | None = Field(default=None, description="Expert review outcome, once merged.")
@@ -44,15 +45,16 @@ class Sample(BaseModel):
     category: Category
     persona: str
     language: str = "en"
+    behaviour: str = Field(default="answer", description="answer, escalate, decline or reassure (schemas.recipe).")
     split: Literal["train", "test"] = "train"
     conversation: Conversation
     lineage: Lineage
 
     @classmethod
     def create(cls, *, category: Category, persona: str, conversation: Conversation, lineage: Lineage,
-               language: str = "en") -> Sample:
+               language: str = "en", behaviour: str = "answer") -> Sample:
         return cls(id=content_id(conversation), category=category, persona=persona, language=language,
-                   conversation=conversation, lineage=lineage)
+                   conversation=conversation, lineage=lineage, behaviour=behaviour)
 
 
 class Reject(BaseModel):

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("common", "schemas", "factory", "review", "train", "export", "eval", "cli")
+LAYERS = ("common", "schemas", "factory", "review", "train", "export", "eval", "experiment", "cli")
 MAX_FOLDER_SHARE = 0.40
 MAX_FUNCTION_LINES = 80
 

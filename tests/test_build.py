@@ -52,10 +52,12 @@ def test_plan_follows_turn_mix_exactly() -> None:
     slots = Planner(loaded).plan(1000)
     by_category = Counter(s.category for s in slots)
     assert by_category[Category.EXERCISE_TECHNIQUE] == 300
-    turns = Counter(s.user_turns for s in slots if s.category == Category.EXERCISE_TECHNIQUE)
     weights = loaded.recipe.turn_mix
-    for n, w in weights.items():
-        assert abs(turns[n] - 300 * w / sum(weights.values())) < 1
+    cells = Planner(loaded).behaviour_quotas(1000)
+    for (category, behaviour), quota in cells.items():  # exact inside every (category, behaviour) cell
+        turns = Counter(s.user_turns for s in slots if s.category == category and s.behaviour == behaviour)
+        for n, w in weights.items():
+            assert abs(turns[n] - quota * w / sum(weights.values())) < 1
     assert len({s.index for s in slots}) == len(slots)
     heldout = {f.id for f in loaded.facts if f.heldout}
     assert heldout and not heldout & {f.id for s in slots for f in s.facts}

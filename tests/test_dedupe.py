@@ -35,7 +35,7 @@ class ListWriter(RejectWriter):
 
 @pytest.fixture(scope="module")
 def corpus() -> list[Planted]:
-    return planted_corpus(load_recipe(RECIPE).facts)
+    return planted_corpus(load_recipe(RECIPE).training_facts)
 
 
 def run_chain(stages: list[Stage], samples: list[Sample]) -> tuple[list[Sample], ListWriter]:
@@ -137,7 +137,7 @@ def test_hashed_shingle_sets_give_the_exact_jaccard_of_the_string_shingles() -> 
 def test_near_drops_on_exact_jaccard_and_refuses_a_foreign_store(tmp_path: Path) -> None:
     """A copy with one word changed in a long text is dropped and names its original; a different text is kept;
     an sqlite file from another scheme is refused with a clear error instead of silently mismatching."""
-    originals = [p.sample for p in planted_corpus(load_recipe(RECIPE).facts) if p.kind == "original"]
+    originals = [p.sample for p in planted_corpus(load_recipe(RECIPE).training_facts) if p.kind == "original"]
     long = [s for s in originals
             if " the " in s.conversation.turns[-1].content and len(s.conversation.text().split()) > 80]
     base = [long[0], *[s for s in originals if s.id != long[0].id][:2]]
@@ -174,7 +174,8 @@ def test_balance_refills_exactly_when_filters_drop(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("FORMA_REPORTS", str(tmp_path / "reports"))
     data = yaml.safe_load(RECIPE.read_text())
     data["knowledge"] = [str(RECIPE.parent / k) for k in data.get("knowledge", ["knowledge/"])]
-    data["dedupe"] = {**data.get("dedupe", {}), "near_threshold": 0.6}
+    data["behaviour_knowledge"] = [str(RECIPE.parent / k) for k in data.get("behaviour_knowledge", [])]
+    data["dedupe"] = {**data.get("dedupe", {}), "near_threshold": 0.2}
     recipe = tmp_path / "strict.yaml"
     recipe.write_text(yaml.safe_dump(data))
     result = build_dataset(recipe, tmp_path / "strict", total=400)

@@ -24,6 +24,7 @@ def workdir(tmp_path: Path) -> Path:
     """A copy of the default recipe and its knowledge base, free to break."""
     shutil.copy(RECIPE, tmp_path / "recipe.yaml")
     shutil.copytree(ROOT / "recipes" / "knowledge", tmp_path / "knowledge")
+    shutil.copytree(ROOT / "recipes" / "behaviours", tmp_path / "behaviours")
     return tmp_path
 
 

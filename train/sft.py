@@ -298,7 +298,7 @@ def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, tra
         finally:
             counter.phase = "train"
 
-    trainer.evaluate = counted_evaluate
+    trainer.evaluate = counted_evaluate  # type: ignore[method-assign]
     trainer.add_callback(step_clock(counter))
     return trainer, counter
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from factory.personal import allowed_values
 from schemas.knowledge import Fact
 
 UNITS: dict[str, str] = {}
@@ -109,7 +110,7 @@ def fact_numbers(facts: Iterable[Fact]) -> set[float]:
     """Every number the facts carry: quantities, and any number in their claim, answers and notes."""
     values: set[float] = set()
     for f in facts:
-        texts = [f.claim, f.answer, *f.safety_notes, *(u.answer for u in f.follow_ups)]
+        texts = [f.claim, f.answer, *f.variants, *f.safety_notes, *(u.answer for u in f.follow_ups)]
         for t in texts:
             values.update(_to_float(x) for x in _ANY_NUMBER.findall(t))
         for q in f.quantities:
@@ -139,8 +140,11 @@ def check_numbers(answer: str, facts: list[Fact], *, context: str = "",
         return GroundingVerdict(True, checked=checked)
     allowed = fact_numbers(facts) | {m.value for m in mentions(context)}
     by_unit = _quantity_units(facts)
+    personal = allowed_values(facts, context)  # personal numbers: the arithmetic must be right (factory.personal)
     for m in found:
         if any(abs(m.value - v) < 1e-9 for v in allowed):
+            continue
+        if m.value in personal:
             continue
         ranges = by_unit.get(m.unit or "", [])
         if any(lo <= m.value <= hi for lo, hi, _ in ranges):

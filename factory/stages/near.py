@@ -1,6 +1,6 @@
 """Near-duplicate dedupe: MinHash over word shingles, LSH bands for candidates, an exact Jaccard check before any drop.
 
-Why this shape (measured in /work/shared/notes/dedupe.md and docs/dedupe.md):
+Why this shape (measured in docs/dedupe.md):
 
 - A whole batch is tokenized and shingled with numpy on its UTF-8 bytes: a byte table marks word characters, a
   polynomial rolling hash (prefix sums) hashes every word, shifted views mix 5 word hashes into a shingle hash, and

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
+from factory.personal import allowed_values
 from factory.stages.base import BatchedStage
 from schemas.knowledge import Category, Fact
 from schemas.sample import Sample
@@ -216,7 +217,9 @@ class Validate(BatchedStage):
 
     def _number_failures(self, sample: Sample) -> list[tuple[str, str]]:
         cited = [self.facts[f] for f in sample.lineage.fact_ids if f in self.facts]
-        user_numbers = {v for t in sample.conversation.turns if t.role.value == "user" for v in numbers(t.content)}
+        user_text = "\n".join(t.content for t in sample.conversation.turns if t.role.value == "user")
+        # numbers the user said, and personal numbers computed from them (checked arithmetic, factory.personal)
+        user_numbers = set(numbers(user_text)) | allowed_values(cited, user_text)
         bad = sorted({v for t in sample.conversation.turns if t.role.value == "assistant" for v in numbers(t.content)
                       if not grounded(v, cited, user_numbers)})
         if not bad:
