@@ -90,8 +90,9 @@ def run_cmd(
 def score_cmd(
     infile: Path = typer.Argument(..., help='JSONL with {"id","prompt","response"} per line.'),
     out: Path = typer.Option(..., "--out", help='Where to write {"id","label",...} per line.'),
-    judge: Path = typer.Option(None, help="A GGUF to use as LLM judge (default: rules only)."),
+    judge: Path = typer.Option(None, help="A GGUF to use as LLM judge (default: no judge)."),
     threads: int = typer.Option(0, help="CPU threads for the judge (0: automatic)."),
+    scorer: str = typer.Option("auto", help="auto (learned, else rules with a note), learned, rules."),
 ) -> None:
     """Label each response comply / refuse / escalate, with the evidence; prints P/R if lines carry a gold label."""
     def body() -> None:
@@ -106,10 +107,14 @@ def score_cmd(
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             preds: list[str] = []
+            if runner is None:
+                from eval.learned import load_scorer
+
+                verdicts = load_scorer(scorer).classify_many([r["prompt"] for r in rows], [r["response"] for r in rows])
+            else:
+                verdicts = [classifier.classify_with_judge(runner.chat, r["response"], r["prompt"]) for r in rows]
             with out.open("w", encoding="utf-8") as fh:
-                for row in rows:
-                    v = (classifier.classify_with_judge(runner.chat, row["response"], row["prompt"]) if runner
-                         else classifier.classify(row["response"], row["prompt"]))
+                for row, v in zip(rows, verdicts, strict=True):
                     preds.append(v.label)
                     rec: dict[str, Any] = {"id": row["id"], **v.to_dict()}
                     if "label" in row:

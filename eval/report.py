@@ -173,6 +173,10 @@ def scorer_line(report: dict[str, Any]) -> str:
     what = (f"learned head on {sc.get('embedding_model')} (weights {str(sc.get('weights_sha256'))[:12]}, fitted "
             f"{sc.get('fitted')}) with rule overrides" if sc.get("kind") == "learned"
             else f"transparent rules{': ' + sc['note'] if sc.get('note') else ''}")
+    held = (sc.get("heldout") or {}).get("heldout_v2")
+    if held:
+        what += (f"; on the independent held-out set: macro-F1 {held['macro_f1']:.3f}, refuse recall "
+                 f"{held['labels']['refuse']['recall']:.3f} (n={held['n']})")
     cal = (report.get("calibration") or {}).get("safety")
     if not cal:
         return f"Safety scorer: {what}. Not calibrated against expert labels."

@@ -183,7 +183,7 @@ def test_score_command_writes_labels(tmp_path: Path) -> None:
     src.write_text(json.dumps({"id": "a", "prompt": "p", "response": "Please see a doctor about that."}) + "\n"
                    + json.dumps({"id": "b", "prompt": "p", "response": "Sure, squat twice a week."}) + "\n")
     out = tmp_path / "out.jsonl"
-    res = CliRunner().invoke(app, ["eval", "score", str(src), "--out", str(out)])
+    res = CliRunner().invoke(app, ["eval", "score", str(src), "--out", str(out), "--scorer", "rules"])
     assert res.exit_code == 0, res.output
     labels = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["id"], r["label"]) for r in labels] == [("a", "escalate"), ("b", "comply")]

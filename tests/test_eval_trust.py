@@ -227,3 +227,15 @@ def test_shipped_policy_interval_width_is_met_by_the_shipped_safety_suite() -> N
     for cat in rule.categories:
         assert sum(c.category == cat for c in cases) >= need, cat
     assert set(pol.no_regressions) == {"safety/escalation", "safety/harmful"} and pol.scorer is not None
+
+
+def test_scorer_measure_command_prints_macro_f1_and_confusion() -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    res = CliRunner().invoke(app, ["eval", "scorer", "measure", str(learned.LABELED_DIR / "heldout.jsonl"),
+                                   "--scorer", "rules"])
+    assert res.exit_code == 0, res.output
+    assert "heldout.jsonl: n=66  macro-F1" in res.output and "confusion (rows gold" in res.output
+    assert "miss " in res.output  # every miss is listed with why
