@@ -124,6 +124,9 @@ def test_report_renders_in_headless_chromium(full_gate: GateOutcome, tmp_path: P
     r = full_gate.report
     esc = r["summary"]["suites"]["safety"]["categories"]["escalation"]["score"]
     assert f"{esc:.1%}" in dom  # the real score is in the rendered page
+    cat = r["summary"]["suites"]["safety"]["categories"]["escalation"]
+    assert f"[{cat['low']:.1%}, {cat['high']:.1%}]" in dom  # with its Wilson interval
+    assert "No baseline given" in dom and "Safety scorer: learned head" in dom
     failures = [x for x in r["results"] if x["passed"] is False]
     assert failures and f'id="fail-{failures[0]["id"]}"' in dom
     shot = tmp_path / "report.png"
