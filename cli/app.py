@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from cli import build, diff, export, review, train
+from cli import build, diff, experiment, export, review, train
 from cli import eval as eval_commands
 from cli import filter as filter_commands
 from common.errors import FormaError
@@ -44,7 +44,7 @@ app = typer.Typer(cls=_ErrorBoundary, name="forma",
                   help="Forma Data Factory: build, review, train, export and gate a fitness chat model.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-for module in (build, filter_commands, review, train, export, eval_commands, diff):
+for module in (build, filter_commands, review, train, export, eval_commands, experiment, diff):
     module.register(app)
 
 

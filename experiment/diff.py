@@ -55,7 +55,8 @@ def values_of(sample: dict[str, Any], dimension: str) -> list[str]:
 
 
 def match_samples(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``added`` and ``changed`` (new samples), ``removed`` (old samples), ``kept`` (in both, by id)."""
+    """``added``, ``changed`` and ``kept`` (new samples; kept = in both, by id), ``removed`` and ``replaced`` (old
+    samples; replaced = the old side of a changed slot)."""
     old_ids, new_ids = {s["id"] for s in old}, {s["id"] for s in new}
     old_only = {s["lineage"]["slot"]: s for s in old if s["id"] not in new_ids}
     new_only = [s for s in new if s["id"] not in old_ids]
@@ -63,6 +64,7 @@ def match_samples(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[
     return {"added": [s for s in new_only if s["lineage"]["slot"] not in changed_slots],
             "removed": [s for slot, s in old_only.items() if slot not in changed_slots],
             "changed": [s for s in new_only if s["lineage"]["slot"] in changed_slots],
+            "replaced": [s for slot, s in old_only.items() if slot in changed_slots],
             "kept": [s for s in new if s["id"] in old_ids]}
 
 
@@ -72,12 +74,15 @@ def _count(samples: Iterable[dict[str, Any]], dimension: str) -> Counter[str]:
 
 def breakdown(old: list[dict[str, Any]], new: list[dict[str, Any]], matched: dict[str, list[dict[str, Any]]],
               dimension: str) -> list[dict[str, Any]]:
-    """Per value of ``dimension``: how many samples each build holds, and how many were added/removed/changed."""
+    """Per value of ``dimension``: how many samples each build holds, how many were added and removed, and how many
+    changed from this value (old side of a changed slot) and to it (new side)."""
     counts = {"old": _count(old, dimension), "new": _count(new, dimension),
-              **{k: _count(matched[k], dimension) for k in ("added", "removed", "changed")}}
+              **{k: _count(matched[k], dimension) for k in ("added", "removed")},
+              "changed_from": _count(matched["replaced"], dimension),
+              "changed_to": _count(matched["changed"], dimension)}
     values = sorted(set().union(*counts.values()))
     rows = [{"value": v, **{k: c[v] for k, c in counts.items()}} for v in values]
-    return sorted(rows, key=lambda r: (-(r["added"] + r["removed"] + r["changed"] + abs(r["new"] - r["old"])),
+    return sorted(rows, key=lambda r: (-(r["added"] + r["removed"] + r["changed_from"] + r["changed_to"]),
                                        r["value"]))
 
 
@@ -151,7 +156,7 @@ def diff_builds(old_dir: str | Path, new_dir: str | Path) -> dict[str, Any]:
         "old": str(old.folder), "new": str(new.folder),
         "same_dataset": old.manifest.get("dataset_hash") == new.manifest.get("dataset_hash"),
         "samples": {"old": len(old.samples), "new": len(new.samples),
-                    **{k: len(v) for k, v in matched.items()}},
+                    **{k: len(v) for k, v in matched.items() if k != "replaced"}},
         "breakdown": {d: breakdown(old.samples, new.samples, matched, d) for d in DIMENSIONS},
         "funnel": funnel(old.manifest, new.manifest),
         "recipe": recipe_diff(old.manifest, new.manifest),
@@ -184,14 +189,15 @@ def render_markdown(diff: dict[str, Any], heading: str = "#") -> list[str]:
            f"{s['changed']} changed (same plan slot, different conversation)"
            + ("; the same dataset hash." if diff["same_dataset"] else "."), ""]
     for dim in DIMENSIONS:
-        rows = [r for r in diff["breakdown"][dim] if r["added"] or r["removed"] or r["changed"] or r["old"] != r["new"]]
+        rows = [r for r in diff["breakdown"][dim]
+                if r["added"] or r["removed"] or r["changed_from"] or r["changed_to"] or r["old"] != r["new"]]
         out += [f"{heading}# By {dim}", ""]
         if not rows:
             out += ["No difference.", ""]
             continue
-        out += markdown_table([dim, "old", "new", "added", "removed", "changed"],
-                      ([r["value"], r["old"], r["new"], r["added"], r["removed"], r["changed"]]
-                       for r in rows[:MAX_ROWS]))
+        out += markdown_table([dim, "old", "new", "added", "removed", "changed from", "changed to"],
+                              ([r["value"], r["old"], r["new"], r["added"], r["removed"], r["changed_from"],
+                                r["changed_to"]] for r in rows[:MAX_ROWS]))
         out += ([f"... and {len(rows) - MAX_ROWS} more (--json lists all)", ""] if len(rows) > MAX_ROWS else [""])
     out += [f"{heading}# Filter funnel (seen / kept / dropped)", ""]
     out += markdown_table(["stage", "old", "new"],

@@ -173,7 +173,9 @@ def rebase_recipe_paths(data: dict[str, Any], source_dir: Path, target_dir: Path
         if Path(entry).is_absolute():
             return entry
         absolute = (source_dir / entry).resolve()
-        return str(absolute) if target_dir is None else os.path.relpath(absolute, target_dir.resolve())
+        if target_dir is None or os.path.commonpath([absolute, target_dir.resolve()]) == absolute.anchor:
+            return str(absolute)  # relative only where the two share a folder: no ../../../../ to the root
+        return os.path.relpath(absolute, target_dir.resolve())
 
     for key in RECIPE_PATH_LISTS:
         if isinstance(out.get(key), list):

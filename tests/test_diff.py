@@ -56,12 +56,14 @@ def test_added_removed_changed_by_id_and_slot(two_builds: tuple[Path, Path]) -> 
     assert d["samples"] == {"old": 3, "new": 3, "kept": 1, "added": 1, "removed": 1, "changed": 1}
     by = {dim: {r["value"]: r for r in rows} for dim, rows in d["breakdown"].items()}
     assert by["category"]["nutrition"] == {"value": "nutrition", "old": 2, "new": 2, "added": 0, "removed": 0,
-                                                "changed": 1}
+                                           "changed_from": 1, "changed_to": 1}
     assert by["category"]["recovery"]["removed"] == 1 and by["category"]["programming"]["added"] == 1
     assert by["behaviour"]["answer"]["old"] == 3 and by["behaviour"]["answer"]["new"] == 1  # missing = answer
-    assert by["behaviour"]["escalate"]["changed"] == 1 and by["behaviour"]["decline"]["added"] == 1
-    assert by["persona"]["intermediate"]["changed"] == 1
-    assert by["fact"]["r2"]["removed"] == 1 and by["fact"]["n3"]["changed"] == 1 and by["fact"]["n1"]["old"] == 1
+    assert by["behaviour"]["escalate"]["changed_to"] == 1 and by["behaviour"]["answer"]["changed_from"] == 1
+    assert by["behaviour"]["decline"]["added"] == 1
+    assert by["persona"]["intermediate"]["changed_to"] == 1 and by["persona"]["beginner"]["changed_from"] == 1
+    assert by["fact"]["r2"]["removed"] == 1 and by["fact"]["n3"]["changed_to"] == 1 and by["fact"]["n1"]["old"] == 1
+    assert by["fact"]["n2"]["changed_from"] == 1
     funnel = {f["stage"]: f for f in d["funnel"]}
     assert [f["stage"] for f in d["funnel"]] == ["generate", "validate", "dedupe_semantic"]
     assert funnel["validate"]["old"] is None and funnel["validate"]["new"]["dropped"] == 1
@@ -77,7 +79,7 @@ def test_matching_never_counts_a_sample_twice() -> None:
     new = [_sample(f"o{i}", i, "nutrition", "p", []) for i in range(2)] + \
           [_sample(f"n{i}", i, "nutrition", "p", []) for i in range(3, 8)]
     m = match_samples(old, new)
-    assert [len(m[k]) for k in ("kept", "added", "removed", "changed")] == [2, 3, 1, 2]
+    assert [len(m[k]) for k in ("kept", "added", "removed", "changed", "replaced")] == [2, 3, 1, 2, 2]
     assert len(m["kept"]) + len(m["added"]) + len(m["changed"]) == len(new)
     assert len(m["kept"]) + len(m["removed"]) + len(m["changed"]) == len(old)
 
@@ -113,8 +115,10 @@ def test_two_real_builds_whose_recipes_differ_in_seed(tmp_path: Path) -> None:
     assert s["changed"] > 0
     assert [f["field"] for f in d["recipe"]["fields"]] == ["seed"]
     assert d["recipe"]["fields"][0]["old"] == 42 and d["recipe"]["fields"][0]["new"] == 7
-    for dim in ("category", "persona", "behaviour"):
+    for dim in ("category", "persona", "behaviour"):  # one value per sample: every count adds up
         rows = d["breakdown"][dim]
-        assert sum(r["new"] for r in rows) == 40 and sum(r["changed"] for r in rows) == s["changed"]
+        assert sum(r["new"] for r in rows) == 40 and sum(r["changed_to"] for r in rows) == s["changed"]
+        for r in rows:
+            assert r["new"] == r["old"] + r["added"] - r["removed"] + r["changed_to"] - r["changed_from"], r
     assert d["funnel"][0]["stage"] == "generate" and d["funnel"][0]["old"]["kept"] >= 40
     assert d["lineage"]["old"]["seed"] == 42 and d["lineage"]["new"]["seed"] == 7
