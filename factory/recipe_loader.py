@@ -63,10 +63,16 @@ def _knowledge_files(base: Path, entries: list[str], recipe_path: Path) -> list[
     return files
 
 
+#: Share maps are replaced whole by a variant, never merged: ``behaviours: {answer: 100}`` must mean only answers.
+WHOLE_KEYS = frozenset({"categories", "behaviours", "turn_mix"})
+
+
 def merge_include(base: Any, child: Any) -> Any:
-    """``child`` over ``base``: mappings merge key by key (recursively); anything else in ``child`` replaces."""
+    """``child`` over ``base``: mappings merge key by key (recursively), except the share maps in ``WHOLE_KEYS``;
+    anything else in ``child`` replaces."""
     if isinstance(base, dict) and isinstance(child, dict):
-        return {**base, **{k: merge_include(base.get(k), v) if k in base else v for k, v in child.items()}}
+        return {**base, **{k: merge_include(base.get(k), v) if k in base and k not in WHOLE_KEYS else v
+                           for k, v in child.items()}}
     return child
 
 
