@@ -62,7 +62,9 @@ TURN_LEADS = ("", "", "Also, ", "Actually, ", "One more thing. ", "Can I ask abo
 INSTEAD_QUESTIONS = ("So what would you suggest instead?", "Okay. What can I do instead, then?",
                      "Fair enough. What's the safer way to get there?", "Then what should I do?",
                      "Alright, what would you do in my place?")
-INSTEAD_LEADS = ("Here's what I'd do instead:", "A better route:", "Instead,", "What works safely:", "")
+INSTEAD_LEADS = ("Here's what I'd focus on instead: {alt}", "A safer route: {alt}",
+                 "What works without the risk: {alt}", "Instead, put the effort into {alt}")
+_LEAD_WORDS = frozenset(("also", "actually", "and", "oh", "btw", "by", "one", "quick", "wait", "so", "but"))
 ACKNOWLEDGEMENTS = ("", "", "", "Good question.", "Great question.", "Happy to help.", "Sure.",
                     "Glad you asked.", "That's a smart thing to check.")
 FOLLOW_ACKS = ("", "", "Good follow-up.", "Sure.", "Of course.", "Yes, good point.")
@@ -231,47 +233,48 @@ class _Chat:
         self.uses = uses  # fact id -> how many chats used it before this one (wording rotation)
         self.turns: list[Turn] = []
         self.fact_ids: list[str] = []
+        self._pending: list[Fact] | None = None  # the slot's facts not asked yet
+        self._follow_ups: list[Any] = []  # follow-ups of the fact last answered
+        self._topic = ""
 
     def add(self, user: str, assistant: str) -> None:
         self.turns += [Turn(role=Role.USER, content=user), Turn(role=Role.ASSISTANT, content=assistant)]
 
     # -- ordinary turns ------------------------------------------------------------------------------------------
     def fact_turns(self, slot: Slot, n: int, *, first: bool) -> None:
-        """``n`` user turns about the slot's facts: the primary one, its follow-ups, then same-topic facts."""
-        if n <= 0:
-            return
-        primary = slot.facts[0]
-        question = self.rng.choice(primary.questions)
-        details = self.person.details_for(primary)
+        """``n`` user turns about the slot's facts, carrying on where the chat left off: the primary fact, its
+        follow-ups, then same-topic facts. A fact is never asked twice in one chat."""
+        if self._pending is None:
+            self._pending = list(slot.facts)
+        for _ in range(n):
+            if self._follow_ups and (not self._pending or self.rng.random() < 0.5):
+                # a follow-up of the fact last answered, or the next fact on the same subject (half and half when
+                # both exist, so no follow-up answer is served in every chat its fact starts)
+                self._follow_up_turn()
+            elif self._pending:
+                self._fact_turn(self._pending.pop(0), first=first and not self.turns)
+            else:  # the planner gives enough facts; a knowledge base this small still makes a valid chat
+                break
+
+    def _fact_turn(self, fact: Fact, *, first: bool) -> None:
+        question = self.rng.choice(fact.questions)
         if first:
             user = self.person.fill(self.rng.choice(OPENERS), question)
         else:
-            user = self.person.fill(self.rng.choice(CONNECTIVES), question, TOPIC_WORDS.get(primary.topic, "that"))
-        user = f"{user} {details}".strip()
-        self.add(user, self.answer(primary, first=first, user=user))
-        self.fact_ids.append(primary.id)
-        follow_ups = list(primary.follow_ups)
-        self.rng.shuffle(follow_ups)
-        later = list(slot.facts[1:])
-        for _ in range(n - 1):
-            # a follow-up of the fact just answered, or the next fact on the same subject (half and half when both
-            # exist, so no follow-up answer is served in every chat its fact starts)
-            if follow_ups and (not later or self.rng.random() < 0.5):
-                follow = follow_ups.pop()
-                body = self.rng.choice([follow.answer, *follow.variants])
-                parts = [self.rng.choice(FOLLOW_ACKS), _sentence(body), self._maybe_adapt(0.5)]
-                user = self.person.fill(self.rng.choice(CONNECTIVES), follow.question,
-                                        TOPIC_WORDS.get(primary.topic, "that"))
-                self.add(user, " ".join(p for p in parts if p))
-            elif later:
-                fact = later.pop(0)
-                topic = TOPIC_WORDS.get(fact.topic, "that")
-                user = self.person.fill(self.rng.choice(CONNECTIVES), self.rng.choice(fact.questions), topic)
-                user = f"{user} {self.person.details_for(fact)}".strip()
-                self.add(user, self.answer(fact, first=False, user=user))
-                self.fact_ids.append(fact.id)
-            else:  # the planner gives enough facts; a knowledge base this small still makes a valid chat
-                break
+            user = self.person.fill(self.rng.choice(CONNECTIVES), question, TOPIC_WORDS.get(fact.topic, "that"))
+        user = f"{user} {self.person.details_for(fact)}".strip()
+        self.add(user, self.answer(fact, first=first, user=user))
+        self.fact_ids.append(fact.id)
+        self._topic = fact.topic
+        self._follow_ups = list(fact.follow_ups)
+        self.rng.shuffle(self._follow_ups)
+
+    def _follow_up_turn(self) -> None:
+        follow = self._follow_ups.pop()
+        body = self.rng.choice([follow.answer, *follow.variants])
+        parts = [self.rng.choice(FOLLOW_ACKS), _sentence(body), self._maybe_adapt(0.5)]
+        user = self.person.fill(self.rng.choice(CONNECTIVES), follow.question, TOPIC_WORDS.get(self._topic, "that"))
+        self.add(user, " ".join(p for p in parts if p))
 
     def answer(self, fact: Fact, *, first: bool, user: str) -> str:
         body = _rotate([fact.answer, *fact.variants], self.uses.get(fact.id, 0), fact.id)
@@ -305,7 +308,8 @@ class _Chat:
         """A report or request as a later turn ("Actually, ...") or as the opening message."""
         if self.turns:
             lead = self.rng.choice(TURN_LEADS)
-            return f"{lead}{_lc(text) if lead else text}"
+            starts_with_lead = text.split(" ", 1)[0].rstrip(",.").lower() in _LEAD_WORDS
+            return text if starts_with_lead or not lead else f"{lead}{_lc(text)}"
         if self.rng.random() < 0.6:
             return f"{self.person.intro}. {text}"
         return text
@@ -321,9 +325,8 @@ class _Chat:
         item = slot.item
         if slot.user_turns >= 2 and self.rng.random() < 0.5:
             self.add(*self._item_turn(item.requests, item.responses, slot))
-            lead = self.rng.choice(INSTEAD_LEADS)
-            parts = [lead, _sentence(item.alternative) if not lead else _sentence(_lc(item.alternative)),
-                     self._maybe_adapt(0.7)]
+            alternative = _sentence(_lc(item.alternative))
+            parts = [self.rng.choice(INSTEAD_LEADS).format(alt=alternative), self._maybe_adapt(0.7)]
             self.add(self.rng.choice(INSTEAD_QUESTIONS), " ".join(p for p in parts if p))
             self.fact_turns(slot, slot.user_turns - 2, first=False)
             return
