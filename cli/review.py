@@ -1,4 +1,4 @@
-"""``forma review``: serve, push, pull (journal + merge), merge, status.
+"""``forma review``: serve, users, push, pull (journal + merge), merge, status.
 
 Argilla, requests and sentence-transformers are imported inside the command bodies so ``forma --help`` stays
 instant. The API key comes from ``--api-key`` or ``ARGILLA_API_KEY`` and is never printed.
@@ -15,10 +15,12 @@ from rich.table import Table
 
 from cli.options import ArgillaKey, ArgillaName, ArgillaUrl, ArgillaWorkspace, MergedOut, ReviewJournal
 
-review_app = typer.Typer(name="review", help="Expert review in Argilla: serve, push, pull and merge, status.",
+review_app = typer.Typer(name="review", help="Expert review in Argilla: serve, users, push, pull and merge, status.",
                          no_args_is_help=True)
+users_app = typer.Typer(name="users", help="Annotator logins: one per expert, never the owner's.",
+                        no_args_is_help=True)
+review_app.add_typer(users_app, name="users")
 console = Console()
-
 
 
 def register(app: typer.Typer) -> None:
@@ -169,6 +171,9 @@ def _merge_and_report(dataset_dir: Path, journal: Path, out: Path, approved_only
     result = merge_reviews(dataset_dir, journal, out, approved_only=approved_only)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     console.print(f"[green]merged[/] {result.kept} of {result.total} samples into {result.out_dir} ({counts})")
+    if result.corrections:
+        done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.corrections.items())
+        console.print(f"corrections: {done} (each listed in review/corrections.jsonl)")
     table = Table("question", "records", "% agree", "Krippendorff α", "Cohen κ (mean)", title="agreement")
     for q in result.agreement.values():
         table.add_row(q.question, str(q.records), _fmt(q.percent_agreement), _fmt(q.krippendorff_alpha),
@@ -210,5 +215,77 @@ def status_cmd(
         for u, v in report.by_annotator.items():
             users.add_row(u, str(v["submitted"]), str(v["discarded"]), str(v["draft"]))
         console.print(users)
+        _print_reasons(report.reasons)
+
+    body()
+
+
+def _print_reasons(reasons: object) -> None:
+    from review.reasons import ReasonSummary
+
+    assert isinstance(reasons, ReasonSummary)
+    console.print(f"rejections: {reasons.rejects} ({reasons.rejects_without_reason} without a reason)")
+    if reasons.by_tag:
+        console.print("reasons: " + ", ".join(f"{t} {n}" for t, n in reasons.by_tag.items()))
+    for title, group in (("fact", reasons.by_fact), ("persona", reasons.by_persona),
+                         ("generator", reasons.by_generator)):
+        if not group:
+            continue
+        table = Table(title, "rejects", "reasons", title=f"rejections per {title}")
+        for key, counts in list(group.items())[:15]:
+            tags = ", ".join(f"{t} {n}" for t, n in sorted(counts.items()) if t != "rejects")
+            table.add_row(key, str(counts["rejects"]), tags)
+        console.print(table)
+    for c in reasons.comments[:10]:
+        console.print(f"  {c['sample_id']} ({c['user']}, {c['verdict']}): {c['comment']}")
+
+
+@users_app.command("add")
+def users_add_cmd(
+    username: str = typer.Argument(..., help="The expert's login (lowercase letters, digits, '.', '_', '-')."),
+    url: ArgillaUrl = None,
+    api_key: ArgillaKey = None,
+    workspace: ArgillaWorkspace = "argilla",
+    role: str = typer.Option("annotator", help="annotator (answers only) or admin."),
+    password_file: Path = typer.Option(None, help="Write the generated password here (mode 600) instead of "
+                                       "printing it once."),
+) -> None:
+    """Create an annotator login in the workspace (password from FORMA_ANNOTATOR_PASSWORD, else generated)."""
+
+    def body() -> None:
+        import os
+
+        from review.client import ArgillaClient
+        from review.users import add_user
+
+        owner = ArgillaClient(url, api_key)
+        info, generated = add_user(owner, username, os.environ.get("FORMA_ANNOTATOR_PASSWORD") or None,
+                                   workspace=workspace, role=role)
+        state = "created" if info.created else "already existed"
+        console.print(f"{info.username} ({info.role}) {state}; workspaces: {', '.join(info.workspaces)}")
+        if generated and password_file:
+            password_file.touch(mode=0o600, exist_ok=True)
+            os.chmod(password_file, 0o600)
+            password_file.write_text(generated + "\n")
+            console.print(f"password written to {password_file}: give it to {username} only")
+        elif generated:
+            console.print(f"password for {username} (shown once, give it to them only): {generated}")
+        console.print(f"sign in at {owner.url}")
+
+    body()
+
+
+@users_app.command("list")
+def users_list_cmd(url: ArgillaUrl = None, api_key: ArgillaKey = None) -> None:
+    """Every login on the server with its role and workspaces."""
+
+    def body() -> None:
+        from review.client import ArgillaClient
+        from review.users import list_users
+
+        table = Table("user", "role", "workspaces")
+        for user in list_users(ArgillaClient(url, api_key)):
+            table.add_row(user.username, user.role, ", ".join(user.workspaces))
+        console.print(table)
 
     body()

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import FormaError
 from schemas.knowledge import Fact
+from schemas.recipe import Persona
 from schemas.sample import Sample
 
 
@@ -23,6 +24,7 @@ class DatasetVersion:
     samples: list[Sample]
     manifest: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Fact] = field(default_factory=dict)
+    personas: dict[str, Persona] = field(default_factory=dict)
 
     @property
     def dataset_hash(self) -> str:
@@ -32,9 +34,10 @@ class DatasetVersion:
 
     @property
     def argilla_name(self) -> str:
-        """``<recipe>-<hash12>``: Argilla dataset names allow letters, digits, '-' and '_'."""
-        recipe = str(self.manifest.get("recipe") or self.path.name)
-        return re.sub(r"[^A-Za-z0-9_-]+", "-", recipe).strip("-")[:60] + "-" + self.dataset_hash[:12]
+        """``<recipe>-<N>-samples-<hash8>``, e.g. ``forma-fitness-60-samples-284ae9bf``: readable in Argilla's list,
+        and still one dataset per version (the hash). Letters, digits, '-' and '_' only."""
+        recipe = re.sub(r"[^A-Za-z0-9_-]+", "-", str(self.manifest.get("recipe") or self.path.name)).strip("-")[:60]
+        return f"{recipe}-{len(self.samples)}-samples-{self.dataset_hash[:8]}"
 
 
 def load_version(path: str | Path) -> DatasetVersion:
@@ -61,25 +64,27 @@ def load_version(path: str | Path) -> DatasetVersion:
     manifest: dict[str, Any] = {}
     if (path / "manifest.json").is_file():
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    return DatasetVersion(path=path, samples=samples, manifest=manifest, facts=_facts(manifest, path))
+    facts, personas = _recipe_context(manifest, path)
+    return DatasetVersion(path=path, samples=samples, manifest=manifest, facts=facts, personas=personas)
 
 
-def _facts(manifest: dict[str, Any], path: Path) -> dict[str, Fact]:
-    """The recipe's facts, for the sources metadata; a recipe no longer on disk just means no sources.
+def _recipe_context(manifest: dict[str, Any], path: Path) -> tuple[dict[str, Fact], dict[str, Persona]]:
+    """The recipe's facts and personas, for the experts' context; a recipe no longer on disk just means less context.
 
     The manifest names the recipe as it was given to the build (often relative to where the build ran), so it is
     looked up from here and from the dataset folder's parents.
     """
     recipe_file = manifest.get("recipe_file")
     if not recipe_file:
-        return {}
+        return {}, {}
     candidates = [Path(recipe_file), *(parent / recipe_file for parent in path.resolve().parents)]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        return {}
+        return {}, {}
     from factory.recipe_loader import load_recipe
 
     try:
-        return {f.id: f for f in load_recipe(found).facts}
+        recipe = load_recipe(found)
     except FormaError:
-        return {}
+        return {}, {}
+    return {f.id: f for f in recipe.facts}, {p.id: p for p in recipe.recipe.personas}

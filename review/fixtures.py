@@ -64,20 +64,10 @@ def write_version(out: Path, samples: list[Sample], *, recipe: str = "synthetic"
 
 def create_annotator(owner: ArgillaClient, username: str, password: str, workspace: str = "argilla") -> ArgillaClient:
     """Create an annotator user in ``workspace`` (or reuse it) and return a client holding their bearer token."""
-    import requests
+    from review.users import add_user, login
 
-    users = {u["username"]: u for u in owner.request("GET", "/users")["items"]}
-    user = users.get(username) or owner.request(
-        "POST", "/users", json={"username": username, "password": password, "first_name": username,
-                                "role": "annotator"})
-    ws_id = owner.workspace_id(workspace)
-    members = {u["username"] for u in owner.request("GET", f"/workspaces/{ws_id}/users")["items"]}
-    if username not in members:
-        owner.request("POST", f"/workspaces/{ws_id}/users", json={"user_id": user["id"]})
-    answer = requests.post(f"{owner.url}/api/v1/token", data={"username": username, "password": password},
-                           timeout=30)
-    answer.raise_for_status()
-    return ArgillaClient(owner.url, answer.json()["access_token"], bearer=True)
+    add_user(owner, username, password, workspace=workspace)
+    return login(owner.url, username, password)
 
 
 def submit(annotator: ArgillaClient, record_id: str, values: dict[str, Any], status: str = "submitted") -> Any:

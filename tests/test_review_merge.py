@@ -118,3 +118,54 @@ def test_schema_check_names_each_difference() -> None:
     with pytest.raises(FormaError,
                        match=r"question 'verdict' is 'label_selection:yes,no'.*metadata 'persona' is missing"):
         check_schema("d", found)
+
+
+def _turns(sample_id: str, texts: list[str], **values: Any) -> dict[str, Any]:
+    """A response as the UI sends it: every turn's text (pre-filled or edited) plus the answers."""
+    out: dict[str, Any] = {f"turn_{k}_text": t for k, t in enumerate(texts, start=1)}
+    out.update(turn_1_accuracy=5, safety="safe", correct_category="nutrition", verdict="approve")
+    out.update(values)
+    return out
+
+
+def test_per_turn_corrections_are_applied_or_kept_never_dropped() -> None:
+    sample = next(s for s in make_samples(30) if s.conversation.user_turns == 3)
+    texts = [t.content for t in sample.conversation.turns if t.role.value == "assistant"]
+    fixed = texts[0].replace("[#", "[fixed #")
+    # both approve; one fixes turn 1 (an earlier turn), the other leaves the pre-filled texts alone
+    votes = [entry(sample.id, "a", _turns(sample.id, [fixed, *texts[1:]])),
+             entry(sample.id, "b", _turns(sample.id, texts))]
+    decision, kept = decide(sample, votes, 2)
+    assert decision.status == "corrected" and kept is not None
+    assert kept.conversation.turns[1].content == fixed and kept.conversation.turns[3:] == sample.conversation.turns[3:]
+    assert [(c.user, c.turn, c.action) for c in decision.corrections] == [("a", 1, "applied")]
+    assert kept.lineage.review is not None and kept.lineage.review["original_turns"] == {"1": texts[0]}
+    # a correction typed with Reject: the sample leaves, the correction is kept and says so
+    reject = {"verdict": "reject", "reject_reasons": ["wrong_number"], "comment": "turn 2 says 20 per day"}
+    votes = [entry(sample.id, u, _turns(sample.id, [texts[0], texts[1] + " per week", texts[2]], **reject))
+             for u in ("a", "b")]
+    decision, kept = decide(sample, votes, 2)
+    assert decision.status == "rejected" and kept is None
+    assert [(c.turn, c.action) for c in decision.corrections] == [(2, "kept_sample_rejected")] * 2
+    assert [f.tags for f in decision.feedback] == [["wrong_number"]] * 2
+    assert "reject_without_reason" not in decision.flags
+    # approved by the majority: the rejecting reviewer's correction is listed, not applied
+    votes = [entry(sample.id, "a", _turns(sample.id, texts)), entry(sample.id, "b", _turns(sample.id, texts)),
+             entry(sample.id, "c", _turns(sample.id, [texts[0], "Other text", texts[2]], verdict="reject"))]
+    decision, kept = decide(sample, votes, 2)
+    assert decision.status == "approved" and "reject_without_reason" in decision.flags
+    assert [(c.user, c.action) for c in decision.corrections] == [("c", "not_applied_reviewer_rejected")]
+
+
+def test_different_corrections_of_one_turn_are_held_and_a_missing_turn_is_reported() -> None:
+    sample = next(s for s in make_samples(30) if s.conversation.user_turns == 2)
+    texts = [t.content for t in sample.conversation.turns if t.role.value == "assistant"]
+    votes = [entry(sample.id, "a", _turns(sample.id, ["A", texts[1]])),
+             entry(sample.id, "b", _turns(sample.id, ["B", texts[1]]))]
+    decision, _ = decide(sample, votes, 2)
+    assert decision.status == "disagreement" and decision.reasons == ["different corrections on turn 1"]
+    assert {c.action for c in decision.corrections} == {"held_for_adjudication"}
+    votes = [entry(sample.id, u, _turns(sample.id, [*texts, "a third turn"])) for u in ("a", "b")]
+    decision, _ = decide(sample, votes, 2)
+    assert decision.status == "approved"
+    assert {(c.turn, c.action) for c in decision.corrections} == {(3, "not_applied_no_such_turn")}
