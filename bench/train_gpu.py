@@ -45,7 +45,7 @@ SEQ, PACKED_ROWS, STEPS, LR = 2048, 16, 25, 2e-4
 #: and 63 GiB with 45 (the logits over a 151,936-token vocabulary dominate), so it reaches the packed run's tokens
 #: per optimiser step by gradient accumulation.
 BASE_MICRO = 52
-GC: bool | str = "unsloth"
+GC: bool | str = "auto"  # train/memory_plan.py picks the mode from the card (offloaded, on the GPU, or none)
 #: The optimiser of both paths (a transformers `optim` name).
 OPTIM = "adamw_torch"
 
@@ -345,7 +345,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=PACKED_ROWS, help="packed rows of max_seq_length per step")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--optim", default=OPTIM, help="optimizer of both paths (a transformers `optim` name)")
-    ap.add_argument("--gc", choices=["unsloth", "true"], default=None,
+    ap.add_argument("--gc", choices=["auto", "unsloth", "true", "false"], default=None,
                     help=f"forma's gradient checkpointing: unsloth (offloaded to CPU) or true (plain, on the GPU); "
                          f"default {GC!r}. The baseline always uses HF gradient checkpointing.")
     a = ap.parse_args()
@@ -353,7 +353,7 @@ def main() -> None:
         prepare(a.sdist, a.data, a.chats)
     elif a.step == "run":
         run_all(a.data, a.out, a.model, a.rows, a.steps, a.optim,
-                GC if a.gc is None else (True if a.gc == "true" else "unsloth"))
+                GC if a.gc is None else {"true": True, "false": False}.get(a.gc, a.gc))
     elif a.step == "sweep":
         sweep(a.data, a.out, a.model, json.loads(a.variant))
     else:

@@ -81,8 +81,9 @@ class TrainConfig(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch (None: torch's default).")
-    gradient_checkpointing: bool | Literal["unsloth"] = Field(
-        default="unsloth", description="Ignored on CPU (Unsloth's offloaded checkpointing needs a GPU).")
+    gradient_checkpointing: bool | Literal["unsloth", "auto"] = Field(
+        default="auto", description="auto: the fastest mode that fits the card (train/memory_plan.py); unsloth: "
+        "offloaded to CPU; true: on the GPU; false: none. Ignored on CPU.")
     save_merged: bool = Field(default=True, description="Also write the merged 16-bit model (for GGUF export).")
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from typing import Any
 from common.errors import FormaError
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
+from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
 from train.report import loss_curves, steady_tokens_per_s, write_report
 
 CHECKPOINTS = "checkpoints"
@@ -217,6 +218,33 @@ class _Run:
     has_eval: bool
     flash_varlen_shim: bool
     load_seconds: float
+    plan: MemoryPlan
+
+
+def memory_plan(config: TrainConfig, pre: Any) -> MemoryPlan:
+    """Checkpointing mode for this card and job (train/memory_plan.py); what the config forces wins."""
+    shape = _model_config(pre.base_model)
+    layers, hidden = int(shape.get("num_hidden_layers", 0)), int(shape.get("hidden_size", 0))
+    vocab, inter = int(shape.get("vocab_size", 0)), int(shape.get("intermediate_size", 4 * hidden))
+    params = layers * (4 * hidden * hidden + 3 * hidden * inter) + vocab * hidden
+    tokens = config.batch_size * config.max_seq_length  # one micro-batch: packed rows, or padded chats at most
+    free = None
+    if pre.device == "cuda":
+        import torch
+
+        free = torch.cuda.mem_get_info()[0] / 2**30
+    return choose(layers=layers, hidden=hidden, params=params, tokens=tokens, quantization=config.quantization,
+                  free_gib=free, forced=None if config.gradient_checkpointing == "auto"
+                  else config.gradient_checkpointing)
+
+
+def _param_count(model: Any) -> float:
+    """Base parameters (LoRA's own excluded): what the model-FLOPs count multiplies."""
+    total = 0
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            total += p.numel() * (2 if p.dtype.itemsize == 1 and "4bit" in type(p).__name__.lower() else 1)
+    return float(total)
 
 
 def _dtype(device: str) -> Any:
@@ -228,7 +256,7 @@ def _dtype(device: str) -> Any:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _load(config: TrainConfig, pre: Any) -> tuple[Any, Any, Any, Any, float]:
+def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, Any, Any, float]:
     """Tokenize the chats, then load the base model with its LoRA adapter (Unsloth)."""
     from transformers import AutoTokenizer
     from unsloth import FastLanguageModel
@@ -243,18 +271,18 @@ def _load(config: TrainConfig, pre: Any) -> tuple[Any, Any, Any, Any, float]:
                          path=pre.chats.source, where="max_seq_length")
     cpu = pre.device == "cpu"
     dtype = _dtype(pre.device)
+    checkpointing = False if cpu else UNSLOTH_VALUE[plan.mode]
     load_started = time.time()
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(pre.base_model), max_seq_length=config.max_seq_length, dtype=dtype,
         load_in_4bit=config.quantization == "4bit", local_files_only=True,
-        use_gradient_checkpointing=False if cpu else config.gradient_checkpointing)
+        use_gradient_checkpointing=checkpointing)
     if tokenizer.pad_token is None:  # pad with a token that is never trained on; labels mask it anyway
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model = FastLanguageModel.get_peft_model(
         model, r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
-        use_gradient_checkpointing=False if cpu else config.gradient_checkpointing,
-        max_seq_length=config.max_seq_length)
+        use_gradient_checkpointing=checkpointing, max_seq_length=config.max_seq_length)
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
 
@@ -363,6 +391,9 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
                  "dropped_too_long": run.train_tok.too_long + run.eval_tok.too_long,
                  "train_tokens": run.train_tok.tokens, "train_label_tokens": run.train_tok.label_tokens},
         "metrics": metrics,
+        "memory_plan": run.plan.as_dict(),
+        "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
+                   pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0)),
         "loss_curves": curves,
         "step_clock": clock,
         "versions": _versions(),
@@ -386,11 +417,12 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
     flash_varlen_shim = packed_attention.enable() if pre.device == "cuda" and config.packing else False
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    model, tokenizer, train_tok, eval_tok, load_seconds = _load(config, pre)
+    plan = memory_plan(config, pre)
+    model, tokenizer, train_tok, eval_tok, load_seconds = _load(config, pre, plan)
     trainer, counter = _make_trainer(config, pre, model, tokenizer, train_tok, eval_tok, resume_from)
     run = _Run(config=config, pre=pre, model=model, tokenizer=tokenizer, trainer=trainer, counter=counter,
                train_tok=train_tok, eval_tok=eval_tok, has_eval=bool(eval_tok.input_ids),
-               flash_varlen_shim=flash_varlen_shim, load_seconds=load_seconds)
+               flash_varlen_shim=flash_varlen_shim, load_seconds=load_seconds, plan=plan)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     (config.output_dir / "train_config.json").write_text(json.dumps(
         {"config": config.model_dump(mode="json"), "config_hash": config.digest(),

@@ -1,0 +1,39 @@
+"""The checkpointing plan and the MFU count: the card and the job shape decide, the config can force."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.memory_plan import choose, estimate, mfu
+
+QWEN_3B = {"layers": 36, "hidden": 2048, "params": 3.09e9}
+
+
+def test_the_estimate_matches_the_measured_h200_run() -> None:
+    est = estimate(**QWEN_3B, tokens=16 * 2048, weight_bytes=0.56)
+    assert est["none"] == pytest.approx(79.1, rel=0.1)  # measured peak without checkpointing, 16 packed rows
+    assert est["offload"] < 8  # measured 5.8 GiB offloaded
+
+
+def test_a_big_card_skips_checkpointing_and_a_small_one_does_not() -> None:
+    big = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139)
+    assert big.mode == "none" and "fit" in big.why
+    mid = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=40)
+    assert mid.mode == "gpu"
+    small = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=8)
+    assert small.mode == "offload"
+    unknown = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=None)
+    assert unknown.mode == "offload"
+
+
+def test_the_config_forces_a_mode() -> None:
+    for forced, mode in (("unsloth", "offload"), (True, "gpu"), (False, "none")):
+        plan = choose(**QWEN_3B, tokens=2048, quantization="4bit", free_gib=139, forced=forced)
+        assert plan.mode == mode and plan.why == "set in the config"
+
+
+def test_mfu_counts_four_flops_per_parameter_per_token() -> None:
+    found = mfu(3.09e9, 34_246, "NVIDIA H200")
+    assert found["model_tflops"] == pytest.approx(4 * 3.09e9 * 34_246 / 1e12, rel=1e-3)
+    assert found["mfu"] == pytest.approx(found["model_tflops"] / 790, rel=1e-3)
+    assert mfu(3.09e9, 1000, "cpu")["mfu"] is None

@@ -1,0 +1,102 @@
+"""Pick the memory-saving settings from the card a job runs on and the job's shape, and count the FLOPs it does.
+
+Gradient checkpointing trades compute for memory. On the H200 the same packed QLoRA job (Qwen2.5-3B, 16 rows of
+2,048 tokens) ran at 22,747 real tokens/s with Unsloth's offloaded checkpointing in 5.8 GiB, and at 34,246 tokens/s
+with none in 79.1 GiB (docs/train.md, ``bench/train_gpu.py sweep``): a card with room to spare should not pay the
+offload. The plan estimates the activation memory of a step from the model's shape and picks the fastest mode that
+fits with a safety margin:
+
+- ``none``: every activation kept (about ``ACT_BYTES`` bytes per token, per layer, per hidden unit: 79.1 GiB minus
+  the weights over 32,768 tokens x 36 layers x 2,048 hidden on that run);
+- ``gpu``: plain checkpointing keeps each layer's input (2 bytes per hidden unit in bf16) plus one layer's
+  activations while recomputing;
+- ``offload``: Unsloth's checkpointing moves those layer inputs to CPU memory: almost nothing stays on the card.
+
+A config can force a mode (``gradient_checkpointing: unsloth | true | false``); ``auto`` asks this module. The
+training report records the choice, the estimate and why.
+
+MFU counts model FLOPs for LoRA on a frozen base: about 4 per base parameter per token (2 forward, 2 for the
+backward pass through the frozen weights, which computes activation gradients but no weight gradients; the LoRA
+matrices' own FLOPs are a rounding error next to that); recomputation from checkpointing is not counted, as is usual
+for MFU. The peak is the bf16 dense rate the card reaches on plain matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Mode = Literal["none", "gpu", "offload"]
+
+#: Activation bytes per token per layer per hidden unit without checkpointing (Unsloth, bf16, fused loss),
+#: measured on the H200: (79.1 - 5.8) GiB / (32,768 tokens x 36 layers x 2,048 hidden).
+ACT_BYTES = 32.6
+#: Fraction of the card's free memory a plan may fill (allocator fragmentation, the optimiser's spikes, eval).
+HEADROOM = 0.80
+#: bf16 dense matmul rate reached on plain products (TFLOP/s), by card name; measured on this workplace's H200
+#: (KINDS.md: ~790) and taken as the same for the H100 SXM, whose matrix units are the same.
+PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+#: How the config spells each mode for Unsloth's ``use_gradient_checkpointing``.
+UNSLOTH_VALUE: dict[Mode, bool | str] = {"none": False, "gpu": True, "offload": "unsloth"}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    mode: Mode
+    why: str
+    tokens_per_step: int
+    estimate_gib: dict[str, float]
+    free_gib: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate(layers: int, hidden: int, params: float, tokens: int, weight_bytes: float) -> dict[str, float]:
+    """GiB a step needs in each mode: weights, plus what each mode keeps of the activations."""
+    gib = 2.0**30
+    weights = params * weight_bytes / gib
+    full = tokens * layers * hidden * ACT_BYTES / gib
+    one_layer = full / layers
+    inputs = tokens * layers * hidden * 2 / gib
+    return {"weights": round(weights, 2), "none": round(weights + full, 2),
+            "gpu": round(weights + inputs + one_layer, 2), "offload": round(weights + one_layer, 2)}
+
+
+def choose(*, layers: int, hidden: int, params: float, tokens: int, quantization: str,
+           free_gib: float | None, forced: bool | str | None = None) -> MemoryPlan:
+    """The fastest mode whose estimate fits ``HEADROOM`` of the free memory; ``forced`` (the config) wins."""
+    weight_bytes = 0.56 if quantization == "4bit" else 2.0  # NF4 with its scales, or bf16
+    est = estimate(layers, hidden, params, tokens, weight_bytes)
+    if forced is not None and forced != "auto":
+        mode: Mode = "offload" if forced == "unsloth" else "gpu" if forced is True else "none"
+        return MemoryPlan(mode, "set in the config", tokens, est, free_gib)
+    if free_gib is None:
+        return MemoryPlan("offload", "free memory unknown: the safest mode", tokens, est, None)
+    budget = free_gib * HEADROOM
+    for candidate in ("none", "gpu", "offload"):
+        if est[candidate] <= budget:
+            why = (f"{candidate}: needs ~{est[candidate]:.1f} GiB of {free_gib:.1f} GiB free "
+                   f"(budget {HEADROOM:.0%}: {budget:.1f} GiB); faster modes do not fit" if candidate != "none"
+                   else f"none: all activations fit (~{est['none']:.1f} GiB of a {budget:.1f} GiB budget)")
+            return MemoryPlan(candidate, why, tokens, est, free_gib)  # type: ignore[arg-type]
+    return MemoryPlan("offload", f"even offloaded (~{est['offload']:.1f} GiB) exceeds the budget; trying anyway",
+                      tokens, est, free_gib)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def mfu(params: float, tokens_per_s: float | None, device_name: str) -> dict[str, Any]:
+    """Model FLOP utilisation with the count written down (see the module doc)."""
+    peak = peak_tflops(device_name)
+    if not tokens_per_s or peak is None:
+        return {"mfu": None, "flops_per_token": 4 * params, "peak_tflops": peak}
+    achieved = 4 * params * tokens_per_s / 1e12
+    return {"mfu": round(achieved / peak, 4), "model_tflops": round(achieved, 1), "flops_per_token": 4 * params,
+            "peak_tflops": peak, "count": "4 x base parameters per token (forward 2, backward through frozen "
+            "weights 2); recomputation not counted"}
