@@ -533,3 +533,83 @@ def _check_every_correction_and_reason(version: DatasetVersion, merged: Path) ->
     summary = dataset_reasons(version.path)
     assert summary is not None and summary.rejects == 5 and summary.by_tag["not_adapted"] == 4
     assert sum(v["rejects"] for v in summary.by_persona.values()) == 5
+
+
+SHOWN_ID = "(document.body.innerText.match(/Sample: (s-[0-9a-f]{16})/) || [])[1]"
+BUTTON = "(t => Array.from(document.querySelectorAll('button')).find(x => x.innerText.includes(t)).click())"
+CHOOSE = """(id => { const i = document.getElementById(id);
+  if (!i.checked) document.querySelector(`label[for="${id}"]`).click(); return true; })"""
+
+
+def _submitted_shown(text: str) -> int:
+    import re
+
+    found = re.search(r"Submitted\s+(\d+)", text)
+    assert found, text[-500:]
+    return int(found.group(1))
+
+
+def test_browser_annotator_queue_progress_and_a_turn_correction(argilla: LocalArgilla, owner: ArgillaClient,
+                                                                tmp_path: Path) -> None:
+    """Headless Chromium against the real server: sign in through the form, answer by clicking, edit a turn."""
+    import time
+
+    from review.users import add_user
+    from tests.helpers.cdp import Browser
+
+    samples = [s for s in make_samples(60, seed=23) if s.conversation.user_turns >= 2][:4]
+    version = load_version(write_version(tmp_path / "ui-4", samples, recipe="browser"))
+    pushed = push(version, owner, PushOptions(vectors=False, min_submitted=1))
+    add_user(owner, "expert_dana", "dana-password-4")
+    answered: list[str] = []
+    with Browser(tmp_path / "chromium-profile") as b:
+        b.call("Page.enable")
+        b.goto(f"{argilla.url}/sign-in")
+        b.wait_for("document.querySelectorAll('input').length >= 2")
+        for name, value in (("Username", "expert_dana"), ("Password", "dana-password-4")):
+            b.evaluate(f"document.querySelector('input[name=\"{name}\"]').focus()")
+            b.call("Input.insertText", text=value)
+        b.evaluate(BUTTON + "('Sign in')")
+        b.wait_for("!location.pathname.includes('sign-in')")
+        b.goto(f"{argilla.url}/dataset/{pushed.dataset_id}/annotation-mode")
+        for n in range(2):
+            shown = b.wait_for(SHOWN_ID, 60)
+            assert shown not in answered and f"Sample: {shown}" in b.text()
+            time.sleep(0.5)
+            chosen = ["turn_1_accuracy_3", "turn_2_accuracy_5", "safety_safe", "correct_category_nutrition"]
+            chosen += ["verdict_approve"] if n == 0 else ["verdict_reject", "reject_reasons_wrong_number"]
+            for element in chosen:
+                b.evaluate(CHOOSE + f"('{element}')")
+            if n == 0:  # correct turn 1 (an earlier turn) by editing its pre-filled text
+                b.evaluate("""(() => { const p = document.querySelectorAll('p.content__text')[0]; p.focus();
+                  const r = document.createRange(); r.selectNodeContents(p); r.collapse(false);
+                  getSelection().removeAllRanges(); getSelection().addRange(r); return true; })()""")
+                b.call("Input.insertText", text=" Fixed in the browser.")
+            else:
+                b.evaluate("""(() => { const p = document.querySelectorAll('p.content__text');
+                  const c = p[p.length - 1]; c.focus(); return true; })()""")
+                b.call("Input.insertText", text="turn 1 gives the wrong number")
+            b.evaluate(BUTTON + "('Submit')")
+            answered.append(shown)
+            b.wait_for(f"{SHOWN_ID} && {SHOWN_ID} !== '{shown}'", 30)  # the queue moved on
+        b.wait_for("/Submitted\\s+2/.test(document.body.innerText)", 30)
+        # a reload keeps the UI's ?page=N, an offset into the shrinking queue (stock Argilla): it shows a later record
+        # or none, never a submitted one; coming back to the dataset starts at the first record not yet answered
+        for reopen in (lambda: b.call("Page.reload"),
+                       lambda: b.goto(f"{argilla.url}/dataset/{pushed.dataset_id}/annotation-mode")):
+            reopen()
+            time.sleep(1)
+            b.wait_for(f"{SHOWN_ID} || document.body.innerText.includes('no pending records')", 60)
+            b.wait_for("/Submitted\\s+2/.test(document.body.innerText)", 30)
+            assert b.evaluate(SHOWN_ID) not in answered and _submitted_shown(b.text()) == 2
+        assert b.evaluate(SHOWN_ID) in {s.id for s in samples} - set(answered)
+    journal = tmp_path / "journal.jsonl"
+    pull(owner, pushed.dataset, journal)
+    merged = merge_reviews(version.path, journal, tmp_path / "merged")
+    first, second = (merged.decisions[sid] for sid in answered)
+    assert first.status == "corrected" and [(c.turn, c.action) for c in first.corrections] == [(1, "applied")]
+    row = next(json.loads(x) for x in (tmp_path / "merged" / "samples.jsonl").read_text().splitlines()
+               if json.loads(x)["id"] == first.new_id)
+    assert row["conversation"]["turns"][1]["content"].endswith("Fixed in the browser.")
+    assert second.status == "rejected" and second.feedback[0].tags == ["wrong_number"]
+    assert second.feedback[0].comment == "turn 1 gives the wrong number"
