@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-out = Console()
+from cli.options import Overwrite
+
+out = Console(markup=False, highlight=False)  # paths and messages print as written (brackets survive)
 
 
 def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML."),
@@ -31,7 +33,7 @@ def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML."),
         table.add_row(category.value, f"{share:g}%", str(quotas[category]),
                       *(str(cells.get((category, b), 0)) for b in behaviours), str(len(loaded.facts_for(category))))
     out.print(table)
-    out.print(f"[green]ok[/] {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out), "
+    out.print(f"ok {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out), "
               f"{len(loaded.behaviours.ids())} behaviour items")
     if qa:
         _question_answer_check(loaded.facts, qa_out)
@@ -44,7 +46,7 @@ def _question_answer_check(facts: Any, qa_out: Path | None) -> None:
 
     found = question_answer_mismatches(facts, get_encoder("minilm"), top_k=5)
     for m in found[:20]:
-        out.print(f"[yellow]check[/] {m.render()}", highlight=False)
+        out.print(f"check {m.render()}")
     out.print(f"{len(found)} question(s) to review: their fact's answer ranks below 5th for them"
               + ("" if len(found) <= 20 else " (first 20 shown)"))
     if qa_out is not None:
@@ -62,8 +64,14 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
           engine: str = typer.Option("local", "--engine", help="local, or distilabel (a distilabel Pipeline)."),
           ray_address: str = typer.Option(None, "--ray-address",
                                           help="Run the distilabel pipeline on this Ray cluster (needs --engine "
-                                               "distilabel).")) -> None:
-    """Build the dataset a recipe describes: ShareGPT, Alpaca, HF dataset, parquet, rejects, card, manifest."""
+                                               "distilabel)."),
+          overwrite: Overwrite = False) -> None:
+    """Build the dataset a recipe describes: ShareGPT, Alpaca, HF dataset, parquet, rejects, card, manifest.
+
+    The dataset is built in a hidden folder beside --out and takes its name only when complete. An earlier dataset
+    in --out is refused unless --overwrite or --resume (then replaced as a whole, never mixed); a folder holding
+    anything else is always refused.
+    """
 
     def body() -> None:
         from factory.build import build_dataset
@@ -71,7 +79,7 @@ def build(file: Path = typer.Argument(..., help="Recipe YAML."),
 
         target = out_dir or Path("out") / load_recipe(file).recipe.name
         result = build_dataset(file, target, seed=seed, total=total, progress=not quiet, resume=resume,
-                               engine=engine, ray_address=ray_address)
+                               engine=engine, ray_address=ray_address, overwrite=overwrite)
         table = Table(title=f"{len(result.samples)} conversations in {result.seconds:.1f} s -> {result.out}")
         for column in ("category", "quota", "actual"):
             table.add_column(column)
@@ -101,19 +109,23 @@ def _report_quality(figures: dict[str, Any], misses: list[str]) -> None:
                   f"{figures['behaviour_items_used']}/{figures['behaviour_items_available']}, topic switches "
                   f"{100 * figures['topic_switch_share']:.1f}%")
     for miss in misses:
-        out.print(f"[bold red]quality:[/] {miss}")
+        out.print(f"quality: {miss}", style="bold red")
     if misses:
         raise typer.Exit(1)
 
 
-def schema_export(directory: Path = typer.Argument(..., help="Folder to write JSON Schema files into.")) -> None:
-    """Write JSON Schema for every record type, for tools outside Python."""
+def schema_export(directory: Path = typer.Argument(..., help="Folder to write JSON Schema files into."),
+                  overwrite: Overwrite = False) -> None:
+    """Write JSON Schema for every record type, for tools outside Python (the folder appears only when complete)."""
 
     def body() -> None:
+        from common.outdir import output_folder
         from schemas.jsonschema import export_json_schemas
 
-        for path in export_json_schemas(directory):
-            out.print(f"wrote {path}")
+        with output_folder(directory, "schemas", overwrite=overwrite) as work:
+            names = [path.name for path in export_json_schemas(work)]
+        for name in names:
+            out.print(f"wrote {directory / name}")
 
     body()
 
@@ -124,7 +136,10 @@ def loop(file: Path = typer.Argument(Path("recipes/forma-fitness.yaml"), help="R
          quant: str = typer.Option("q4_k_m", help="GGUF quantization to ship and evaluate."),
          policy: Path = typer.Option(None, help="Release policy (default: eval/policy-demo.yaml)."),
          drift: bool = typer.Option(False, help="Also run the suites on the 16-bit model and gate on drift.")) -> None:
-    """The whole loop on the embedded default: build, train briefly on CPU, export, eval, gate, report."""
+    """The whole loop on the embedded default: build, train briefly on CPU, export, eval, gate, report.
+
+    Each run replaces the dataset, GGUF folder and release bundle of the previous run under --out as a whole.
+    """
 
     def body() -> None:
         from cli.loop import DEMO_POLICY, run_loop

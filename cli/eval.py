@@ -14,6 +14,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from cli.options import Overwrite
+
 
 class _DefaultRun(TyperGroup):
     """Route ``forma eval MODEL ...`` (anything that is not a subcommand) to ``forma eval run MODEL ...``."""
@@ -96,8 +98,10 @@ def score_cmd(
 ) -> None:
     """Label each response comply / refuse / escalate, with the evidence; prints P/R if lines carry a gold label."""
     def body() -> None:
+        from common.outdir import refuse_same_file
         from eval import classifier
 
+        refuse_same_file(infile, out)
         rows = classifier.read_pairs(infile)
         runner = None
         if judge is not None:
@@ -291,14 +295,17 @@ def release_cmd(
     base_model: str = typer.Option(None, help="Base model name recorded in the manifest."),
     override: bool = typer.Option(False, "--override", help="Release despite a failed gate (needs --reason)."),
     reason: str = typer.Option(None, help="Why the override is justified; recorded in manifest and report."),
+    overwrite: Overwrite = False,
 ) -> None:
-    """Assemble the release bundle, only when the gate passed (or with --override --reason)."""
+    """Assemble the release bundle, only when the gate passed (or with --override --reason); the bundle appears
+    only when complete, and an earlier bundle at --out is replaced only with --overwrite."""
     def body() -> None:
         from eval.release import BundleInputs, assemble
 
         manifest = assemble(BundleInputs(gguf=gguf, report_dir=report, modelfile=modelfile, dataset_dir=dataset,
                                          training_config=training_config, out=out, model_card=model_card,
-                                         base_model=base_model, override=override, reason=reason))
+                                         base_model=base_model, override=override, reason=reason,
+                                         overwrite=overwrite))
         note = " (OVERRIDE: gate failed)" if manifest["override"] and not manifest["gate"]["passed"] else ""
         typer.echo(f"bundle: {out} ({len(manifest['files'])} files){note}")
 

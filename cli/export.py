@@ -7,12 +7,14 @@ from typing import Any
 
 import typer
 
+from cli.options import Overwrite
+
 
 def _summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False, highlight=False)
     table = Table(title=f"GGUF export of {result.model_dir}")
     for col in ("gguf", "MiB", "seconds", "tensor types", "greedy agree", "ppl", "chat stops", "ok"):
         table.add_column(col)
@@ -27,7 +29,7 @@ def _summary(result: Any) -> None:
     console.print(table)
     for name, info in result.quants.items():
         for line in info.fallbacks:
-            console.print(f"[yellow]{name} fallback:[/] {line}", highlight=False)
+            console.print(f"{name} fallback: {line}")
     for info in result.quants.values():
         console.print(f"{info.name}: {info.path}", highlight=False)
     console.print(f"Modelfile: {result.modelfile}\nreport: {result.report}", highlight=False)
@@ -42,8 +44,12 @@ def export_command(
                                                help="YAML with system_prompt, temperature, top_p, num_ctx."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the checks and write verification.json."),
     threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for quantization and llama.cpp."),
+    overwrite: Overwrite = False,
 ) -> None:
-    """Convert to f16 GGUF with llama.cpp's converter, quantize, write a Modelfile, and verify against the HF model."""
+    """Convert to f16 GGUF with llama.cpp's converter, quantize, write a Modelfile, and verify against the HF model.
+
+    The output folder appears only when complete; an earlier export there is replaced only with --overwrite.
+    """
     def body() -> None:
         from export.gguf_export import export_gguf, parse_quants
         from export.modelfile import load_modelfile_config
@@ -52,7 +58,7 @@ def export_command(
         config = load_modelfile_config(release_config) if release_config else None
         target = out or model_dir.parent / f"{model_dir.name}-gguf"
         result = export_gguf(model_dir, target, quants, system_prompt, modelfile_config=config, verify=verify,
-                             n_threads=threads)
+                             n_threads=threads, overwrite=overwrite)
         _summary(result)
         if verify and not result.passed:
             typer.secho("verification failed: see the report", fg="red", err=True)

@@ -18,21 +18,39 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-out = Console()
+from cli.options import Overwrite
+
+out = Console(markup=False, highlight=False)  # paths and messages print as written (brackets survive)
 
 
 def filter_file(source: Path, recipe_path: Path, out_dir: Path, *, near_store: Path | None = None,
-                report: bool = True) -> dict[str, Any]:
-    """Filter ``source`` into ``out_dir``; returns the manifest written. Streams: one batch in memory at a time."""
-    from factory.build import filter_stages
+                report: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Filter ``source`` into ``out_dir``; returns the manifest written. Streams: one batch in memory at a time.
+
+    The folder appears only when complete (common.outdir); an earlier filter output there is replaced as a whole
+    only with ``overwrite``; a source inside the folder, or a folder of another kind, is refused before any work.
+    """
+    from common.outdir import output_folder
     from factory.recipe_loader import load_recipe
-    from factory.report import write_build_report
+    from factory.report import publish_report, write_report
+
+    loaded = load_recipe(recipe_path)
+    with output_folder(out_dir, "filtered", overwrite=overwrite, inputs=[source, near_store]) as work:
+        manifest = _filter_into(source, loaded, work, near_store)
+        if report and manifest["total"]:
+            write_report(work, work / "report", backend=loaded.recipe.dedupe.embedding_backend,
+                         model_path=loaded.recipe.dedupe.embedding_model)
+    if report and manifest["total"]:
+        publish_report(out_dir / "report", out_dir.name)
+    return manifest
+
+
+def _filter_into(source: Path, loaded: Any, out_dir: Path, near_store: Path | None) -> dict[str, Any]:
+    from factory.build import filter_stages
     from factory.stages.base import RejectWriter
     from factory.stages.near import NearDedupe
     from factory.stages.reader import JsonlReader
 
-    loaded = load_recipe(recipe_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     reader = JsonlReader(recipe=loaded.recipe.name, recipe_hash=loaded.recipe.content_hash())
     stages = filter_stages(loaded)
     for stage in stages:
@@ -59,9 +77,6 @@ def filter_file(source: Path, recipe_path: Path, out_dir: Path, *, near_store: P
         "stages": [s.stats.model_dump() for s in (reader, *stages)],
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if report and manifest["total"]:
-        write_build_report(out_dir, out_dir.name, backend=loaded.recipe.dedupe.embedding_backend,
-                           model_path=loaded.recipe.dedupe.embedding_model)
     return manifest
 
 
@@ -71,11 +86,17 @@ def filter_command(source: Path = typer.Argument(..., help="JSONL of samples (Sa
                    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder."),
                    near_store: Path = typer.Option(None, help="sqlite file for the near-duplicate index "
                                                               "(out of core, for corpora larger than memory)."),
-                   no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report.")) -> None:
-    """Run validation, decontamination and dedupe over an existing JSONL; every drop goes to rejects.jsonl."""
+                   no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
+                   overwrite: Overwrite = False) -> None:
+    """Run validation, decontamination and dedupe over an existing JSONL; every drop goes to rejects.jsonl.
+
+    OUT appears only when complete. An existing filter output there is refused unless --overwrite (then replaced
+    as a whole); a folder of anything else, or one holding the input, is always refused.
+    """
 
     def body() -> None:
-        manifest = filter_file(source, recipe, out_dir, near_store=near_store, report=not no_report)
+        manifest = filter_file(source, recipe, out_dir, near_store=near_store, report=not no_report,
+                               overwrite=overwrite)
         table = Table(title=f"{manifest['total']} kept -> {out_dir}")
         for column in ("stage", "seen", "kept", "dropped", "reasons"):
             table.add_column(column)
@@ -92,20 +113,24 @@ def report_command(dataset: Path = typer.Argument(..., help="A dataset folder (t
                    out_dir: Path = typer.Option(None, "--out", "-o", help="Default: reports/<folder name>/."),
                    backend: str = typer.Option("auto", help="Encoder for the similarity plot: auto, static, minilm."),
                    no_similarity: bool = typer.Option(False, "--no-similarity",
-                                                      help="Skip the nearest-neighbour plot (no embedding).")
-                   ) -> None:
-    """Write report.html (plots inline) and report.json for a dataset folder."""
+                                                      help="Skip the nearest-neighbour plot (no embedding)."),
+                   overwrite: Overwrite = False) -> None:
+    """Write report.html (plots inline) and report.json for a dataset folder.
+
+    The report folder appears only when complete; an earlier report there is replaced only with --overwrite.
+    """
 
     def body() -> None:
         from common.errors import FormaError
         from common.paths import reports_root
-        from factory.report import write_report
+        from factory.report import write_report_folder
 
         if backend not in ("auto", "static", "minilm"):
             raise FormaError(f"unknown backend {backend!r}", where="--backend", hint="auto, static or minilm")
         target = out_dir or reports_root() / dataset.resolve().name
-        data = write_report(dataset, target, similarity=not no_similarity, backend=backend)
-        out.print(f"[green]ok[/] {target / 'report.html'} ({data['total']} samples)")
+        data = write_report_folder(dataset, target, overwrite=overwrite, similarity=not no_similarity,
+                                   backend=backend)
+        out.print(f"ok {target / 'report.html'} ({data['total']} samples)")
 
     body()
 

@@ -2,7 +2,8 @@
 
 build the dataset -> train SmolLM2-135M briefly on CPU -> export GGUF + Modelfile -> eval suites and release gate
 -> reports -> (only when the gate passed) the release bundle. Each step is the same code its own command runs; this
-module only wires their outputs together, so there is one implementation of each step.
+module only wires their outputs together, so there is one implementation of each step. A rerun replaces the
+previous run's dataset, GGUF folder and bundle under ``out`` as a whole (each through ``common.outdir``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def run_loop(recipe: Path, out: Path, *, train_config: Path = DEFAULT_TRAIN_CONF
     bundle = out / "release"
     assemble(BundleInputs(gguf=result.gguf, report_dir=outcome.run_dir, modelfile=exported.modelfile,
                           dataset_dir=built.out, training_config=config_copy, out=bundle,
-                          base_model=str(trained.output_dir)))
+                          base_model=str(trained.output_dir), overwrite=True))
     result.bundle = bundle
     log(f"release bundle: {bundle}")
     return result

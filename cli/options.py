@@ -21,3 +21,6 @@ ReviewJournal = Annotated[Path | None, typer.Option(
     "--journal", help="Journal of fetched responses (default: DATASET_DIR/review/journal.jsonl).")]
 MergedOut = Annotated[Path | None, typer.Option(
     "--out", help="Merged dataset version (default: DATASET_DIR-reviewed next to it).")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an earlier output of this command in the output folder, as a whole (the new one "
+                        "is built beside it and swapped in when complete). Without it an existing output is refused.")]

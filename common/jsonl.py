@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from common.errors import FormaError
+from common.text import decode_utf8
 
 
 def json_line(record: Any) -> bytes:
@@ -54,12 +55,17 @@ def iter_jsonl(path: Path, *, what: str = "file") -> Iterator[tuple[int, Any]]:
         for number, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
+            decode_utf8(raw, path, first_line=number)  # strict UTF-8, naming the line and column of a bad byte
             try:
                 yield number, orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise FormaError(f"not valid JSON: {exc}", path=path, where=f"line {number}") from None
 
 
-def read_jsonl(path: Path, *, what: str = "file") -> list[Any]:
-    """Every record of a JSON-lines file (see :func:`iter_jsonl`)."""
-    return [row for _, row in iter_jsonl(path, what=what)]
+def read_jsonl(path: Path, *, what: str = "file", allow_empty: bool = True) -> list[Any]:
+    """Every record of a JSON-lines file (see :func:`iter_jsonl`); with ``allow_empty=False`` a file with no record
+    is an error (a user's input file, where "0 records" would only hide a wrong path or a truncated file)."""
+    rows = [row for _, row in iter_jsonl(path, what=what)]
+    if not rows and not allow_empty:
+        raise FormaError(f"the {what} is empty", path=path, hint="give a JSONL file with one record per line")
+    return rows

@@ -13,10 +13,33 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from common.errors import FormaError, from_validation_error
+from common.text import read_utf8
 
 M = TypeVar("M", bound=BaseModel)
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on the knowledge base
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on the knowledge base
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key written twice in one mapping (PyYAML would silently keep the last)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, list | dict):
+            continue  # an unhashable key: the safe constructor reports it below
+        if key in seen:
+            raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                    f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def read_yaml(path: Path, what: str = "file") -> tuple[Any, str]:
@@ -27,7 +50,7 @@ def read_yaml(path: Path, what: str = "file") -> tuple[Any, str]:
     """
     if not path.is_file():
         raise FormaError(f"{what} not found", path=path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         data = yaml.load(text, Loader=_Loader)  # a safe loader, C or Python
     except yaml.MarkedYAMLError as exc:

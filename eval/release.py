@@ -15,8 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.errors import FormaError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+
+from common.errors import FormaError, from_validation_error
 from common.hashing import sha256_file
+from common.outdir import LOCK, output_folder
+from common.text import read_utf8
 
 
 class GateFailedError(FormaError):
@@ -37,6 +41,8 @@ class BundleInputs:
     base_model: str | None = None
     override: bool = False
     reason: str | None = None
+    #: Replace an earlier bundle at ``out`` as a whole (never mixed); without it an existing bundle is refused.
+    overwrite: bool = False
 
 
 def _need(path: Path, what: str, *, folder: bool = False) -> None:
@@ -45,16 +51,56 @@ def _need(path: Path, what: str, *, folder: bool = False) -> None:
         raise FormaError(f"{what} not found", path=path)
 
 
+class GateCheck(BaseModel):
+    """One check of the gate as report.json records it; ``passed`` must be a JSON boolean (``"false"`` is refused)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    passed: StrictBool | None
+    value: float | None = None
+    threshold: float
+    op: str = ">="
+
+
+class GateReport(BaseModel):
+    """The part of an eval run's report.json the release trusts: the verdict, its checks, the model evaluated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    passed: StrictBool
+    checks: list[GateCheck] = Field(min_length=1)
+    policy: dict[str, Any]
+    model: dict[str, Any] = Field(default_factory=dict)
+    run: str | None = None
+
+    @model_validator(mode="after")
+    def _verdict_matches_checks(self) -> GateReport:
+        failed = [c.name for c in self.checks if c.passed is not True]
+        if self.passed and failed:
+            raise ValueError(f"the report says the gate passed but lists failed checks: {', '.join(failed[:6])}")
+        return self
+
+    def failed_checks(self) -> list[str]:
+        return [c.name for c in self.checks if c.passed is not True]
+
+
 def read_report(report_dir: Path) -> dict[str, Any]:
+    """report.json, validated as a :class:`GateReport` (the release never reads a verdict it has not typed)."""
     path = report_dir / "report.json" if report_dir.is_dir() else report_dir
     if not path.is_file():
         raise FormaError("no report.json here", path=report_dir, hint="run `forma eval MODEL` first")
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
-        raise FormaError(f"report.json is not valid JSON: {exc.msg}", path=path) from None
-    if "passed" not in data or "checks" not in data:
+        raise FormaError(f"report.json is not valid JSON: {exc.msg} (line {exc.lineno})", path=path) from None
+    if not isinstance(data, dict) or "passed" not in data or "checks" not in data:
         raise FormaError("report.json has no gate verdict ('passed', 'checks')", path=path)
+    try:
+        GateReport.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, path=path, hint="the release trusts only a report `forma eval` wrote"
+                                    ) from None
     return data
 
 
@@ -82,14 +128,16 @@ def model_card(report: dict[str, Any], inputs: BundleInputs, dataset_hash: str |
     return "\n".join(lines)
 
 
-def assemble(inputs: BundleInputs) -> dict[str, Any]:
-    """Copy everything into ``inputs.out`` and write manifest.json and SHA256SUMS; return the manifest."""
-    from eval.report import write_report
-
+def _check_inputs(inputs: BundleInputs) -> tuple[dict[str, Any], str]:
+    """Everything the bundle needs, checked before anything is written; returns the typed report and the GGUF hash."""
     _need(inputs.gguf, "GGUF")
     _need(inputs.modelfile, "Modelfile")
     _need(inputs.training_config, "training config")
     _need(inputs.dataset_dir, "dataset folder", folder=True)
+    if inputs.model_card is not None:
+        _need(inputs.model_card, "model card")
+    if not (inputs.dataset_dir / "README.md").is_file():
+        raise FormaError("the dataset folder has no README.md (dataset card)", path=inputs.dataset_dir)
     report = read_report(inputs.report_dir)
     gguf_sha = sha256_file(inputs.gguf)
     evaluated = report.get("model", {}).get("sha256")
@@ -101,57 +149,70 @@ def assemble(inputs: BundleInputs) -> dict[str, Any]:
                          path=inputs.report_dir, hint="run `forma eval MODEL.gguf`")
     if inputs.override and not (inputs.reason or "").strip():
         raise FormaError("--override needs --reason TEXT (it is recorded in the manifest and the report)")
-    if not report["passed"] and not inputs.override:
-        failed = [c["name"] for c in report["checks"] if not c["passed"]]
+    if report["passed"] is not True and not inputs.override:
+        failed = GateReport.model_validate(report).failed_checks()
         raise GateFailedError(f"the release gate failed ({len(failed)} check(s): {', '.join(failed[:6])}"
                               f"{'…' if len(failed) > 6 else ''}); refusing to assemble the bundle",
                               path=inputs.report_dir, hint="fix the model, or pass --override --reason TEXT")
+    return report, gguf_sha
+
+
+def assemble(inputs: BundleInputs) -> dict[str, Any]:
+    """Copy everything into ``inputs.out`` and write manifest.json and SHA256SUMS; return the manifest.
+
+    The bundle is assembled in a hidden folder beside ``out`` and takes its name only when complete
+    (:func:`common.outdir.output_folder`): a failed or killed release leaves nothing that blocks the retry. An
+    existing bundle there is replaced only with ``overwrite``; a folder holding anything else is refused.
+    """
+    report, gguf_sha = _check_inputs(inputs)
     ds_manifest_path = inputs.dataset_dir / "manifest.json"
     ds_manifest: dict[str, Any] = {}
     if ds_manifest_path.is_file():
         ds_manifest = json.loads(ds_manifest_path.read_text(encoding="utf-8"))
-    dataset_hash = ds_manifest.get("dataset_hash")
-    if inputs.out.exists() and any(inputs.out.iterdir()):
-        raise FormaError("output folder is not empty", path=inputs.out, hint="choose a new folder")
-    inputs.out.mkdir(parents=True, exist_ok=True)
-
     override = None
     if inputs.override:
         override = {"by": getpass.getuser(), "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "reason": (inputs.reason or "").strip(), "gate_passed": bool(report["passed"])}
+                    "reason": (inputs.reason or "").strip(), "gate_passed": report["passed"]}
         report["override"] = override
-    shutil.copy2(inputs.gguf, inputs.out / inputs.gguf.name)
-    shutil.copy2(inputs.modelfile, inputs.out / "Modelfile")
-    write_report(report, inputs.out / "eval")
-    (inputs.out / "dataset").mkdir()
+    sources = [inputs.gguf, inputs.modelfile, inputs.training_config, inputs.dataset_dir, inputs.report_dir,
+               inputs.model_card]
+    with output_folder(inputs.out, "release", overwrite=inputs.overwrite, inputs=sources) as work:
+        _copy_parts(inputs, work, report, ds_manifest.get("dataset_hash"), gguf_sha)
+        files = {str(p.relative_to(work)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                 for p in sorted(work.rglob("*")) if p.is_file() and p.name != LOCK}
+        gate = GateReport.model_validate(report)
+        manifest = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": {"file": inputs.gguf.name, "sha256": gguf_sha, "base_model": inputs.base_model},
+            "gate": {"passed": gate.passed, "run": gate.run, "policy": gate.policy.get("name"),
+                     "failed_checks": gate.failed_checks()},
+            "override": override,
+            "dataset": {"hash": ds_manifest.get("dataset_hash"), "recipe": ds_manifest.get("recipe"),
+                        "recipe_hash": ds_manifest.get("recipe_hash"), "seed": ds_manifest.get("seed"),
+                        "card": "dataset/README.md"},
+            "training_config": f"training/{inputs.training_config.name}",
+            "files": files,
+        }
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        sums = "".join(f"{v['sha256']}  {k}\n" for k, v in files.items())
+        (work / "SHA256SUMS").write_text(sums, encoding="utf-8")
+    return manifest
+
+
+def _copy_parts(inputs: BundleInputs, work: Path, report: dict[str, Any], dataset_hash: str | None,
+                gguf_sha: str) -> None:
+    from eval.report import write_report
+
+    shutil.copy2(inputs.gguf, work / inputs.gguf.name)
+    shutil.copy2(inputs.modelfile, work / "Modelfile")
+    write_report(report, work / "eval")
+    (work / "dataset").mkdir()
     for name in ("README.md", "manifest.json"):
         if (inputs.dataset_dir / name).is_file():
-            shutil.copy2(inputs.dataset_dir / name, inputs.out / "dataset" / name)
-    if not (inputs.out / "dataset" / "README.md").is_file():
-        raise FormaError("the dataset folder has no README.md (dataset card)", path=inputs.dataset_dir)
-    (inputs.out / "training").mkdir()
-    shutil.copy2(inputs.training_config, inputs.out / "training" / inputs.training_config.name)
+            shutil.copy2(inputs.dataset_dir / name, work / "dataset" / name)
+    (work / "training").mkdir()
+    shutil.copy2(inputs.training_config, work / "training" / inputs.training_config.name)
     if inputs.model_card is not None:
-        _need(inputs.model_card, "model card")
-        shutil.copy2(inputs.model_card, inputs.out / "README.md")
+        shutil.copy2(inputs.model_card, work / "README.md")
     else:
-        (inputs.out / "README.md").write_text(model_card(report, inputs, dataset_hash, gguf_sha), encoding="utf-8")
-
-    files = {str(p.relative_to(inputs.out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-             for p in sorted(inputs.out.rglob("*")) if p.is_file()}
-    manifest = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {"file": inputs.gguf.name, "sha256": gguf_sha, "base_model": inputs.base_model},
-        "gate": {"passed": bool(report["passed"]), "run": report.get("run"), "policy": report["policy"].get("name"),
-                 "failed_checks": [c["name"] for c in report["checks"] if not c["passed"]]},
-        "override": override,
-        "dataset": {"hash": dataset_hash, "recipe": ds_manifest.get("recipe"),
-                    "recipe_hash": ds_manifest.get("recipe_hash"), "seed": ds_manifest.get("seed"),
-                    "card": "dataset/README.md"},
-        "training_config": f"training/{inputs.training_config.name}",
-        "files": files,
-    }
-    (inputs.out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    sums = "".join(f"{v['sha256']}  {k}\n" for k, v in files.items())
-    (inputs.out / "SHA256SUMS").write_text(sums, encoding="utf-8")
-    return manifest
+        (work / "README.md").write_text(model_card(report, inputs, dataset_hash, gguf_sha), encoding="utf-8")

@@ -29,6 +29,7 @@ from typing import Any
 from common.errors import FormaError
 from common.hashing import sha256_file
 from common.model_paths import cache_root
+from common.outdir import output_folder
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 #: sha256 of llama_cpp_python-0.3.36.tar.gz as served by PyPI (pip verified it against the index on download).
@@ -47,6 +48,9 @@ QUANT_TYPES = {
     "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
 }
 
+
+#: What counts as weights in an HF folder; a folder without any is refused before anything is written.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.pth")
 
 # --------------------------------------------------------------------------- the pinned converter source
 
@@ -189,6 +193,9 @@ def check_model_dir(model_dir: Path) -> dict[str, Any]:
     if not any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise FormaError("no tokenizer files in the model folder", path=model_dir,
                          hint="save the tokenizer beside the model")
+    if not any(any(model_dir.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise FormaError("no weights in the model folder (no *.safetensors or pytorch_model*.bin)", path=model_dir,
+                         hint="give the merged 16-bit folder that `forma train` writes (save_merged: true)")
     return dict(config)
 
 
@@ -305,13 +312,15 @@ def _stem(model_dir: Path) -> str:
 
 def export_gguf(model_dir: str | Path, out_dir: str | Path, quants: Sequence[str] = ("q4_k_m",),
                 system_prompt: str | None = None, *, modelfile_config: Any = None, verify: bool = True,
-                n_threads: int = 2, sdist: Path | None = None) -> ExportResult:
+                n_threads: int = 2, sdist: Path | None = None, overwrite: bool = True) -> ExportResult:
     """Convert ``model_dir`` (merged 16-bit HF folder) to f16 + ``quants`` GGUFs, write a Modelfile and a
     verification report beside them, and return their paths.
 
     ``system_prompt`` overrides the release config's (default ``DEFAULT_SYSTEM_PROMPT``); ``modelfile_config`` is a
     :class:`export.modelfile.ModelfileConfig`. The Modelfile points at the first quant (f16 when none is asked for).
-    The chat template is translated (or refused) before anything slow runs.
+    The chat template is translated (or refused) before anything slow runs. The folder goes through
+    :func:`common.outdir.output_folder`: it appears only when complete; an earlier export there is replaced as a
+    whole only with ``overwrite``.
     """
     from transformers import AutoTokenizer
 
@@ -326,36 +335,44 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quants: Sequence[str
     config = modelfile_config or ModelfileConfig()
     if system_prompt is not None:
         config = config.model_copy(update={"system_prompt": system_prompt})
-    check_out_dir(out_dir)
     llama_dir = sdist or llama_sdist()
+    served = quant_names[0] if quant_names else "f16"
+    with output_folder(out_dir, "gguf", overwrite=overwrite, inputs=[model_dir]) as work:
+        check_out_dir(work)
+        infos = _convert_all(model_dir, work, quant_names, llama_dir, n_threads)
+        write_text_atomic(work / "Modelfile", build_modelfile(infos[served].path.name, translation, stops, config))
+        report: dict[str, Any] = {
+            "model_dir": str(model_dir), "converter": f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist",
+            "ggufs": {k: {**v.to_json(), "path": str(out_dir / v.path.name)} for k, v in infos.items()},
+            "modelfile": str(out_dir / "Modelfile"), "served_quant": served,
+            "template_family": translation.family, "end_tokens": stops,
+        }
+        if verify:
+            from export.gguf_verify import verify_export
 
+            report.update(verify_export(model_dir, {k: v.path for k, v in infos.items()}, tokenizer, stops,
+                                        n_threads=n_threads))
+        else:
+            report["passed"] = None
+        write_text_atomic(work / "verification.json", json.dumps(report, indent=2) + "\n")
+    for info in infos.values():
+        info.path = out_dir / info.path.name
+    return ExportResult(model_dir, out_dir, {k: v.path for k, v in infos.items()}, out_dir / "Modelfile",
+                        out_dir / "verification.json", report, infos)
+
+
+def _convert_all(model_dir: Path, work: Path, quant_names: list[str], llama_dir: Path,
+                 n_threads: int) -> dict[str, QuantInfo]:
     stem = _stem(model_dir)
-    f16 = out_dir / f"{stem}-f16.gguf"
+    f16 = work / f"{stem}-f16.gguf"
     seconds = convert_to_f16(model_dir, f16, llama_dir)
     infos = {"f16": QuantInfo("f16", f16, seconds, f16.stat().st_size, tensor_types(f16))}
+    if not infos["f16"].tensor_types:
+        raise FormaError("the converter wrote a GGUF with no tensors", path=model_dir,
+                         hint="the folder's weights are empty or unreadable")
     for q in quant_names:
-        infos[q] = quantize(f16, out_dir / f"{stem}-{q}.gguf", q, n_threads)
-
-    served = quant_names[0] if quant_names else "f16"
-    modelfile = out_dir / "Modelfile"
-    write_text_atomic(modelfile, build_modelfile(infos[served].path.name, translation, stops, config))
-
-    report_path = out_dir / "verification.json"
-    report: dict[str, Any] = {
-        "model_dir": str(model_dir), "converter": f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist",
-        "ggufs": {k: v.to_json() for k, v in infos.items()}, "modelfile": str(modelfile), "served_quant": served,
-        "template_family": translation.family, "end_tokens": stops,
-    }
-    if verify:
-        from export.gguf_verify import verify_export
-
-        report.update(verify_export(model_dir, {k: v.path for k, v in infos.items()}, tokenizer, stops,
-                                    n_threads=n_threads))
-    else:
-        report["passed"] = None
-    write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
-    return ExportResult(model_dir, out_dir, {k: v.path for k, v in infos.items()}, modelfile, report_path,
-                        report, infos)
+        infos[q] = quantize(f16, work / f"{stem}-{q}.gguf", q, n_threads)
+    return infos
 
 
 if __name__ == "__main__":  # `python -m export.gguf_export --fetch`: used by scripts/setup.sh

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common import __version__
-from common.errors import FormaError
+from common.errors import FormaError, from_validation_error
 from common.hashing import sha256_file
 from common.jsonl import write_jsonl
+from common.outdir import output_folder
 from factory import quality
 from factory.assembly import Generator, chain_stages, filter_stages, generate_slots, make_generator
 from factory.card import write_card
@@ -38,6 +40,7 @@ from factory.planner import Planner, Slot
 from factory.recipe_loader import LoadedRecipe, load_recipe
 from factory.stages.base import RejectWriter, Stage, StageStats
 from schemas.knowledge import Category
+from schemas.recipe import Recipe
 from schemas.sample import Sample
 
 MAX_BALANCE_ROUNDS = 20
@@ -93,22 +96,48 @@ class _PhaseClock:
         self._mark = now
 
 
-def _check_options(total: int | None, engine: str, ray_address: str | None) -> None:
-    if total is not None and total <= 0:
-        raise FormaError(f"--total must be positive, got {total}")
+def _check_options(loaded: LoadedRecipe, total: int | None, engine: str, ray_address: str | None) -> int | None:
+    """The command line's overrides go through the recipe's own validation (``--total`` cannot pass its cap)."""
+    if total is not None:
+        try:
+            Recipe.__pydantic_validator__.validate_assignment(loaded.recipe.model_copy(), "total", total)
+        except ValidationError as exc:
+            raise from_validation_error(exc, where="--total") from None
+        check_memory(total)
     if engine not in ("local", "distilabel"):
         raise FormaError(f"unknown engine {engine!r}", hint="use --engine local or --engine distilabel")
     if ray_address is not None and engine != "distilabel":
         raise FormaError("--ray-address needs --engine distilabel")
+    return total
 
 
-def _make_out(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
+#: Peak memory per conversation of a template build, with room for the filters' indexes and the export's copies
+#: (see ``check_memory``'s test for the measurement).
+BYTES_PER_SAMPLE = 40_000
+#: Totals below this never check memory (a few hundred MiB at most).
+MEMORY_CHECK_FROM = 50_000
+
+
+def check_memory(total: int, available: int | None = None) -> None:
+    """Refuse, before any work, a total whose conversations cannot fit in the memory that is free now."""
+    if total < MEMORY_CHECK_FROM:
+        return
+    free = available if available is not None else _available_memory()
+    need = total * BYTES_PER_SAMPLE
+    if free is not None and need > free:
+        raise FormaError(f"a build of {total:,} conversations needs about {need / 2**30:.1f} GiB of memory and "
+                         f"{free / 2**30:.1f} GiB is free", where="--total",
+                         hint="lower --total, or build in parts")
+
+
+def _available_memory() -> int | None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FormaError(f"cannot create the output folder: {exc.strerror}", path=out) from None
-    return out
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 @dataclass
@@ -160,18 +189,35 @@ class _Rounds:
 def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | None = None,
                   total: int | None = None, progress: bool = False, console: Console | None = None,
                   resume: bool = False, engine: str = "local", ray_address: str | None = None,
-                  filters: bool = True) -> BuildResult:
+                  filters: bool = True, overwrite: bool = True) -> BuildResult:
     """Build the dataset a recipe describes into ``out_dir``; see the module docstring for the flow.
 
     ``resume`` reuses the LLM replies cached in ``out_dir`` by an earlier (perhaps killed) build. ``engine``
     "distilabel" runs generation and filters as a distilabel Pipeline (on Ray when ``ray_address`` is given).
     ``filters=False`` skips validation, decontamination and dedupe: for measuring the pipeline's own cost
     (``bench/build.py``), never for data anyone trains on, so the CLI does not offer it.
+    The folder goes through :func:`common.outdir.output_folder`: it appears only when complete, an earlier dataset
+    there is replaced as a whole (only with ``overwrite`` or ``resume``), anything else there is refused.
     """
     clock = _PhaseClock()
     loaded = load_recipe(recipe_path)
-    _check_options(total, engine, ray_address)
-    out = _make_out(out_dir)
+    total = _check_options(loaded, total, engine, ray_address)
+    final = Path(out_dir)
+    with output_folder(final, "dataset", overwrite=overwrite or resume, keep=("cache",), carry=resume) as out:
+        result = _build_into(out, loaded, clock, seed=seed, total=total, progress=progress, console=console,
+                             resume=resume, engine=engine, ray_address=ray_address, filters=filters)
+    result.out = final
+    from factory.report import publish_report  # reports/<dataset>/: a copy of the report inside the dataset
+
+    publish_report(final / "report", final.name)
+    clock.done("report")
+    result.seconds = time.perf_counter() - clock.started
+    return result
+
+
+def _build_into(out: Path, loaded: LoadedRecipe, clock: _PhaseClock, *, seed: int | None, total: int | None,
+                progress: bool, console: Console | None, resume: bool, engine: str, ray_address: str | None,
+                filters: bool) -> BuildResult:
     planner = Planner(loaded, seed=seed)
     quotas = planner.quotas(total)
     rounds = _Rounds(loaded=loaded, planner=planner, quotas=planner.behaviour_quotas(total), out=out, resume=resume,
@@ -203,12 +249,10 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
     result.quality_misses = [m.render() for m in quality.misses(result.quality, loaded.recipe.quality)]
     _write_outputs(result, loaded, planner.seed)
     clock.done("export")
-    from factory.report import write_build_report  # out/report/ and reports/<dataset>/: report.html + report.json
+    from factory.report import write_report  # out/report/: report.html + report.json
 
-    write_build_report(out, out.name, backend=loaded.recipe.dedupe.embedding_backend,
-                       model_path=loaded.recipe.dedupe.embedding_model)
-    clock.done("report")
-    result.seconds = time.perf_counter() - clock.started
+    write_report(out, out / "report", backend=loaded.recipe.dedupe.embedding_backend,
+                 model_path=loaded.recipe.dedupe.embedding_model)
     return result
 
 

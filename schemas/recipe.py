@@ -223,6 +223,15 @@ class Recipe(BaseModel):
     def _shares(cls, value: dict[Category, float]) -> dict[Category, float]:
         return _percent_shares(value, "category")
 
+    @field_validator("personas")
+    @classmethod
+    def _unique_personas(cls, value: list[Persona]) -> list[Persona]:
+        ids = [p.id for p in value]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"persona id(s) used twice: {', '.join(twice)} (each persona needs its own id)")
+        return value
+
     @field_validator("behaviours")
     @classmethod
     def _behaviour_shares(cls, value: dict[str, float]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from common.errors import FormaError
+from common.outdir import output_folder
 from common.paths import reports_root
 
 MAX_EXAMPLES = 3
@@ -118,7 +119,7 @@ def _length_bins(values: list[int]) -> list[float]:
 
 def write_report(dataset: Path, out_dir: Path, *, similarity: bool = True, backend: str = "auto",
                  model_path: str | None = None) -> dict[str, Any]:
-    """Write ``report.json`` and ``report.html`` into ``out_dir``; returns the data."""
+    """Write ``report.json`` and ``report.html`` into ``out_dir`` (a folder its caller owns); returns the data."""
     from factory.report.html import render
 
     data = collect(dataset, similarity=similarity, backend=backend, model_path=model_path)
@@ -128,17 +129,18 @@ def write_report(dataset: Path, out_dir: Path, *, similarity: bool = True, backe
     return data
 
 
-def write_build_report(dataset: Path, name: str, *, backend: str = "auto", model_path: str | None = None) -> Path:
-    """After a build: the report into ``dataset/report/`` and a copy into ``reports/<name>/``."""
+def write_report_folder(dataset: Path, target: Path, *, overwrite: bool, similarity: bool = True,
+                        backend: str = "auto", model_path: str | None = None) -> dict[str, Any]:
+    """``forma report``: the report as its own output folder, written whole or not at all (see common.outdir)."""
+    with output_folder(target, "report", overwrite=overwrite, inputs=[dataset]) as work:
+        return write_report(dataset, work, similarity=similarity, backend=backend, model_path=model_path)
+
+
+def publish_report(inside: Path, name: str) -> Path:
+    """After a build or filter: copy the report inside the dataset to ``reports/<name>/`` (replaced as a whole)."""
     import shutil
 
-    inside = dataset / "report"
-    write_report(dataset, inside, backend=backend, model_path=model_path)
-    target = reports_root() / name
-    try:
-        target.mkdir(parents=True, exist_ok=True)
+    with output_folder(reports_root() / name, "report", overwrite=True) as work:
         for file in ("report.html", "report.json"):
-            shutil.copyfile(inside / file, target / file)
-    except OSError as exc:
-        raise FormaError(f"cannot write the report: {exc.strerror}", path=target) from None
-    return target / "report.html"
+            shutil.copyfile(inside / file, work / file)
+    return reports_root() / name / "report.html"

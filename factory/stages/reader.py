@@ -13,9 +13,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from pydantic import PrivateAttr, ValidationError
 
 from common.errors import FormaError
+from common.text import decode_utf8
 from factory.stages.base import Stage
 from schemas.conversation import Conversation
 from schemas.sample import Lineage, Sample
@@ -38,6 +39,7 @@ class JsonlReader(Stage):
     name: ClassVar[str] = "read"
     recipe: str = "import"
     recipe_hash: str = "import"
+    _objects: int = PrivateAttr(default=0)  # lines that held a JSON object: none at all means the input is not JSONL
 
     def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
         """Pass-through, so the reader can sit in a stage list; reading happens in :meth:`read`."""
@@ -47,13 +49,22 @@ class JsonlReader(Stage):
     def read(self, path: Path) -> Iterator[Sample]:
         if not path.is_file():
             raise FormaError("input file not found", path=path)
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
+        lines = 0
+        self._objects = 0
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                if not raw.strip():
                     continue
+                lines += 1
+                line = decode_utf8(raw, path, first_line=number)  # a bad byte stops the run: strict UTF-8
                 sample = self.parse(line, number)
                 if sample is not None:
                     yield self.keep(sample)
+        if not lines:
+            raise FormaError("the input is empty", path=path, hint="give a JSONL file with one record per line")
+        if not self._objects:
+            raise FormaError(f"not JSON lines: none of its {lines} line(s) is a JSON object", path=path,
+                             hint="give a JSONL file with one record per line")
 
     def parse(self, line: str, number: int) -> Sample | None:
         raw = {"line": number, "raw": line.rstrip("\n")[:20_000]}
@@ -66,6 +77,7 @@ class JsonlReader(Stage):
             self.drop(None, "invalid_record", detail=f"line {number}: expected a JSON object, got "
                                                      f"{type(record).__name__}", record=raw)
             return None
+        self._objects += 1
         try:
             return self._sample(record, number)
         except ValidationError as exc:
