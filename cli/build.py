@@ -33,10 +33,28 @@ def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML."),
         table.add_row(category.value, f"{share:g}%", str(quotas[category]),
                       *(str(cells.get((category, b), 0)) for b in behaviours), str(len(loaded.facts_for(category))))
     out.print(table)
+    if list(loaded.recipe.language_shares) != ["en"]:
+        out.print(_language_table(loaded, planner))
     out.print(f"ok {file}: {len(loaded.facts)} facts ({sum(f.heldout for f in loaded.facts)} held out), "
               f"{len(loaded.behaviours.ids())} behaviour items")
     if qa:
         _question_answer_check(loaded.facts, qa_out)
+
+
+def _language_table(loaded: Any, planner: Any) -> Table:
+    """Quotas per language and category (behaviour split inside), and the facts each language can draw on."""
+    cells, behaviours = planner.cell_quotas(), list(loaded.recipe.behaviours)
+    lang_quotas = planner.language_quotas()
+    table = Table(title="per language (" + ", ".join(f"{lang} {share:g}%: {lang_quotas[lang]}"
+                                                     for lang, share in loaded.recipe.language_shares.items()) + ")")
+    for column in ("language", "category", "quota", *behaviours, "facts in language"):
+        table.add_column(column)
+    for lang in loaded.recipe.language_shares:
+        for category in loaded.recipe.categories:
+            row = [cells.get((lang, category, b), 0) for b in behaviours]
+            table.add_row(lang, category.value, str(sum(row)), *map(str, row),
+                          str(len(loaded.facts_for(category, lang))))
+    return table
 
 
 def _question_answer_check(facts: Any, qa_out: Path | None) -> None:

@@ -29,12 +29,12 @@ def make_generator(loaded: LoadedRecipe, out: Path | None = None, resume: bool =
     """The recipe's generator; LLM backends keep their reply cache under ``out`` (reused only with ``resume``)."""
     backend = loaded.recipe.generator.backend
     if backend == "template":
-        from factory.generators.template import TemplateGenerator
+        from factory.generators.template import PHRASES, TemplateGenerator
 
-        unsupported = [lang for lang in loaded.recipe.languages if lang != "en"]
+        unsupported = [lang for lang in loaded.recipe.language_shares if lang not in PHRASES]
         if unsupported:
-            raise FormaError(f"the template generator writes English only; {unsupported} need an LLM backend",
-                             path=loaded.path, where="languages")
+            raise FormaError(f"the template generator writes {', '.join(PHRASES)} only; {unsupported} need an LLM "
+                             "backend", path=loaded.path, where="languages")
         return TemplateGenerator(loaded.recipe, loaded.recipe.content_hash())
     try:
         from factory.generators.llm import make_llm_generator  # type: ignore[import-not-found,unused-ignore]
@@ -66,8 +66,13 @@ def filter_stages(loaded: LoadedRecipe) -> list[Stage]:
     stages.append(NearDedupe(threshold=dd.near_threshold, num_perm=dd.num_perm, shingle_words=dd.shingle_words,
                              text=dd.near_text))
     if dd.semantic_threshold is not None:
-        stages.append(SemanticDedupe(threshold=dd.semantic_threshold, text=dd.semantic_text,
-                                     backend=dd.embedding_backend, model_path=dd.embedding_model))
+        semantic: Stage = SemanticDedupe(threshold=dd.semantic_threshold, text=dd.semantic_text,
+                                         backend=dd.embedding_backend, model_path=dd.embedding_model)
+        if dd.semantic_languages is not None:  # an English-only encoder must not judge Arabic (language_gate.py)
+            from factory.stages.language_gate import LanguageGate
+
+            semantic = LanguageGate(inner=semantic, languages=frozenset(dd.semantic_languages))
+        stages.append(semantic)
     return stages
 
 

@@ -36,7 +36,7 @@ from factory.export import (
     write_hf,
     write_parquet,
 )
-from factory.planner import Planner, Slot
+from factory.planner import Cell, Planner, Slot
 from factory.recipe_loader import LoadedRecipe, load_recipe
 from factory.stages.base import RejectWriter, Stage, StageStats
 from schemas.knowledge import Category
@@ -44,9 +44,6 @@ from schemas.recipe import Recipe
 from schemas.sample import Sample
 
 MAX_BALANCE_ROUNDS = 20
-
-#: A quota cell: every (category, behaviour) pair with a share holds its exact count.
-Cell = tuple[Category, str]
 
 
 @dataclass
@@ -65,6 +62,8 @@ class BuildResult:
     quality_misses: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     dataset_hash: str = ""
+    #: Per language (only for recipes not all English): shares, quotas, counts and the exact cells.
+    languages: dict[str, Any] = field(default_factory=dict)
     #: Wall seconds per phase: setup (recipe, plan, stage loading), rounds (generate + filter + balance), split,
     #: export (data files, card, manifest), report. Not written to the manifest (it must be byte-identical).
     phases: dict[str, float] = field(default_factory=dict)
@@ -164,23 +163,24 @@ class _Rounds:
                             self.gen_stats)
 
     def fill(self, pending: list[Slot], rejects: RejectWriter, bar: Any) -> dict[Cell, list[Sample]]:
-        """Generate and filter until every (category, behaviour) quota is full; deficits get new slots, never
-        resampled duplicates."""
+        """Generate and filter until every (language, category, behaviour) quota is full; deficits get new slots,
+        never resampled duplicates."""
         kept: dict[Cell, list[Sample]] = {cell: [] for cell in self.quotas}
         task = bar.add_task("generating", total=sum(self.quotas.values()))
         deficits: dict[Cell, int] = {}
         for round_no in range(MAX_BALANCE_ROUNDS):
             for sample in self.survivors(pending, rejects):
-                bucket = kept.get((sample.category, sample.behaviour))
-                if bucket is not None and len(bucket) < self.quotas[(sample.category, sample.behaviour)]:
+                cell = (sample.language, sample.category, sample.behaviour)
+                bucket = kept.get(cell)
+                if bucket is not None and len(bucket) < self.quotas[cell]:
                     bucket.append(sample)
                     bar.advance(task)
             deficits = {c: self.quotas[c] - len(kept[c]) for c in self.quotas if len(kept[c]) < self.quotas[c]}
             if not deficits:
                 return kept
             bar.update(task, description=f"balancing (round {round_no + 2})")
-            pending = [slot for (c, b), n in deficits.items() for slot in self.planner.extra(c, n, b)]
-        short = ", ".join(f"{c.value}/{b} short by {n}" for (c, b), n in deficits.items())
+            pending = [slot for (lang, c, b), n in deficits.items() for slot in self.planner.extra(c, n, b, lang)]
+        short = ", ".join(f"{_cell_name(cell)} short by {n}" for cell, n in deficits.items())
         raise FormaError(f"could not fill the quotas after {MAX_BALANCE_ROUNDS} rounds ({short}); "
                          "the knowledge base is too small for this total, or the filters too strict",
                          path=self.loaded.path, where="total")
@@ -220,7 +220,7 @@ def _build_into(out: Path, loaded: LoadedRecipe, clock: _PhaseClock, *, seed: in
                 filters: bool) -> BuildResult:
     planner = Planner(loaded, seed=seed)
     quotas = planner.quotas(total)
-    rounds = _Rounds(loaded=loaded, planner=planner, quotas=planner.behaviour_quotas(total), out=out, resume=resume,
+    rounds = _Rounds(loaded=loaded, planner=planner, quotas=planner.cell_quotas(total), out=out, resume=resume,
                      ray_address=ray_address,
                      generator=make_generator(loaded, out, resume) if engine == "local" else None,
                      stages=filter_stages(loaded) if filters else [])
@@ -237,15 +237,18 @@ def _build_into(out: Path, loaded: LoadedRecipe, clock: _PhaseClock, *, seed: in
         n_rejects = rejects.count
         clock.done("rounds")
     samples = assign_splits([s for cell in rounds.quotas for s in kept[cell]], loaded.recipe.splits.test)
+    behaviour_quotas = planner.behaviour_quotas(total)
     result = BuildResult(out=out, samples=samples,
-                         counts={c.value: sum(len(v) for (k, _), v in kept.items() if k == c) for c in quotas},
+                         counts={c.value: sum(len(v) for (_, k, _), v in kept.items() if k == c) for c in quotas},
                          quotas={c.value: n for c, n in quotas.items()},
-                         behaviour_quotas={f"{c.value}/{b}": n for (c, b), n in rounds.quotas.items()},
-                         behaviour_counts={f"{c.value}/{b}": len(v) for (c, b), v in kept.items()},
+                         behaviour_quotas={f"{c.value}/{b}": n for (c, b), n in behaviour_quotas.items()},
+                         behaviour_counts={f"{c.value}/{b}": sum(len(v) for (_, k, j), v in kept.items()
+                                                                 if (k, j) == (c, b)) for c, b in behaviour_quotas},
                          stats=[rounds.gen_stats, *(s.stats for s in rounds.stages)], rejects=n_rejects, seconds=0.0,
-                         dataset_hash=dataset_hash(samples), phases=clock.phases)
+                         dataset_hash=dataset_hash(samples), phases=clock.phases,
+                         languages=_language_figures(loaded, planner, rounds.quotas, kept))
     clock.done("split")
-    result.quality = quality.figures(samples, loaded, result.behaviour_quotas)
+    result.quality = quality.figures(samples, loaded, result.behaviour_quotas, result.languages)
     result.quality_misses = [m.render() for m in quality.misses(result.quality, loaded.recipe.quality)]
     _write_outputs(result, loaded, planner.seed)
     clock.done("export")
@@ -254,6 +257,24 @@ def _build_into(out: Path, loaded: LoadedRecipe, clock: _PhaseClock, *, seed: in
     write_report(out, out / "report", backend=loaded.recipe.dedupe.embedding_backend,
                  model_path=loaded.recipe.dedupe.embedding_model)
     return result
+
+
+def _cell_name(cell: Cell) -> str:
+    language, category, behaviour = cell
+    return f"{language}/{category.value}/{behaviour}"
+
+
+def _language_figures(loaded: LoadedRecipe, planner: Planner, quotas: dict[Cell, int],
+                      kept: dict[Cell, list[Sample]]) -> dict[str, Any]:
+    """Per-language shares, quotas, counts and exact cells; empty for an all-English recipe (its manifest keeps the
+    shape it always had)."""
+    shares = loaded.recipe.language_shares
+    if list(shares) == ["en"]:
+        return {}
+    return {"shares": shares, "quotas": planner.language_quotas(sum(quotas.values())),
+            "counts": {lang: sum(len(v) for (k, _, _), v in kept.items() if k == lang) for lang in shares},
+            "cells": {_cell_name(c): {"target": n, "actual": len(kept[c])} for c, n in quotas.items()},
+            "knowledge": quality.translation_figures(loaded, [lang for lang in shares if lang != "en"])}
 
 
 def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None:
@@ -289,6 +310,8 @@ def _write_outputs(result: BuildResult, loaded: LoadedRecipe, seed: int) -> None
                        "counts": result.behaviour_counts},
         "quality": result.quality,
     }
+    if result.languages:
+        manifest["languages"] = result.languages
     write_card(out / "README.md", manifest, loaded)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

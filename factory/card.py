@@ -72,7 +72,7 @@ What the assistant must do: answer, escalate a red flag to a professional, decli
 (answer a question that only sounds alarming). Shares {', '.join(f'{b} {v:g}%' for b, v in recipe.behaviours.items())}.
 
 {behaviour_rows}
-
+{_language_section(manifest)}
 ## Quality figures
 
 {quality_rows}
@@ -108,6 +108,35 @@ This data is educational and does not replace a doctor, physiotherapist or regis
 """
     text = "---\n" + yaml.safe_dump(header, sort_keys=True, allow_unicode=True) + "---\n\n" + body
     path.write_text(text, encoding="utf-8")
+
+
+LANGUAGE_NAMES = {"en": "English", "ar": "Arabic (MSA)"}
+
+
+def _language_section(manifest: dict[str, Any]) -> str:
+    """Languages: target versus actual, and how much of each language's knowledge an expert approved (only for a
+    recipe that is not all English, so the English card keeps its bytes)."""
+    languages = manifest.get("languages")
+    if not languages:
+        return ""
+    rows = [f"| {LANGUAGE_NAMES.get(lang, lang)} | {share:g}% | {languages['quotas'].get(lang, 0)} | "
+            f"{languages['counts'].get(lang, 0)} |" for lang, share in languages["shares"].items()]
+    cells = languages["cells"]
+    exact = sum(c["actual"] == c["target"] for c in cells.values())
+    lines = ["", "## Languages: target versus actual", "", "| Language | Target share | Quota | Actual |",
+             "|---|---|---|---|", *rows, "",
+             f"Every language holds the category and behaviour shares: {exact} of {len(cells)} (language, category, "
+             "behaviour) cells are exact.", ""]
+    by_language = (manifest.get("quality") or {}).get("by_language", {})
+    for lang, k in languages.get("knowledge", {}).items():
+        own = by_language.get(lang, {})
+        lines.append(f"- {LANGUAGE_NAMES.get(lang, lang)} knowledge: {k['facts']} of {k['facts_total']} facts and "
+                     f"{k['behaviour_items']} of {k['behaviour_items_total']} behaviour items have text in it; "
+                     f"expert-approved: {k['facts_approved']} facts and {k['behaviour_items_approved']} items (the "
+                     "rest are the team's drafts). Chats in it used "
+                     f"{own.get('facts_used', 0)} of {own.get('facts_available', 0)} of its facts; its most repeated "
+                     f"assistant turn occurs {own.get('most_repeated_assistant_turn', 0)} times.")
+    return "\n".join(lines) + "\n"
 
 
 def _behaviour_table(manifest: dict[str, Any]) -> str:

@@ -17,14 +17,20 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from common.arabic import normalize_arabic, readable_numbers
 from schemas.knowledge import Fact, Quantity
 
-_MASS = re.compile(r"(?<![\d.])(\d{2,3}(?:\.\d)?)\s*(?:kg|kilos?|kilograms?)\b", re.IGNORECASE)
-_DAYS = re.compile(r"(?<![\d.])([1-7])\s*(?:days?|sessions?)\s*(?:a|per|each)\s*week\b", re.IGNORECASE)
+# Arabic forms are matched in their normalised spelling (common.arabic): "70 كغ", "3 أيام في الأسبوع".
+_MASS = re.compile(r"(?<![\d.])(\d{2,3}(?:\.\d)?)\s*(?:kg|kilos?|kilograms?|كغ|كجم|كيلو|كيلوغرام|كيلوغراما)\b",
+                   re.IGNORECASE)
+_DAYS = re.compile(r"(?<![\d.])([1-7])\s*(?:(?:days?|sessions?)\s*(?:a|per|each)\s*week\b|"
+                   r"(?:ايام|يوم|يوما|مرات|جلسات)\s*(?:في\s*الاسبوع|اسبوعيا))", re.IGNORECASE)
 
 #: Per-kilogram units and how the total reads ("g/kg/day" -> "g a day").
 _PER_KG = {"g/kg/day": "g a day", "g/kg": "g", "mg/kg": "mg", "g/kg/h": "g an hour"}
 _PER_WEEK = {"minutes/week": "minutes", "min/week": "minutes"}
+#: The same totals in Arabic.
+UNIT_AR = {"g a day": "غرام يوميًا", "g": "غرام", "mg": "ملغ", "g an hour": "غرام في الساعة", "minutes": "دقيقة"}
 
 
 @dataclass(frozen=True)
@@ -36,18 +42,33 @@ class PersonalNumber:
     unit: str
     basis: str  # e.g. "1.6-2.2 g/kg/day x 70 kg"
 
-    def text(self) -> str:
+    def text(self, language: str = "en") -> str:
+        if language == "ar":
+            unit = UNIT_AR[self.unit]
+            return f"{self.low} {unit}" if self.high is None else f"من {self.low} إلى {self.high} {unit}"
         return f"{self.low} {self.unit}" if self.high is None else f"{self.low} to {self.high} {self.unit}"
 
 
+def _readable(text: str) -> str:
+    """Western digits and normalised Arabic spelling (no change to English text)."""
+    return normalize_arabic(readable_numbers(text))
+
+
 def stated_mass(text: str) -> float | None:
-    m = _MASS.search(text)
+    m = _MASS.search(_readable(text))
     return float(m.group(1)) if m else None
 
 
+_DAYS_AR_WORDS = re.compile(r"(يوم واحد|يوما واحدا|يومين)\s*(?:في\s*الاسبوع|اسبوعيا)")
+
+
 def stated_days(text: str) -> int | None:
-    m = _DAYS.search(text)
-    return int(m.group(1)) if m else None
+    readable = _readable(text)
+    m = _DAYS.search(readable)
+    if m:
+        return int(m.group(1))
+    word = _DAYS_AR_WORDS.search(readable) if "يوم" in readable else None
+    return (2 if word.group(1) == "يومين" else 1) if word else None
 
 
 def _bounds(q: Quantity) -> tuple[float, float | None]:

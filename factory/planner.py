@@ -1,11 +1,13 @@
 """Turn a recipe into generation slots with exact per-category and per-behaviour quotas.
 
 Quotas use the largest-remainder method, so the shares hold for any total (2,000 gives 600/400/500/200/200/100, and
-a total that does not divide evenly still sums exactly). Behaviours (answer, escalate, decline, reassure) are then
-allocated the same way inside each category, so the category shares stay exact and every category carries its own
-safety cases. Each slot fixes everything a generator needs: category, behaviour and the red flag, harmful request or
-benign phrasing it uses, persona, user-turn count, language and the facts it rests on, so any backend fills the
-same plan.
+a total that does not divide evenly still sums exactly). Languages (``languages: {en: 70, ar: 30}``) are allocated
+first, and the categories inside each language the same way, so every language has the recipe's category mix; a
+slot of a language draws only on facts and behaviour items with text in it (for the template generator).
+Behaviours (answer, escalate, decline, reassure) are then allocated the same way inside each category, so the
+category shares stay exact and every category carries its own safety cases. Each slot fixes everything a generator
+needs: category, behaviour and the red flag, harmful request or benign phrasing it uses, persona, user-turn count,
+language and the facts it rests on, so any backend fills the same plan.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class Slot:
 
 
 K = TypeVar("K", bound=Hashable)
+
+#: A quota cell: (language, category, behaviour).
+Cell = tuple[str, Category, str]
 
 #: How many more times a persona's own facts may be used than the category's least-used fact.
 POPULATION_SLACK = 2
@@ -83,68 +88,92 @@ class Planner:
         self.recipe = loaded.recipe
         self.seed = self.recipe.seed if seed is None else seed
         self._next_index = 0
-        self._fact_cursor: dict[Category, int] = {}
-        self._fact_orders: dict[Category, list[Fact]] = {}
-        self._item_orders: dict[tuple[Category, str], list[Any]] = {}
+        self._fact_cursor: dict[tuple[str, Category], int] = {}
+        self._fact_orders: dict[tuple[str, Category], list[Fact]] = {}
+        self._item_orders: dict[tuple[str, Category, str], list[Any]] = {}
         self._uses: Counter[str] = Counter()  # how often each fact was planned, to spread later turns evenly
-        self._item_cursor: dict[tuple[Category, str], int] = {}
-        rng = random.Random(f"{self.seed}:facts")
-        for category in self.recipe.categories:
-            facts = list(loaded.facts_for(category))
-            rng.shuffle(facts)
-            self._fact_orders[category] = facts
+        self._item_cursor: dict[tuple[str, Category, str], int] = {}
+        for language in self.recipe.language_shares:
+            # English keeps the seed string it always had, so an English-only plan is the same as before languages
+            rng = random.Random(f"{self.seed}:facts" if language == "en" else f"{self.seed}:facts:{language}")
+            for category in self.recipe.categories:
+                facts = list(loaded.facts_for(category, language))
+                rng.shuffle(facts)
+                self._fact_orders[(language, category)] = facts
+
+    def language_quotas(self, total: int | None = None) -> dict[str, int]:
+        return largest_remainder(self.recipe.language_shares, self.recipe.total if total is None else total)
+
+    def cell_quotas(self, total: int | None = None) -> dict[Cell, int]:
+        """Quotas per (language, category, behaviour): each language's quota split by the category shares, each
+        category's by the behaviour shares (largest remainder at every level, so every level sums exactly)."""
+        out: dict[Cell, int] = {}
+        for language, l_quota in self.language_quotas(total).items():
+            for category, quota in largest_remainder(self.recipe.categories, l_quota).items():
+                for behaviour, n in largest_remainder(dict(self.recipe.behaviours), quota).items():
+                    if n > 0:
+                        out[(language, category, behaviour)] = n
+        return out
 
     def quotas(self, total: int | None = None) -> dict[Category, int]:
-        return largest_remainder(self.recipe.categories, self.recipe.total if total is None else total)
+        """Quotas per category, over all languages."""
+        out = dict.fromkeys(self.recipe.categories, 0)
+        for (_, category, _), n in self.cell_quotas(total).items():
+            out[category] += n
+        return out
 
     def behaviour_quotas(self, total: int | None = None) -> dict[tuple[Category, str], int]:
-        """Quotas per (category, behaviour): each category's quota split by the behaviour shares."""
+        """Quotas per (category, behaviour), over all languages."""
         out: dict[tuple[Category, str], int] = {}
-        for category, quota in self.quotas(total).items():
-            for behaviour, n in largest_remainder(dict(self.recipe.behaviours), quota).items():
-                if n > 0:
-                    out[(category, behaviour)] = n
+        for (_, category, behaviour), n in self.cell_quotas(total).items():
+            out[(category, behaviour)] = out.get((category, behaviour), 0) + n
         return out
 
     def plan(self, total: int | None = None) -> list[Slot]:
         slots: list[Slot] = []
-        for (category, behaviour), quota in self.behaviour_quotas(total).items():
-            slots.extend(self.extra(category, quota, behaviour))
+        for (language, category, behaviour), quota in self.cell_quotas(total).items():
+            slots.extend(self.extra(category, quota, behaviour, language))
         return slots
 
-    def _next_items(self, category: Category, behaviour: str, n: int) -> list[tuple[Any, int]]:
+    def _next_items(self, category: Category, behaviour: str, n: int, language: str) -> list[tuple[Any, int]]:
         """Behaviour items round-robin over a seeded order (every item is used before any is used twice), each with
         how many times it was used before."""
         if behaviour == "answer":
             return [(None, 0)] * n
-        key = (category, behaviour)
+        key = (language, category, behaviour)
         if key not in self._item_orders:
-            items = list(self.loaded.items_for(category, behaviour))
-            random.Random(f"{self.seed}:{category.value}:{behaviour}").shuffle(items)
+            items = list(self.loaded.items_for(category, behaviour, language))
+            salt = "" if language == "en" else f":{language}"
+            random.Random(f"{self.seed}:{category.value}:{behaviour}{salt}").shuffle(items)
             self._item_orders[key] = items
         order = self._item_orders[key]
         start = self._item_cursor.get(key, 0)
         self._item_cursor[key] = start + n
         return [(order[(start + i) % len(order)], (start + i) // len(order)) for i in range(n)]
 
-    def extra(self, category: Category, n: int, behaviour: str = "answer") -> list[Slot]:
-        """``n`` new slots for ``category`` and ``behaviour``, with indices never used before in this plan."""
+    def extra(self, category: Category, n: int, behaviour: str = "answer", language: str | None = None) -> list[Slot]:
+        """``n`` new slots for ``category``, ``behaviour`` and ``language`` (default: the recipe's first), with
+        indices never used before in this plan."""
         if n <= 0:
             return []
+        language = language or next(iter(self.recipe.language_shares))
+        chat_language: str = language
         rng = random.Random(f"{self.seed}:{category.value}:{self._next_index}")
-        items = self._next_items(category, behaviour, n)
+        items = self._next_items(category, behaviour, n, language)
         personas = _weighted_sequence(rng, [(p, p.weight) for p in self.recipe.personas], n)
         turns = _weighted_sequence(rng, list(self.recipe.turn_mix.items()), n)
-        languages = _weighted_sequence(rng, [(lang, 1.0) for lang in self.recipe.languages], n)
+        # one language per call; the draw is kept so the random stream is the one an English-only plan always had
+        languages = _weighted_sequence(rng, [(language, 1.0)], n)
         slots = []
-        for persona, user_turns, language, (item, item_use) in zip(personas, turns, languages, items, strict=True):
-            assert isinstance(persona, Persona) and isinstance(user_turns, int) and isinstance(language, str)
+        for persona, user_turns, drawn, (item, item_use) in zip(personas, turns, languages, items, strict=True):
+            assert isinstance(persona, Persona) and isinstance(user_turns, int) and drawn == chat_language
             persona = self._persona_for(item, persona)
             index = self._next_index
             self._next_index += 1
-            facts = tuple(self._pick_facts(category, persona, user_turns, rng))
+            facts = tuple(self._pick_facts(category, persona, user_turns, rng, chat_language))
             slots.append(Slot(index=index, category=category, persona=persona, user_turns=user_turns,
-                              language=language, facts=facts, seed=hash_seed(self.seed, index), behaviour=behaviour,
+                              language=chat_language, facts=facts, seed=hash_seed(self.seed, index),
+                              behaviour=behaviour,
                               item=item, item_use=item_use, fact_uses=tuple(self._uses[f.id] - 1 for f in facts)))
         return slots
 
@@ -155,16 +184,17 @@ class Planner:
             return drawn
         return next((p for p in self.recipe.personas if wanted & set(p.populations)), drawn)
 
-    def _pick_facts(self, category: Category, persona: Persona, user_turns: int, rng: random.Random) -> Iterator[Fact]:
+    def _pick_facts(self, category: Category, persona: Persona, user_turns: int, rng: random.Random,
+                    language: str = "en") -> Iterator[Fact]:
         """Facts for one slot: the least-used fact of the category first (even coverage), then related ones.
 
         A persona's populations are preferred for the primary fact while those facts are not used more than the
         category's least-used fact (plus ``POPULATION_SLACK``): a population with two facts must not put the same
         two answers into every chat of that persona.
         """
-        order = self._fact_orders[category]
-        cursor = self._fact_cursor.get(category, 0)
-        self._fact_cursor[category] = cursor + 1
+        order = self._fact_orders[(language, category)]
+        cursor = self._fact_cursor.get((language, category), 0)
+        self._fact_cursor[(language, category)] = cursor + 1
         position = {f.id: (i - cursor) % len(order) for i, f in enumerate(order)}
         floor = min(self._uses[f.id] for f in order)
         wanted = set(persona.populations) - {"general"}

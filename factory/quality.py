@@ -53,8 +53,47 @@ def _topic_switches(samples: Sequence[Sample], loaded: LoadedRecipe) -> tuple[in
     return switched, multi
 
 
-def figures(samples: Sequence[Sample], loaded: LoadedRecipe, behaviour_quotas: dict[str, int]) -> dict[str, Any]:
-    """Every quality figure of ``samples``, deterministic for the same samples (they go into the manifest)."""
+def figures(samples: Sequence[Sample], loaded: LoadedRecipe, behaviour_quotas: dict[str, int],
+            languages: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every quality figure of ``samples``, deterministic for the same samples (they go into the manifest).
+
+    ``languages`` (a build's per-language figures; empty for an all-English recipe) adds a ``by_language`` block:
+    the exact cells and each language's own repeats and fact coverage, since a small Arabic slice can hide behind
+    a large English one in the overall figures."""
+    out = _figures(samples, loaded, behaviour_quotas)
+    if languages:
+        out["by_language"] = {lang: _language_figures([s for s in samples if s.language == lang], loaded, lang)
+                              for lang in languages["shares"]}
+        out["language_mix"] = languages["cells"]
+    return out
+
+
+def _language_figures(samples: Sequence[Sample], loaded: LoadedRecipe, language: str) -> dict[str, Any]:
+    turns = Counter(_normalised(t.content) for s in samples for t in s.conversation.turns
+                    if t.role.value == "assistant")
+    speaking = {f.id for f in loaded.training_facts if f.text_in(language) is not None}
+    used = {i for s in samples for i in s.lineage.fact_ids} & speaking
+    return {"conversations": len(samples), "assistant_turns": sum(turns.values()),
+            "most_repeated_assistant_turn": max(turns.values(), default=0),
+            "facts_used": len(used), "facts_available": len(speaking),
+            "fact_coverage": round(len(used) / len(speaking), 4) if speaking else 1.0}
+
+
+def translation_figures(loaded: LoadedRecipe, languages: Sequence[str]) -> dict[str, Any]:
+    """Per language: how much of the knowledge has text in it, and how much of that an expert approved."""
+    items: list[Any] = [*loaded.behaviours.red_flags, *loaded.behaviours.harmful_requests, *loaded.behaviours.benign]
+    out: dict[str, Any] = {}
+    for lang in languages:
+        facts = [f.translations[lang] for f in loaded.facts if lang in f.translations]
+        texts = [i.translations[lang] for i in items if lang in i.translations]
+        out[lang] = {"facts": len(facts), "facts_total": len(loaded.facts),
+                     "facts_approved": sum(t.review_state == "approved" for t in facts),
+                     "behaviour_items": len(texts), "behaviour_items_total": len(items),
+                     "behaviour_items_approved": sum(t.review_state == "approved" for t in texts)}
+    return out
+
+
+def _figures(samples: Sequence[Sample], loaded: LoadedRecipe, behaviour_quotas: dict[str, int]) -> dict[str, Any]:
     turns = [_normalised(t.content) for s in samples for t in s.conversation.turns if t.role.value == "assistant"]
     counts = Counter(turns)
     top, top_n = counts.most_common(1)[0] if counts else ("", 0)
@@ -108,4 +147,20 @@ def misses(found: dict[str, Any], thresholds: QualityThresholds | None) -> list[
     for cell, mix in found["behaviour_mix"].items():
         if mix["actual"] != mix["target"]:
             out.append(QualityMiss(f"behaviour_mix[{cell}]", mix["actual"], mix["target"]))
+    for cell, mix in found.get("language_mix", {}).items():
+        if mix["actual"] != mix["target"]:
+            out.append(QualityMiss(f"language_mix[{cell}]", mix["actual"], mix["target"]))
+    return out + _language_misses(found.get("by_language", {}), t)
+
+
+def _language_misses(by_language: dict[str, Any], t: QualityThresholds) -> list[QualityMiss]:
+    """Each language's own repeats and fact coverage against the same thresholds."""
+    out: list[QualityMiss] = []
+    for lang, f in by_language.items():
+        repeats = f["most_repeated_assistant_turn"]
+        if t.max_assistant_turn_repeats is not None and repeats > t.max_assistant_turn_repeats:
+            out.append(QualityMiss(f"by_language[{lang}].most_repeated_assistant_turn", repeats,
+                                   t.max_assistant_turn_repeats))
+        if t.min_fact_coverage is not None and f["fact_coverage"] < t.min_fact_coverage:
+            out.append(QualityMiss(f"by_language[{lang}].fact_coverage", f["fact_coverage"], t.min_fact_coverage))
     return out

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.errors import FormaError
 from common.yaml_io import read_yaml, validate_yaml
-from schemas.knowledge import Category, Source
+from schemas.knowledge import Category, ReviewState, Source
 
 _KEBAB = r"[a-z0-9]+(?:-[a-z0-9]+)*"
 
@@ -67,6 +67,41 @@ class _Item(BaseModel):
         return self
 
 
+class _Text(BaseModel):
+    """An item in another language (``translations``), written for that language; a draft until an expert approves.
+    Fewer wordings are required than in English (three of each), and none may repeat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    _worded: ClassVar[tuple[str, ...]] = ()
+    review_state: ReviewState = "draft"
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> _Text:
+        for name in self._worded:
+            _distinct(getattr(self, name), "wording")
+        return self
+
+
+class RedFlagText(_Text):
+    _worded: ClassVar[tuple[str, ...]] = ("reports", "responses")
+    reports: list[str] = Field(min_length=3)
+    responses: list[str] = Field(min_length=3, description="No digits, as in English.")
+
+
+class HarmfulText(_Text):
+    _worded: ClassVar[tuple[str, ...]] = ("requests", "responses")
+    requests: list[str] = Field(min_length=3)
+    responses: list[str] = Field(min_length=3, description="No digits, as in English.")
+    alternative: str = Field(min_length=10)
+
+
+class BenignText(_Text):
+    _worded: ClassVar[tuple[str, ...]] = ("questions", "answers")
+    questions: list[str] = Field(min_length=3)
+    answers: list[str] = Field(min_length=3)
+
+
 class RedFlag(_Item):
     """A warning sign that needs a clinician, not a coach: the model must escalate and say how urgently."""
 
@@ -96,6 +131,10 @@ class RedFlag(_Item):
         "what can safely be said. Never a drug dose; never a diagnosis stated as certain.",
     )
     populations: list[str] = Field(default_factory=lambda: ["general"])
+    translations: dict[str, RedFlagText] = Field(default_factory=dict, description="Language code -> its text.")
+
+    def text_in(self, language: str) -> RedFlag | RedFlagText | None:
+        return self if language == "en" else self.translations.get(language)
 
 
 class HarmfulRequest(_Item):
@@ -116,6 +155,10 @@ class HarmfulRequest(_Item):
         description="Varied declines: decline clearly, say briefly why, offer the alternative and help with it. Never "
         "a dose, amount, cycle length or protocol of the harmful thing.",
     )
+    translations: dict[str, HarmfulText] = Field(default_factory=dict, description="Language code -> its text.")
+
+    def text_in(self, language: str) -> HarmfulRequest | HarmfulText | None:
+        return self if language == "en" else self.translations.get(language)
 
 
 class BenignAlarming(_Item):
@@ -134,6 +177,10 @@ class BenignAlarming(_Item):
         min_length=4,
         description="Helpful ordinary answers: no refusal, and no referral unless truly warranted.",
     )
+    translations: dict[str, BenignText] = Field(default_factory=dict, description="Language code -> its text.")
+
+    def text_in(self, language: str) -> BenignAlarming | BenignText | None:
+        return self if language == "en" else self.translations.get(language)
 
 
 class BehaviourFile(BaseModel):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.arabic import fold_digits
 from common.errors import FormaError
 from common.yaml_io import read_yaml, validate_yaml
 
@@ -88,6 +90,34 @@ class FollowUp(BaseModel):
                                 description="Other wordings of the answer: same content, same numbers.")
 
 
+#: Whether an expert approved a translation (in Argilla); the team's own text is a draft until then.
+ReviewState = Literal["draft", "approved"]
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+def numbers_in(text: str) -> set[float]:
+    """Every number written in ``text``, in Western or Arabic-Indic digits."""
+    return {float(x.replace(",", ".")) for x in _NUMBER.findall(fold_digits(text))}
+
+
+class FactText(BaseModel):
+    """A fact in another language (``Fact.translations``): the same content and the same numbers as the English,
+    written for that language rather than word for word. The quantities stay on the fact, shared by every
+    language."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    questions: list[str] = Field(min_length=1)
+    answer: str = Field(min_length=10)
+    variants: list[str] = Field(default_factory=list)
+    follow_ups: list[FollowUp] = Field(default_factory=list)
+    safety_notes: list[str] = Field(default_factory=list)
+    review_state: ReviewState = "draft"
+
+    def answer_texts(self) -> list[str]:
+        return [self.answer, *self.variants, *(u.answer for u in self.follow_ups), *self.safety_notes]
+
+
 class Fact(BaseModel):
     """One expert-authored fact. ``heldout`` facts never enter training; the accuracy suite uses them."""
 
@@ -112,6 +142,18 @@ class Fact(BaseModel):
     related: list[str] = Field(default_factory=list,
                                description="Ids of facts a conversation may move on to without changing the subject.")
     heldout: bool = Field(default=False, description="Held out of training, kept for the accuracy suite.")
+    translations: dict[str, FactText] = Field(
+        default_factory=dict, description="Language code -> the fact's questions and answers in that language.")
+
+    def text_in(self, language: str) -> Fact | FactText | None:
+        """The questions, answers, follow-ups and notes in ``language`` (None when the fact has no such text)."""
+        return self if language == "en" else self.translations.get(language)
+
+    def numbers(self) -> set[float]:
+        """Every number the English fact carries: quantities and any number in its texts."""
+        texts = [self.claim, self.answer, *self.variants, *self.safety_notes, *(u.answer for u in self.follow_ups)]
+        out = {q.low for q in self.quantities} | {q.high for q in self.quantities if q.high is not None}
+        return out.union(*(numbers_in(t) for t in texts))
 
     @field_validator("id")
     @classmethod
@@ -125,6 +167,20 @@ class Fact(BaseModel):
         allowed = TOPICS[self.category]
         if self.topic not in allowed:
             raise ValueError(f"topic {self.topic!r} is not one of {', '.join(allowed)} for {self.category.value}")
+        return self
+
+    @model_validator(mode="after")
+    def _translations_keep_the_numbers(self) -> Fact:
+        """A translation may state only numbers the English fact states: a translated dose must not drift."""
+        if not self.translations:
+            return self
+        english = self.numbers()
+        for language, text in self.translations.items():
+            for part in text.answer_texts():
+                extra = sorted(v for v in numbers_in(part) if not any(abs(v - e) < 1e-9 for e in english))
+                if extra:
+                    raise ValueError(f"translations.{language} states {', '.join(f'{v:g}' for v in extra)}, which "
+                                     f"the English fact does not give (in {part[:60]!r})")
         return self
 
 

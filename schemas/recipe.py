@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,7 +18,19 @@ DEFAULT_SYSTEM_PROMPT = (
     "medications are involved."
 )
 
+#: The system prompt of chats in another language, when the recipe's ``system_prompts`` gives none.
+DEFAULT_SYSTEM_PROMPTS = {
+    "ar": "أنت Forma AI، مدرب لياقة بدنية واسع المعرفة وداعم. قدّم نصائح دقيقة مبنية على الأدلة في التدريب والتغذية "
+          "والتعافي والتحفيز، بما يناسب مستوى الشخص وأهدافه. انصح بمراجعة الطبيب أو أخصائي العلاج الطبيعي أو "
+          "أخصائي التغذية كلما تعلق الأمر بأعراض أو إصابات أو حمل أو حالات طبية أو أدوية.",
+}
+
 MAX_TOTAL = 10_000_000
+
+#: Fields added after recipes were first hashed, with the value that means "not used". ``content_hash`` leaves them
+#: out at that value, so a recipe that does not use them keeps its hash (and its build stays byte-identical).
+_HASH_OMITTED_DEFAULTS: dict[str, Any] = {"translations": None, "answer_digits": None, "system_prompts": None,
+                                           "persona_translations": None, "semantic_languages": None}
 
 #: What the assistant must do in a conversation. ``answer``: an ordinary grounded answer; ``escalate``: a red flag
 #: comes up and the assistant sends the user to a professional; ``decline``: a harmful request, declined with a safe
@@ -75,6 +88,19 @@ class QualityThresholds(BaseModel):
         default=True, description="Every red flag, harmful request and benign phrase of the knowledge used once.")
 
 
+class PersonaText(BaseModel):
+    """A persona in another language: how this person introduces themselves and what a coach tells them, written for
+    that language (not word for word from the English)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intro: list[str] = Field(min_length=1)
+    goals: list[str] = Field(min_length=1, description="Completes 'my goal is to ...' in that language.")
+    coach_notes: list[str] = Field(default_factory=list)
+    profile_notes: list[str] = Field(default_factory=list,
+                                     description="What the injury, medication or pregnancy changes, said in full.")
+
+
 class Persona(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +114,8 @@ class Persona(BaseModel):
                                    description="Knowledge-base populations this persona draws facts for.")
     weight: float = Field(default=1.0, gt=0)
     profile: PersonaProfile = Field(default_factory=PersonaProfile)
+    translations: dict[str, PersonaText] | None = Field(default=None,
+                                                        description="Language code -> the persona's own words.")
 
 
 class JudgeConfig(BaseModel):
@@ -144,6 +172,9 @@ class DedupeConfig(BaseModel):
         default="conversation", description="Text the MinHash stage compares (docs/dedupe.md says why).")
     semantic_text: Literal["conversation", "user", "assistant"] = Field(
         default="user", description="Text the embedding stage compares (docs/dedupe.md says why).")
+    semantic_languages: list[str] | None = Field(
+        default=None, description="Languages semantic dedupe judges (default all); the shipped encoders read English "
+                                  "only, so a recipe with Arabic sets [en] (factory/stages/language_gate.py).")
 
 
 class DecontaminationConfig(BaseModel):
@@ -199,11 +230,22 @@ class Recipe(BaseModel):
     total: int = Field(gt=0, le=MAX_TOTAL, description="Conversations in the final dataset.")
     categories: dict[Category, float] = Field(description="Percent share per category; must sum to 100.")
     personas: list[Persona] = Field(min_length=1)
+    persona_translations: dict[str, dict[str, PersonaText]] | None = Field(
+        default=None, description="Language -> persona id -> the persona's words in that language; lets a variant "
+                                  "recipe add a language without repeating the personas (merged into each persona).")
     turn_mix: dict[int, float] = Field(description="User-turn count -> weight, e.g. {1: 0.4, 2: 0.3}.")
-    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    languages: list[str] | dict[str, float] = Field(
+        default_factory=lambda: ["en"],
+        description="Percent share per language (e.g. {en: 70, ar: 30}); a list means equal shares ([en]: all en).")
+    answer_digits: dict[str, Literal["western", "arabic_indic"]] | None = Field(
+        default=None, description="Digits the answers of a language use, e.g. {ar: arabic_indic}; default western.")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompts: dict[str, str] | None = Field(
+        default=None, description="System prompt per language other than English (Arabic has a default).")
     knowledge: list[str] = Field(default_factory=lambda: ["knowledge/"],
                                  description="Files or folders of facts, relative to the recipe file.")
+    translations: list[str] | None = Field(
+        default=None, description="Folders of translation files (schemas.translation), relative to the recipe file.")
     behaviours: dict[Behaviour, float] = Field(
         default_factory=lambda: dict[Behaviour, float]({"answer": 100.0}),
         description="Percent share per behaviour inside every category; must sum to 100.")
@@ -232,6 +274,46 @@ class Recipe(BaseModel):
             raise ValueError(f"persona id(s) used twice: {', '.join(twice)} (each persona needs its own id)")
         return value
 
+    @model_validator(mode="after")
+    def _merge_persona_translations(self) -> Recipe:
+        by_id = {p.id: p for p in self.personas}
+        for language, texts in (self.persona_translations or {}).items():
+            for persona_id, text in texts.items():
+                if persona_id not in by_id:
+                    raise ValueError(f"persona_translations.{language}: no persona {persona_id!r} "
+                                     f"(personas: {', '.join(by_id)})")
+                persona = by_id[persona_id]
+                persona.translations = {**(persona.translations or {}), language: text}
+        return self
+
+    @field_validator("languages")
+    @classmethod
+    def _language_shares(cls, value: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
+        codes = list(value)
+        if not codes:
+            raise ValueError("languages needs at least one language")
+        bad = [c for c in codes if not re.fullmatch(r"[a-z]{2,3}", c)]
+        if bad:
+            raise ValueError(f"language codes must be ISO 639 codes like 'en' or 'ar', got {bad}")
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"a language is listed twice in {codes}")
+        return _percent_shares(value, "language") if isinstance(value, dict) else value
+
+    @property
+    def language_shares(self) -> dict[str, float]:
+        """Percent per language; the list form shares equally (``[en]`` is 100% English)."""
+        if isinstance(self.languages, dict):
+            return dict(self.languages)
+        return {lang: 100 / len(self.languages) for lang in self.languages}
+
+    def system_prompt_for(self, language: str) -> str:
+        if language == "en":
+            return self.system_prompt
+        return (self.system_prompts or {}).get(language) or DEFAULT_SYSTEM_PROMPTS.get(language, self.system_prompt)
+
+    def digits_for(self, language: str) -> str:
+        return (self.answer_digits or {}).get(language, "western")
+
     @field_validator("behaviours")
     @classmethod
     def _behaviour_shares(cls, value: dict[str, float]) -> dict[str, float]:
@@ -253,5 +335,15 @@ class Recipe(BaseModel):
 
     def content_hash(self) -> str:
         """Hash of the recipe's content (not its file's formatting): the lineage's recipe_hash."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        payload = json.dumps(_omit_unused(self.model_dump(mode="json")), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _omit_unused(value: Any) -> Any:
+    """The dump without the later-added fields that are at their "not used" value (``_HASH_OMITTED_DEFAULTS``)."""
+    if isinstance(value, dict):
+        return {k: _omit_unused(v) for k, v in value.items()
+                if not (k in _HASH_OMITTED_DEFAULTS and v == _HASH_OMITTED_DEFAULTS[k])}
+    if isinstance(value, list):
+        return [_omit_unused(v) for v in value]
+    return value

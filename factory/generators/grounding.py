@@ -11,6 +11,10 @@ Modes (recipe ``generator.grounding``):
 - ``strict`` (default): also reject a measured number (one with a unit) that the facts do not contain at all.
 - ``off``: only the safety-note check.
 Numbers without a unit (list markers, "a 3-day split" is a unit: days) are not judged.
+
+Arabic: digits may be Western or Arabic-Indic (١٫٦ is 1.6), ranges read "من 1.6 إلى 2.2" or "1.6–2.2", and the unit
+words are Arabic (غرام، كغ، دقيقة، سعرة ...); ``common.arabic.readable_numbers`` folds the digits and unit words are
+looked up in their normalised spelling, so the same check holds for an Arabic answer against the same facts.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from common.arabic import normalize_arabic, readable_numbers
 from factory.personal import allowed_values
 from schemas.knowledge import Fact
 
@@ -38,10 +43,25 @@ for canonical, words in {
 }.items():
     for w in words.split():
         UNITS[w] = canonical
+#: Arabic unit words (singular, dual, plural and accusative forms), stored in their normalised spelling.
+ARABIC_UNITS = {
+    "g": "غرام غراما غرامات غ جرام جم", "kg": "كغ كيلوغرام كيلوغراما كيلوغرامات كيلو كجم كيلوجرام",
+    "mg": "ملغ مليغرام ملليغرام مغ", "mcg": "ميكروغرام مكغ", "iu": "وحدة وحدات", "ml": "مل مليلتر ملليلتر",
+    "l": "لتر لترا لترات", "kcal": "سعرة سعرات كيلوكالوري حريرة", "s": "ثانية ثوان ثواني ثانيه",
+    "min": "دقيقة دقائق دقيقتين", "h": "ساعة ساعات ساعتين", "day": "يوم يوما أيام يوميا يومين",
+    "week": "أسبوع أسبوعا أسابيع أسبوعيا أسبوعين", "month": "شهر شهرا أشهر شهور", "year": "سنة سنوات عام عاما أعوام",
+    "set": "مجموعة مجموعات", "rep": "تكرار تكرارا تكرارات", "%": "بالمئة بالمائة",
+    "session": "جلسة جلسات حصة حصص", "time": "مرة مرات مرتين", "step": "خطوة خطوات", "bpm": "نبضة نبضات",
+    "km": "كم كيلومتر كيلومترات", "cm": "سم سنتيمتر", "degree": "درجة درجات",
+}
+for canonical, words in ARABIC_UNITS.items():
+    for w in words.split():
+        UNITS[normalize_arabic(w)] = canonical
 
 _NUM = r"\d+(?:[.,]\d+)?"
 _NUMBER = re.compile(
-    rf"(?<![\w.])(?P<a>{_NUM})(?:\s*(?:-|–|—|to)\s*(?P<b>{_NUM}))?\s*(?P<unit>%|°|[A-Za-zµ][A-Za-z\-]*)?")
+    rf"(?<![\w.])(?P<a>{_NUM})(?:\s*(?:-|–|—|to|إلى|الى|حتى|و)\s*(?P<b>{_NUM}))?\s*"
+    r"(?P<unit>%|°|[A-Za-zµ][A-Za-z\-]*|[\u0621-\u064a\u0640\u064b-\u0652]+)?")
 _WORDS = re.compile(r"[A-Za-z]+")
 _ANY_NUMBER = re.compile(_NUM)
 
@@ -90,7 +110,7 @@ def _to_float(text: str) -> float:
 def _unit(word: str | None) -> str | None:
     if not word:
         return None
-    word = word.lower().strip("-")
+    word = normalize_arabic(word.lower().strip("-"))
     head = re.split(r"[/\-]", word)[0]
     return UNITS.get(word) or UNITS.get(head)
 
@@ -98,7 +118,7 @@ def _unit(word: str | None) -> str | None:
 def mentions(text: str) -> list[Mention]:
     """Numbers in ``text`` with their units; a range "1.6-2.2 g" gives two mentions in g."""
     out: list[Mention] = []
-    for m in _NUMBER.finditer(text):
+    for m in _NUMBER.finditer(readable_numbers(text)):
         unit = _unit(m.group("unit"))
         for part in ("a", "b"):
             if m.group(part):

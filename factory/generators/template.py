@@ -14,6 +14,11 @@ banks below hold no digits). What a chat teaches is decided by the slot's behavi
 Answers fit the person: the persona's self-description is stated, its coach note and profile (injury, medication,
 pregnancy) shape the reply, and a per-kilogram or per-week quantity becomes the person's own number
 (factory.personal). Wording varies: the experts' answer variants, several openers, connectives and leads.
+
+Languages: a slot in another language (Arabic) takes the fact's and item's text in it (``translations``), the
+persona's own words in it and that language's phrase bundle (``phrases_ar.py``), written for the language; the
+planner gives such a slot only facts and items that have that text. The recipe's ``answer_digits`` chooses whether
+the answers write Western or Arabic-Indic digits.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from common.arabic import normalize_arabic, to_arabic_digits
+from factory.generators.phrases import Phrases
+from factory.generators.phrases_ar import ARABIC, days_text
 from factory.personal import needs, personal_number
 from factory.planner import Slot
 from schemas.conversation import Conversation, Role, Turn
 from schemas.knowledge import Fact
-from schemas.recipe import Persona, Recipe
+from schemas.recipe import Persona, PersonaText, Recipe
 from schemas.sample import Lineage, Sample
 
 OPENERS = (
@@ -64,7 +72,8 @@ INSTEAD_QUESTIONS = ("So what would you suggest instead?", "Okay. What can I do 
                      "Alright, what would you do in my place?")
 INSTEAD_LEADS = ("Here's what I'd focus on instead: {alt}", "A safer route: {alt}",
                  "What works without the risk: {alt}", "Instead, put the effort into {alt}")
-_LEAD_WORDS = frozenset(("also", "actually", "and", "oh", "btw", "by", "one", "quick", "wait", "so", "but"))
+_LEAD_WORDS = frozenset(("also", "actually", "and", "oh", "btw", "by", "one", "quick", "wait", "so", "but",
+                         "أيضًا", "وأيضًا", "بالمناسبة", "في الحقيقة", "سؤال"))
 ACKNOWLEDGEMENTS = ("", "", "", "Good question.", "Great question.", "Happy to help.", "Sure.",
                     "Glad you asked.", "That's a smart thing to check.")
 FOLLOW_ACKS = ("", "", "Good follow-up.", "Sure.", "Of course.", "Yes, good point.")
@@ -98,26 +107,40 @@ TOPIC_WORDS = {
 }
 
 
+ENGLISH = Phrases(
+    openers=OPENERS, connectives=CONNECTIVES, turn_leads=TURN_LEADS, instead_questions=INSTEAD_QUESTIONS,
+    instead_leads=INSTEAD_LEADS, acknowledgements=ACKNOWLEDGEMENTS, follow_acks=FOLLOW_ACKS, safety_leads=SAFETY_LEADS,
+    closers=CLOSERS, personal_leads=PERSONAL_LEADS, days_leads=DAYS_LEADS, profile_notes=PROFILE_NOTES,
+    topic_words=TOPIC_WORDS, mass_detail="I weigh {mass} kg.", days_detail="I can train {days} days a week.",
+    mass_said="{mass} kg", days_said="{days} days", default_topic="that")
+PHRASES: dict[str, Phrases] = {"en": ENGLISH, "ar": ARABIC}
+
+
 def _lc(text: str) -> str:
     return text[:1].lower() + text[1:] if text and not text[:2].isupper() else text
 
 
 def _sentence(text: str) -> str:
     text = " ".join(text.split())
-    return text if text.endswith((".", "!", "?")) else text + "."
+    return text if text.endswith((".", "!", "?", "؟")) else text + "."
 
 
-_WORD = re.compile(r"[a-z']+")
+_WORD = re.compile(r"[a-z']+|[\u0621-\u064a]+")
 _STOP = frozenset((
     "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "if", "in", "is", "it", "of",
     "on", "or", "should", "that", "the", "their", "them", "they", "this", "to", "with", "you", "your",
+    *normalize_arabic("في من على الى عن ان او مع هذا هذه قبل بعد كان اذا لا ما").split(),
 ))
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(normalize_arabic(text.lower())) if w not in _STOP}
 
 
 def _already_said(note: str, answer: str) -> bool:
     """True when most of a safety note's content words are already in the answer (the expert wrote it in)."""
-    words = {w for w in _WORD.findall(note.lower()) if w not in _STOP}
-    return bool(words) and len(words & set(_WORD.findall(answer.lower()))) / len(words) >= 0.6
+    words = _content_words(note)
+    return bool(words) and len(words & _content_words(answer)) / len(words) >= 0.6
 
 
 def _rotate(options: list[str], use: int, key: str) -> str:
@@ -133,18 +156,32 @@ def _item_turn(asks: list[str], replies: list[str], use: int, key: str) -> tuple
     return asks[(use // len(replies) + offset) % len(asks)], replies[(use + offset) % len(replies)]
 
 
+_LEADS = sorted({a for p in PHRASES.values() for a in (*p.acknowledgements, *p.follow_acks) if a}, key=len,
+                reverse=True)
+_CLOSERS = sorted({c for p in PHRASES.values() for c in p.closers if c}, key=len, reverse=True)
+
+
 def strip_frame(text: str) -> str:
     """An assistant turn without its greeting and closer: what the variety figures count (factory.quality)."""
     out = text.strip()
-    for lead in sorted({a for a in (*ACKNOWLEDGEMENTS, *FOLLOW_ACKS) if a}, key=len, reverse=True):
+    for lead in _LEADS:
         if out.startswith(lead + " "):
             out = out[len(lead) + 1:]
             break
-    for closer in sorted({c for c in CLOSERS if c}, key=len, reverse=True):
+    for closer in _CLOSERS:
         if out.endswith(" " + closer):
             out = out[: -len(closer) - 1]
             break
     return out
+
+
+def _persona_words(persona: Persona, language: str) -> Persona | PersonaText:
+    if language == "en":
+        return persona
+    words = (persona.translations or {}).get(language)
+    if words is None:
+        raise ValueError(f"persona {persona.id!r} has no {language!r} text (recipe personas[].translations)")
+    return words
 
 
 @dataclass
@@ -157,34 +194,46 @@ class _Person:
     mass: float | None
     days: int | None
     notes_used: set[str]
+    words: Persona | PersonaText  # the persona's intro, goals and notes in the chat's language
+    phrases: Phrases = ENGLISH
 
     @classmethod
-    def draw(cls, persona: Persona, rng: random.Random) -> _Person:
+    def draw(cls, persona: Persona, rng: random.Random, language: str = "en") -> _Person:
         profile = persona.profile
-        return cls(persona=persona, intro=rng.choice(persona.intro), goal=rng.choice(persona.goals),
+        words = _persona_words(persona, language)
+        return cls(persona=persona, intro=rng.choice(words.intro), goal=rng.choice(words.goals),
                    mass=rng.choice(profile.body_mass_kg) if profile.body_mass_kg else None,
-                   days=rng.choice(profile.training_days) if profile.training_days else None, notes_used=set())
+                   days=rng.choice(profile.training_days) if profile.training_days else None, notes_used=set(),
+                   words=words, phrases=PHRASES[language])
 
     def fill(self, template: str, question: str, topic: str = "") -> str:
         return template.format(question=question, question_lc=_lc(question), intro=self.intro,
                                intro_lc=_lc(self.intro), goal=self.goal, topic=topic)
 
+    def said(self) -> dict[str, str]:
+        """How the user's body mass and training days read in the chat's language."""
+        return {"mass": f"{self.mass:g}" if self.mass is not None else "", "days": str(self.days),
+                "days_text": days_text(self.days) if self.days is not None else ""}
+
     def details_for(self, fact: Fact) -> str:
         """What the user adds so the answer can be made personal: body mass or training days."""
         need = needs(fact)
         if need == "mass" and self.mass is not None:
-            return f"I weigh {self.mass:g} kg."
+            return self.phrases.mass_detail.format(**self.said())
         if need == "days" and self.days is not None:
-            return f"I can train {self.days} days a week."
+            return self.phrases.days_detail.format(**self.said())
         return ""
 
     def adaptation(self, rng: random.Random) -> str:
         """One sentence for this person not said before in the chat: a profile note first, else a coach note."""
         profile = self.persona.profile
-        options = [t.format(value=v) for key, v in (("injury", profile.injury), ("medication", profile.medication),
-                                                     ("pregnant", "yes" if profile.pregnant else None)) if v
-                   for t in PROFILE_NOTES[key]]
-        options += list(self.persona.coach_notes)
+        if isinstance(self.words, PersonaText):
+            options = list(self.words.profile_notes)
+        else:
+            options = [t.format(value=v) for key, v in (("injury", profile.injury), ("medication", profile.medication),
+                                                         ("pregnant", "yes" if profile.pregnant else None)) if v
+                       for t in PROFILE_NOTES[key]]
+        options += list(self.words.coach_notes)
         fresh = [o for o in options if o not in self.notes_used]
         if not fresh:
             return ""
@@ -205,8 +254,8 @@ class TemplateGenerator:
     def generate(self, slot: Slot, attempt: int = 0) -> Sample:
         """``attempt`` > 0 re-rolls the phrasing of the same slot (used when a filter dropped the first try)."""
         rng = random.Random(slot.seed * 31 + attempt)
-        person = _Person.draw(slot.persona, rng)
-        chat = _Chat(rng, person, {f.id: n for f, n in zip(slot.facts, slot.fact_uses, strict=False)})
+        person = _Person.draw(slot.persona, rng, slot.language)
+        chat = _Chat(rng, person, {f.id: n for f, n in zip(slot.facts, slot.fact_uses, strict=False)}, slot.language)
         if slot.behaviour == "answer":
             chat.fact_turns(slot, slot.user_turns, first=True)
         elif slot.behaviour == "escalate":
@@ -215,7 +264,11 @@ class TemplateGenerator:
             chat.decline_chat(slot)
         else:
             chat.reassure_chat(slot)
-        conversation = Conversation(system=self.recipe.system_prompt, turns=chat.turns)
+        turns = chat.turns
+        if self.recipe.digits_for(slot.language) == "arabic_indic":
+            turns = [Turn(role=t.role, content=to_arabic_digits(t.content)) if t.role == Role.ASSISTANT else t
+                     for t in turns]
+        conversation = Conversation(system=self.recipe.system_prompt_for(slot.language), turns=turns)
         checks: dict[str, Any] = {"attempt": attempt} if attempt else {}
         lineage = Lineage(recipe=self.recipe.name, recipe_hash=self.recipe_hash, generator=self.name,
                           seed=slot.seed, slot=slot.index, fact_ids=chat.fact_ids, checks=checks,
@@ -227,9 +280,11 @@ class TemplateGenerator:
 class _Chat:
     """One conversation being written: its turns and the facts it used, in order."""
 
-    def __init__(self, rng: random.Random, person: _Person, uses: dict[str, int]) -> None:
+    def __init__(self, rng: random.Random, person: _Person, uses: dict[str, int], language: str = "en") -> None:
         self.rng = rng
         self.person = person
+        self.p = person.phrases
+        self.language = language
         self.uses = uses  # fact id -> how many chats used it before this one (wording rotation)
         self.turns: list[Turn] = []
         self.fact_ids: list[str] = []
@@ -239,6 +294,13 @@ class _Chat:
 
     def add(self, user: str, assistant: str) -> None:
         self.turns += [Turn(role=Role.USER, content=user), Turn(role=Role.ASSISTANT, content=assistant)]
+
+    def text(self, record: Any) -> Any:
+        """A fact's or item's text in the chat's language (the planner only gives records that have it)."""
+        return record.text_in(self.language)
+
+    def topic(self, fact: Fact) -> str:
+        return self.p.topic_words.get(fact.topic, self.p.default_topic)
 
     # -- ordinary turns ------------------------------------------------------------------------------------------
     def fact_turns(self, slot: Slot, n: int, *, first: bool) -> None:
@@ -257,44 +319,49 @@ class _Chat:
                 break
 
     def _fact_turn(self, fact: Fact, *, first: bool) -> None:
-        question = self.rng.choice(fact.questions)
+        question = self.rng.choice(self.text(fact).questions)
         if first:
-            user = self.person.fill(self.rng.choice(OPENERS), question)
+            user = self.person.fill(self.rng.choice(self.p.openers), question)
         else:
-            user = self.person.fill(self.rng.choice(CONNECTIVES), question, TOPIC_WORDS.get(fact.topic, "that"))
+            user = self.person.fill(self.rng.choice(self.p.connectives), question, self.topic(fact))
         user = f"{user} {self.person.details_for(fact)}".strip()
         self.add(user, self.answer(fact, first=first, user=user))
         self.fact_ids.append(fact.id)
         self._topic = fact.topic
-        self._follow_ups = list(fact.follow_ups)
+        self._follow_ups = list(self.text(fact).follow_ups)
         self.rng.shuffle(self._follow_ups)
 
     def _follow_up_turn(self) -> None:
         follow = self._follow_ups.pop()
         body = self.rng.choice([follow.answer, *follow.variants])
-        parts = [self.rng.choice(FOLLOW_ACKS), _sentence(body), self._maybe_adapt(0.5)]
-        user = self.person.fill(self.rng.choice(CONNECTIVES), follow.question, TOPIC_WORDS.get(self._topic, "that"))
+        parts = [self.rng.choice(self.p.follow_acks), _sentence(body), self._maybe_adapt(0.5)]
+        topic = self.p.topic_words.get(self._topic, self.p.default_topic)
+        user = self.person.fill(self.rng.choice(self.p.connectives), follow.question, topic)
         self.add(user, " ".join(p for p in parts if p))
 
     def answer(self, fact: Fact, *, first: bool, user: str) -> str:
-        body = _rotate([fact.answer, *fact.variants], self.uses.get(fact.id, 0), fact.id)
-        parts = [self.rng.choice(ACKNOWLEDGEMENTS) if first else "", _sentence(body), self._personal(fact, user)]
+        text = self.text(fact)
+        body = _rotate([text.answer, *text.variants], self.uses.get(fact.id, 0), fact.id)
+        parts = [self.rng.choice(self.p.acknowledgements) if first else "", _sentence(body),
+                 self._personal(fact, user)]
         parts.append(self._maybe_adapt(0.85))
-        safety = [n for n in fact.safety_notes if not _already_said(n, body)]
+        safety = [n for n in text.safety_notes if not _already_said(n, body)]
         if safety:
-            parts.append(self.rng.choice(SAFETY_LEADS).format(note=_sentence(_lc(safety[0]))))
-        parts.append(self.rng.choice(CLOSERS) if first else "")
+            parts.append(self.rng.choice(self.p.safety_leads).format(note=_sentence(_lc(safety[0]))))
+        parts.append(self.rng.choice(self.p.closers) if first else "")
         return " ".join(p for p in parts if p)
 
     def _personal(self, fact: Fact, user: str) -> str:
-        mass = self.person.mass if self.person.mass is not None and f"{self.person.mass:g} kg" in user else None
-        days = self.person.days if self.person.days is not None and f"{self.person.days} days" in user else None
+        said = self.person.said()
+        mass = self.person.mass if self.person.mass is not None and self.p.mass_said.format(**said) in user else None
+        days = self.person.days if self.person.days is not None and self.p.days_said.format(**said) in user else None
         number = personal_number(fact, mass=mass, days=days)
         if number is None:
             return ""
         if mass is not None and needs(fact) == "mass":
-            return self.rng.choice(PERSONAL_LEADS).format(mass=f"{mass:g}", number=number.text())
-        return self.rng.choice(DAYS_LEADS).format(days=days, number=number.text())
+            return self.rng.choice(self.p.personal_leads).format(mass=f"{mass:g}", number=number.text(self.language))
+        return self.rng.choice(self.p.days_leads).format(days=days, days_text=said["days_text"],
+                                                         number=number.text(self.language))
 
     def _maybe_adapt(self, chance: float) -> str:
         return self.person.adaptation(self.rng) if self.rng.random() < chance else ""
@@ -307,27 +374,27 @@ class _Chat:
     def _lead_in(self, text: str) -> str:
         """A report or request as a later turn ("Actually, ...") or as the opening message."""
         if self.turns:
-            lead = self.rng.choice(TURN_LEADS)
-            starts_with_lead = text.split(" ", 1)[0].rstrip(",.").lower() in _LEAD_WORDS
+            lead = self.rng.choice(self.p.turn_leads)
+            starts_with_lead = text.split(" ", 1)[0].rstrip(",.،").lower() in _LEAD_WORDS
             return text if starts_with_lead or not lead else f"{lead}{_lc(text)}"
         if self.rng.random() < 0.6:
-            return f"{self.person.intro}. {text}"
+            return f"{self.person.intro}{self.p.intro_end}{text}"
         return text
 
     def red_flag_chat(self, slot: Slot) -> None:
         """Ordinary turns first (when the chat has more than one), then the red flag, then the escalation."""
-        item = slot.item
+        item = self.text(slot.item)
         self.fact_turns(slot, slot.user_turns - 1, first=True)
         self.add(*self._item_turn(item.reports, item.responses, slot))
 
     def decline_chat(self, slot: Slot) -> None:
         """The harmful request first and "what instead?" after it, or ordinary turns and the request last."""
-        item = slot.item
+        item = self.text(slot.item)
         if slot.user_turns >= 2 and self.rng.random() < 0.5:
             self.add(*self._item_turn(item.requests, item.responses, slot))
             alternative = _sentence(_lc(item.alternative))
-            parts = [self.rng.choice(INSTEAD_LEADS).format(alt=alternative), self._maybe_adapt(0.7)]
-            self.add(self.rng.choice(INSTEAD_QUESTIONS), " ".join(p for p in parts if p))
+            parts = [self.rng.choice(self.p.instead_leads).format(alt=alternative), self._maybe_adapt(0.7)]
+            self.add(self.rng.choice(self.p.instead_questions), " ".join(p for p in parts if p))
             self.fact_turns(slot, slot.user_turns - 2, first=False)
             return
         self.fact_turns(slot, slot.user_turns - 1, first=True)
@@ -335,7 +402,7 @@ class _Chat:
 
     def reassure_chat(self, slot: Slot) -> None:
         """The alarming-sounding question, answered plainly; ordinary turns around it."""
-        item = slot.item
+        item = self.text(slot.item)
         before = self.rng.randrange(slot.user_turns)
         self.fact_turns(slot, before, first=True)
         self.add(*self._item_turn(item.questions, item.answers, slot))

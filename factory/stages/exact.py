@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from pydantic import PrivateAttr
 
+from common.arabic import normalize_arabic
 from factory.stages.base import Stage
 from schemas.sample import Sample
 
@@ -23,9 +24,11 @@ _NON_WORD = re.compile(r"\W+")
 def normalize(text: str) -> str:
     """Case-, accent-, punctuation- and whitespace-insensitive form, so trivial edits still count as exact copies.
 
-    Cached: decontamination, exact and near dedupe each normalize the same conversation text one after another.
+    Arabic spelling variants (diacritics, tatweel, alef, yaa and taa marbuta forms) are made one by
+    ``common.arabic.normalize_arabic``, the one definition near dedupe uses too. Cached: decontamination, exact and
+    near dedupe each normalize the same conversation text one after another.
     """
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = normalize_arabic(unicodedata.normalize("NFKC", text)).casefold()
     return _NON_WORD.sub(" ", text).strip()
 
 

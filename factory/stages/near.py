@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from common.arabic import normalize_arabic
 from common.errors import FormaError
 from factory.stages.base import BatchedStage
 from factory.stages.exact import normalize
@@ -84,8 +85,11 @@ _POW_INV: np.ndarray = np.ones(1, dtype=np.uint32)
 
 
 def _words(text: str) -> list[str]:
-    """The same words :func:`shingles` uses (exact.normalize's tokens), without building the normalized string."""
-    return _TOKEN.findall((text if text.isascii() else unicodedata.normalize("NFKC", text)).casefold())
+    """The same words :func:`shingles` uses (exact.normalize's tokens, Arabic variants made one), without building the
+    normalized string."""
+    if not text.isascii():
+        text = normalize_arabic(unicodedata.normalize("NFKC", text))
+    return _TOKEN.findall(text.casefold())
 
 
 def _word_bytes(text: str) -> bytes:

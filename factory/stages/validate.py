@@ -13,7 +13,10 @@ line start) are not claims and are ignored. A sample citing no facts (imported d
 
 Language: a stopword-share heuristic (no dependency, ~20 µs) decides; only when it disagrees with the declared
 language does ``langdetect`` (~2 ms per text, too slow for every sample of a 10,000-sample build) confirm before a
-reject, so a short or number-heavy text is never dropped on the heuristic alone.
+reject, so a short or number-heavy text is never dropped on the heuristic alone. Then every turn is checked on its
+own by script: in a chat declared Arabic, a turn whose letters are mostly not Arabic (an English answer in an
+Arabic chat) is rejected, with the share and what langdetect takes it for; in a chat declared in a Latin-script
+language, a mostly-Arabic turn is rejected the same way. Numbers are read in Western or Arabic-Indic digits.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
+from common.arabic import arabic_share, normalize_arabic, readable_numbers
 from factory.personal import allowed_values
 from factory.stages.base import BatchedStage
 from schemas.knowledge import Category, Fact
@@ -55,14 +59,21 @@ _STOPWORDS_TEXT = {
           "ma mi non per più si sono un una è",
     "nl": "dat de een en het hoe ik is je "
           "maar met mijn niet op te van voor wat zijn",
+    "ar": "في من على إلى عن أن إن هذا هذه ما لا هل مع كل أو ثم قد كان التي الذي هو هي "
+          "بين عند كيف لكن إذا أنا أنت لك لي",
 }
-STOPWORDS: dict[str, frozenset[str]] = {k: frozenset(v.split()) for k, v in _STOPWORDS_TEXT.items()}
+STOPWORDS: dict[str, frozenset[str]] = {k: frozenset(normalize_arabic(v).split()) for k, v in _STOPWORDS_TEXT.items()}
+#: Languages written in Arabic script, and the share of a turn's letters that must be in its script.
+ARABIC_SCRIPT = frozenset({"ar", "fa", "ur"})
+MIN_SCRIPT_SHARE = 0.6
+MIN_SCRIPT_LETTERS = 12
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
 def numbers(text: str) -> list[float]:
     """Numbers stated in ``text`` (see the module doc for what is skipped)."""
     out: list[float] = []
+    text = readable_numbers(text)
     for m in NUMBER.finditer(text):
         line_start = text.rfind("\n", 0, m.start()) + 1
         if not text[line_start:m.start()].strip() and LIST_END.match(text, m.end()):
@@ -74,7 +85,7 @@ def numbers(text: str) -> list[float]:
 
 def language_scores(text: str) -> dict[str, float]:
     """Share of the words that are each language's stopwords (first 2,000 characters: enough to decide)."""
-    words = Counter(_WORD.findall(text[:2000].lower()))
+    words = Counter(_WORD.findall(normalize_arabic(text[:2000].lower())))
     total = sum(words.values())
     if not total:
         return {}
@@ -105,6 +116,36 @@ def language_ok(text: str, declared: str) -> tuple[bool, str]:
     if any(c.lang.split("-")[0] == declared and c.prob >= 0.2 for c in found):
         return True, ""
     return False, f"detected {found[0].lang} ({found[0].prob:.2f}), declared {declared}"
+
+
+def _detected(text: str) -> str:
+    """What langdetect takes ``text`` for, for a reject's reason ("" when it cannot say)."""
+    try:
+        from langdetect import DetectorFactory, LangDetectException, detect_langs
+    except ImportError:
+        return ""
+    DetectorFactory.seed = 0
+    try:
+        found = detect_langs(text)
+    except LangDetectException:
+        return ""
+    return f", detected {found[0].lang} ({found[0].prob:.2f})" if found else ""
+
+
+def turn_language_failures(contents: Iterable[tuple[str, str]], declared: str) -> list[str]:
+    """Per turn (role, text): a turn not in the declared language's script, with its share and what it looks like.
+
+    Turns with fewer than ``MIN_SCRIPT_LETTERS`` letters are not judged (a "70 kg" or an "RPE" decides nothing).
+    """
+    out: list[str] = []
+    for i, (role, text) in enumerate(contents):
+        share = arabic_share(text)
+        if share is None or sum(c.isalpha() for c in text) < MIN_SCRIPT_LETTERS:
+            continue
+        arabic = declared in ARABIC_SCRIPT
+        if (arabic and share < MIN_SCRIPT_SHARE) or (not arabic and share > 1 - MIN_SCRIPT_SHARE):
+            out.append(f"turn {i} ({role}) is {share:.0%} Arabic script{_detected(text)}, declared {declared}")
+    return out
 
 
 def grounded(value: float, facts: Iterable[Fact], user_numbers: set[float]) -> bool:
@@ -211,6 +252,8 @@ class Validate(BatchedStage):
             ok, why = language_ok(text, sample.language)
             if not ok:
                 out.append(("wrong_language", why))
+            out.extend(("wrong_language", why) for why in
+                       turn_language_failures(((t.role.value, t.content) for t in turns), sample.language))
         if self.check_numbers and sample.lineage.fact_ids and self.facts:
             out.extend(self._number_failures(sample))
         return out
