@@ -10,8 +10,10 @@ from typing import Annotated
 
 import typer
 
+from common.limits import check_url
+
 ArgillaUrl = Annotated[str | None, typer.Option(
-    "--url", help="Argilla URL (default: $ARGILLA_API_URL, else http://localhost:6900).")]
+    "--url", help="Argilla URL (default: $ARGILLA_API_URL, else http://localhost:6900).", callback=check_url)]
 ArgillaKey = Annotated[str | None, typer.Option(
     "--api-key", help="Argilla API key (default: $ARGILLA_API_KEY). Never printed.", show_default=False)]
 ArgillaName = Annotated[str | None, typer.Option(

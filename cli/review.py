@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.options import ArgillaKey, ArgillaName, ArgillaUrl, ArgillaWorkspace, MergedOut, ReviewJournal
+from common.limits import batch_size_check, check_port
 
 review_app = typer.Typer(name="review", help="Expert review in Argilla: serve, users, push, pull and merge, status.",
                          no_args_is_help=True)
@@ -38,7 +39,7 @@ def default_merged(dataset_dir: Path) -> Path:
 @review_app.command("serve")
 def serve_cmd(
     home: Path = typer.Option(None, help="Where Argilla keeps its data (default: <forma cache>/argilla-home)."),
-    port: int = typer.Option(6900, help="HTTP port of the API and UI (0: any free port)."),
+    port: int = typer.Option(6900, help="HTTP port of the API and UI (0: any free port).", callback=check_port),
     worker: bool = typer.Option(True, help="Run the background worker (needed to change min submissions later)."),
 ) -> None:
     """Start a local Argilla (server + noida-db for search and Redis) until Ctrl-C."""
@@ -96,7 +97,8 @@ def push_cmd(
     min_submitted: int = typer.Option(None, help="Submissions that complete a record (new dataset: 2; "
                                       "default keeps an existing dataset's)."),
     vectors: bool = typer.Option(True, help="Add MiniLM vectors for 'find similar'."),
-    batch_size: int = typer.Option(250, help="Records per request (at most 500)."),
+    batch_size: int = typer.Option(250, help="Records per request (at most 500).",
+                                   callback=batch_size_check(500)),
 ) -> None:
     """Create or update the Argilla dataset for a dataset version (records keyed by sample id)."""
 
