@@ -110,8 +110,8 @@ def _check_options(loaded: LoadedRecipe, total: int | None, engine: str, ray_add
     return total
 
 
-#: Peak memory per conversation of a template build, with room for the filters' indexes and the export's copies
-#: (see ``check_memory``'s test for the measurement).
+#: Peak memory per conversation of a template build: 2,000 -> 10,000 conversations of the default recipe raised the
+#: peak resident memory from 486 to 772 MiB (/usr/bin/time), about 37 KB each; rounded up.
 BYTES_PER_SAMPLE = 40_000
 #: Totals below this never check memory (a few hundred MiB at most).
 MEMORY_CHECK_FROM = 50_000

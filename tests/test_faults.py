@@ -330,7 +330,8 @@ def _interrupt(cmd: list[str], delay: float, sig: signal.Signals) -> None:
 
 
 def interrupted_runs(name: str, final: Path, old: dict[str, str], new: dict[str, str],
-                     run: Callable[[Path], list[str]], seconds: float, points: int, tmp_path: Path) -> None:
+                     run: Callable[[Path], list[str]], seconds: float, points: int, tmp_path: Path,
+                     state: Callable[[Path], dict[str, str]] = snapshot) -> None:
     """``points`` runs killed at seeded random moments over ``seconds`` (half SIGINT, half SIGKILL), two at a time,
     each on its own copy of the old output; after each, the folder is the old output or the new one, whole."""
     rng = random.Random(f"18-{name}")
@@ -342,7 +343,7 @@ def interrupted_runs(name: str, final: Path, old: dict[str, str], new: dict[str,
         target = tmp_path / f"{name}-{i}" / final.name
         shutil.copytree(final, target)
         _interrupt(run(target), delay, sig)
-        got = snapshot(target)
+        got = state(target)
         assert got in (old, new), f"{name} {sig.name} at {delay:.2f}s left a mixed folder"
         if sig == signal.SIGINT:
             assert not partial_path(target).exists() or not any(
@@ -354,7 +355,7 @@ def interrupted_runs(name: str, final: Path, old: dict[str, str], new: dict[str,
     target = tmp_path / f"{name}-0" / final.name
     done = subprocess.run(run(target), capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 1), done.stdout + done.stderr  # the next run clears what a kill left
-    assert snapshot(target) == new and not partial_path(target).exists()
+    assert state(target) == new and not partial_path(target).exists()
     assert "old" in outcomes or "new" in outcomes
 
 
@@ -438,36 +439,52 @@ def test_interrupted_release_leaves_old_or_new(datasets: tuple[Path, Path], tmp_
     assert _bundle_state(target) == new and not partial_path(target).exists()
 
 
+def _export_state(target: Path) -> dict[str, str]:
+    """The GGUFs and the Modelfile decide old or new; verification.json names its own folder, so it only has to be
+    present with the rest (it is the last file written)."""
+    got = snapshot(target)
+    assert "verification.json" in got
+    got.pop("verification.json")
+    return got
+
+
 @pytest.mark.slow
 def test_interrupted_export_leaves_old_or_new(tmp_path: Path) -> None:
+    """A real SmolLM2 export (q8_0, no verification: ~30 s) killed at 10 points, two at a time."""
     from common.model_paths import smollm2_hf
 
     model = smollm2_hf()
 
     def run_with(system: str) -> Callable[[Path], list[str]]:
-        return lambda target: [FORMA, "export", str(model), "--quant", "q8_0", "--no-verify", "--threads", "2",
+        return lambda target: [FORMA, "export", str(model), "--quant", "q8_0", "--no-verify", "--threads", "1",
                                "--system", system, "--out", str(target), "--overwrite"]
 
-    old_dir, new_dir = tmp_path / "old" / "gguf", tmp_path / "new" / "gguf"
-    _timed(run_with("old")(old_dir))
-    seconds = _timed(run_with("new")(new_dir))
-    old, new = snapshot(old_dir), snapshot(new_dir)
-    for snap in (old, new):
-        snap.pop("verification.json")  # it names the output folder; the GGUFs and Modelfile decide old or new
-    assert old != new
+    old_dir = tmp_path / "old" / "gguf"
+    seconds = _timed(run_with("old")(old_dir))
+    old = _export_state(old_dir)
+    modelfile = (old_dir / "Modelfile").read_text()
+    assert 'SYSTEM """old"""' in modelfile
+    new_text = modelfile.replace('SYSTEM """old"""', 'SYSTEM """new"""').encode()
+    new = {**old, "Modelfile": hashlib.sha256(new_text).hexdigest()}  # the GGUFs do not depend on SYSTEM
+    interrupted_runs("export", old_dir, old, new, run_with("new"), seconds, 10, tmp_path, state=_export_state)
 
-    def strip(target: Path) -> dict[str, str]:
-        got = snapshot(target)
-        got.pop("verification.json", None)
-        return got
 
-    rng = random.Random("18-export")
-    for i in range(10):
-        sig = signal.SIGINT if i % 2 == 0 else signal.SIGKILL
-        target = tmp_path / f"export-{i}" / "gguf"
-        shutil.copytree(old_dir, target)
-        _interrupt(run_with("new")(target), rng.uniform(0.5, seconds * 1.05), sig)
-        assert strip(target) in (old, new), f"export {sig.name} left a mixed folder"
-    target = tmp_path / "export-1" / "gguf"
-    assert subprocess.run(run_with("new")(target), capture_output=True).returncode == 0
-    assert strip(target) == new and not partial_path(target).exists()
+@pytest.mark.parametrize(("args", "needle"), [
+    (["review", "serve", "--port", "70000"], "--port: port 70000 is out of range"),
+    (["review", "serve", "--port", "-1"], "--port: port -1 is out of range"),
+    (["review", "push", "DATASET", "--batch-size", "0"], "--batch-size: batch size 0 is out of range"),
+    (["review", "push", "DATASET", "--batch-size", "100000"], "--batch-size: batch size 100000 is out of range"),
+    (["review", "status", "DATASET", "--url", "htp:/x"], "--url: not an http(s) URL"),
+    (["review", "status", "DATASET", "--url", "http://localhost:99999"], "--url: the port in"),
+])
+def test_numbers_and_addresses_are_checked_first(datasets: tuple[Path, Path], args: list[str], needle: str) -> None:
+    code, output = _forma(*(str(datasets[0]) if a == "DATASET" else a for a in args))
+    _one_line_error(code, output, needle)
+
+
+def test_eval_score_refuses_to_write_over_its_input(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"id": "1", "prompt": "q", "response": "a"}\n')
+    code, output = _forma("eval", "score", pairs, "--out", pairs, "--scorer", "rules")
+    _one_line_error(code, output, "the output file is the input file")
+    assert pairs.read_text().startswith('{"id": "1"')
