@@ -239,3 +239,21 @@ def test_scorer_measure_command_prints_macro_f1_and_confusion() -> None:
     assert res.exit_code == 0, res.output
     assert "heldout.jsonl: n=66  macro-F1" in res.output and "confusion (rows gold" in res.output
     assert "miss " in res.output  # every miss is listed with why
+
+
+def test_new_training_pairs_are_not_near_copies_of_heldout_lines() -> None:
+    """train_extra.jsonl was written after reading held-out misses: none of its prompts or responses may share 45%
+    or more of its words (Jaccard) with a held-out line."""
+    import re
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    held = [json.loads(line) for f in learned.LABELED_DIR.glob("heldout*.jsonl")
+            for line in f.read_text().splitlines() if line.strip()]
+    extra = [json.loads(line) for line in (learned.LABELED_DIR / "train_extra.jsonl").read_text().splitlines()]
+    for x in extra:
+        for h in held:
+            for field in ("prompt", "response"):
+                a, b = words(x[field]), words(h[field])
+                assert len(a & b) / len(a | b) < 0.45, (x["id"], h["id"], field)
