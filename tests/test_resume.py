@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.outdir import partial_path
 from factory.generators.cache import LLMCache
 from tests.helpers.llm import write_recipe
 
@@ -43,7 +44,7 @@ def test_killed_build_resumes_to_the_same_dataset_without_repeating_calls(tmp_pa
     folder = tmp_path
     recipe = write_recipe(folder, yaml.safe_load(ref_recipe.read_text()))
     out = folder / "out"
-    db = out / "cache" / "llm.sqlite"
+    db = partial_path(out) / "cache" / "llm.sqlite"  # a build writes beside --out until it is complete (#18)
 
     proc = subprocess.Popen([FORMA, "build", str(recipe), "--out", str(out), "-q"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -70,7 +71,8 @@ def test_killed_build_resumes_to_the_same_dataset_without_repeating_calls(tmp_pa
     assert (out / "samples.jsonl").read_bytes() == (ref_out / "samples.jsonl").read_bytes()
     assert (out / "sharegpt" / "train.jsonl").read_bytes() == (ref_out / "sharegpt" / "train.jsonl").read_bytes()
 
-    log = LLMCache(db).call_log()
+    assert not partial_path(out).exists()
+    log = LLMCache(out / "cache" / "llm.sqlite").call_log()
     keys = [k for k, _ in log]
     assert len(keys) == len(set(keys)), "a resumed build repeated an LLM call"
     runs = {run for _, run in log}
