@@ -141,7 +141,9 @@ def _prepare(final: Path, keep: Sequence[str], carry: bool) -> tuple[Path, IO[by
         final.parent.mkdir(parents=True, exist_ok=True)
         work.mkdir(exist_ok=True)
     except OSError as exc:
-        raise FormaError(f"cannot create the output folder: {exc.strerror or exc}", path=final) from None
+        blocker = next((p for p in final.parents if p.exists()), None)
+        why = f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir() else exc.strerror or exc
+        raise FormaError(f"cannot create the output folder: {why}", path=final) from None
     handle = _lock(work)
     _clear(work, keep)
     for name in keep if carry else ():
