@@ -161,6 +161,15 @@ _LEADS = sorted({a for p in PHRASES.values() for a in (*p.acknowledgements, *p.f
 _CLOSERS = sorted({c for p in PHRASES.values() for c in p.closers if c}, key=len, reverse=True)
 
 
+_OPENS_WITH_ACK = re.compile(r"^(?:yes|no|sure|absolutely|of course|definitely|great|good)\b", re.IGNORECASE)
+
+
+def _ack(options: tuple[str, ...], body: str, rng: random.Random) -> str:
+    """An acknowledgement, unless the answer already opens with one ("Of course. Absolutely, ..." reads badly)."""
+    choice = rng.choice(options)
+    return "" if _OPENS_WITH_ACK.match(body.strip()) else choice
+
+
 def strip_frame(text: str) -> str:
     """An assistant turn without its greeting and closer: what the variety figures count (factory.quality)."""
     out = text.strip()
