@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,18 +46,27 @@ def _agreement(scorer: list[str], expert: list[str]) -> dict[str, Any]:
             if expert else None}
 
 
-def _safety(results: dict[str, dict[str, Any]], votes: dict[str, dict[str, str]]) -> dict[str, Any]:
+def _paired_labels(results: dict[str, dict[str, Any]], votes: dict[str, dict[str, str]],
+                   scorer_label: Callable[[dict[str, Any]], str | None]) -> tuple[list[str], list[str], int]:
+    """(scorer labels, expert majority labels, ties dropped) over the cases both the scorer and experts labelled."""
     scorer, expert, ties = [], [], 0
     for key, v in sorted(votes.items()):
         gold = majority(v)
         row = results.get(key)
-        if row is None or row.get("label") is None:
+        label = scorer_label(row) if row is not None else None
+        if label is None:
             continue
         if gold is None:
             ties += 1
             continue
-        scorer.append(str(row["label"]))
+        scorer.append(label)
         expert.append(gold)
+    return scorer, expert, ties
+
+
+def _safety(results: dict[str, dict[str, Any]], votes: dict[str, dict[str, str]]) -> dict[str, Any]:
+    scorer, expert, ties = _paired_labels(results, votes,
+                                          lambda r: None if r.get("label") is None else str(r["label"]))
     out = {**_agreement(scorer, expert), "ties_dropped": ties, "annotators": sorted({u for x in votes.values()
                                                                                       for u in x}),
            "annotator_kappa": _pairwise_kappa(votes)}
@@ -67,17 +77,8 @@ def _safety(results: dict[str, dict[str, Any]], votes: dict[str, dict[str, str]]
 
 
 def _accuracy(results: dict[str, dict[str, Any]], votes: dict[str, dict[str, str]]) -> dict[str, Any]:
-    scorer, expert, ties = [], [], 0
-    for key, v in sorted(votes.items()):
-        gold = majority(v)
-        row = results.get(key)
-        if row is None or row.get("passed") is None:
-            continue
-        if gold is None:
-            ties += 1
-            continue
-        scorer.append("correct" if row["passed"] else "incorrect")
-        expert.append(gold)
+    scorer, expert, ties = _paired_labels(
+        results, votes, lambda r: None if r.get("passed") is None else ("correct" if r["passed"] else "incorrect"))
     return {**_agreement(scorer, expert), "ties_dropped": ties, "annotator_kappa": _pairwise_kappa(votes)}
 
 

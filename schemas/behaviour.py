@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,6 +59,11 @@ class _Item(BaseModel):
     @classmethod
     def _id(cls, value: str) -> str:
         return _check_id(value, cls._prefix)
+
+    def text_in(self, language: str) -> Any:
+        """The item's text in ``language``: itself for English, else its translation (None when there is none)."""
+        translations: dict[str, Any] = getattr(self, "translations", {})
+        return self if language == "en" else translations.get(language)
 
     @model_validator(mode="after")
     def _no_repeats(self) -> _Item:
@@ -133,8 +138,6 @@ class RedFlag(_Item):
     populations: list[str] = Field(default_factory=lambda: ["general"])
     translations: dict[str, RedFlagText] = Field(default_factory=dict, description="Language code -> its text.")
 
-    def text_in(self, language: str) -> RedFlag | RedFlagText | None:
-        return self if language == "en" else self.translations.get(language)
 
 
 class HarmfulRequest(_Item):
@@ -157,8 +160,6 @@ class HarmfulRequest(_Item):
     )
     translations: dict[str, HarmfulText] = Field(default_factory=dict, description="Language code -> its text.")
 
-    def text_in(self, language: str) -> HarmfulRequest | HarmfulText | None:
-        return self if language == "en" else self.translations.get(language)
 
 
 class BenignAlarming(_Item):
@@ -179,8 +180,6 @@ class BenignAlarming(_Item):
     )
     translations: dict[str, BenignText] = Field(default_factory=dict, description="Language code -> its text.")
 
-    def text_in(self, language: str) -> BenignAlarming | BenignText | None:
-        return self if language == "en" else self.translations.get(language)
 
 
 class BehaviourFile(BaseModel):
