@@ -116,10 +116,29 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     for file in _knowledge_files(recipe_path.parent, recipe.translations or [], recipe_path):
         facts, behaviours = _apply_translation(file, facts, behaviours)
     loaded = LoadedRecipe(path=recipe_path, recipe=recipe, facts=facts, behaviours=behaviours)
+    _check_names(loaded)
     for language, l_share in recipe.language_shares.items():
         if l_share > 0:
             _check_coverage(loaded, language)
     return loaded
+
+
+def _check_names(loaded: LoadedRecipe) -> None:
+    """Unknown languages and populations are errors naming the accepted values (a typo must not pass silently)."""
+    from factory.stages.validate import STOPWORDS
+
+    languages = sorted(set(STOPWORDS) | {"ar"})
+    for language in loaded.recipe.language_shares:
+        if language not in languages:
+            raise FormaError(f"unknown language {language!r} (accepted: {', '.join(languages)})",
+                             path=loaded.path, where="languages")
+    known = {"general"} | {p for f in loaded.facts for p in f.populations}
+    known |= {p for item in loaded.behaviours.red_flags for p in item.populations}
+    for i, persona in enumerate(loaded.recipe.personas):
+        for population in persona.populations:
+            if population not in known:
+                raise FormaError(f"unknown population {population!r} (the knowledge base has: "
+                                 f"{', '.join(sorted(known))})", path=loaded.path, where=f"personas[{i}].populations")
 
 
 def _with_text(record: Any, language: str, text: Any, file: Path, where: str) -> Any:

@@ -100,3 +100,15 @@ def test_fact_without_source(workdir: Path) -> None:
 def test_missing_recipe_file(tmp_path: Path) -> None:
     assert_clean_error(forma("build", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")), "nope.yaml",
                        "file not found")
+
+
+def test_unknown_language_and_population_name_the_accepted_values(workdir: Path) -> None:
+    path = edit_recipe(workdir, languages=["en", "xx"])
+    assert_clean_error(forma("recipe", "check", str(path)), "recipe.yaml", "languages", "unknown language 'xx'",
+                       "accepted:")
+    data = yaml.safe_load((workdir / "recipe.yaml").read_text())
+    personas = data["personas"]
+    personas[0]["populations"] = ["beginers"]
+    path = edit_recipe(workdir, languages=["en"], personas=personas)
+    assert_clean_error(forma("recipe", "check", str(path)), "personas[0].populations", "unknown population 'beginers'",
+                       "beginners")
