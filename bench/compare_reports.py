@@ -12,7 +12,6 @@ the learned scorer is known to read some rambling non-answers of a 135M model as
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
