@@ -39,7 +39,8 @@ def table(results: dict[str, list[dict[str, Any]]], base: str, control: str) -> 
     from experiment.compare import compare
 
     rows = compare(results, base=base, control=control, alpha=0.05)
-    lines = ["| suite / category | " + " | ".join(results) + " | vs base | vs control |", "|---" * (len(results) + 3) + "|"]
+    lines = ["| suite / category | " + " | ".join(results) + " | vs base | vs control |",
+             "|---" * (len(results) + 3) + "|"]
     for r in rows:
         cells = []
         for arm in results:

@@ -195,7 +195,7 @@ def test_stale_cache_without_resume_is_refused(tmp_path: Path) -> None:
     cache.put("k", "m", {}, Reply(text="x"))
     # refused before any call: a folder holding only a reply cache is not a finished Forma output (#18), and a
     # finished one with a cache needs --resume; either way the cached replies stay untouched
-    with pytest.raises(FormaError, match="pass --resume|refusing to touch it"):
+    with pytest.raises(FormaError, match=r"pass --resume|refusing to touch it"):
         build_dataset(recipe, tmp_path / "o")
     assert len(LLMCache(tmp_path / "o" / "cache" / "llm.sqlite")) == 1
 
