@@ -203,7 +203,10 @@ def build_dataset(recipe_path: str | Path, out_dir: str | Path, *, seed: int | N
     loaded = load_recipe(recipe_path)
     total = _check_options(loaded, total, engine, ray_address)
     final = Path(out_dir)
-    with output_folder(final, "dataset", overwrite=overwrite or resume, keep=("cache",), carry=resume) as out:
+    # a failed LLM build keeps its paid-for reply cache (for --resume) and its rejects (each malformed reply, for
+    # inspection) in the partial folder; a template build is cheap and deterministic, so it leaves nothing behind
+    keep = ("cache",) if loaded.recipe.generator.backend == "template" else ("cache", "rejects.jsonl")
+    with output_folder(final, "dataset", overwrite=overwrite or resume, keep=keep, carry=resume) as out:
         result = _build_into(out, loaded, clock, seed=seed, total=total, progress=progress, console=console,
                              resume=resume, engine=engine, ray_address=ray_address, filters=filters)
     result.out = final

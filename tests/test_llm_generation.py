@@ -211,18 +211,22 @@ def test_malformed_replies_become_rejects_and_nothing_is_lost(tmp_path: Path) ->
                                               categories={"exercise_technique": 100, "programming": 0,
                                                           "nutrition": 0, "recovery": 0, "motivation": 0,
                                                           "special_populations": 0}))
-    with pytest.raises(FormaError, match="could not fill the category quotas"):
+    with pytest.raises(FormaError, match="could not fill the quotas"):
         build_dataset(recipe, folder / "out")
-    rejects = read_jsonl(folder / "out" / "rejects.jsonl")
+    # a failed build never takes the final name (#18): its work, rejects and reply cache included, stays in the
+    # hidden partial folder beside it, where --resume picks it up
+    work = folder / ".out.partial"
+    assert not (folder / "out").exists()
+    rejects = read_jsonl(work / "rejects.jsonl")
     assert len(rejects) == MAX_BALANCE_ROUNDS
     assert {r["reason"] for r in rejects} <= {"user_too_short", "truncated", "empty_reply", "garbled"}
     assert all(r["record"]["raw_reply"] is not None and r["detail"] for r in rejects)
-    cache = LLMCache(folder / "out" / "cache" / "llm.sqlite")
+    cache = LLMCache(work / "cache" / "llm.sqlite")
     assert len(cache) == MAX_BALANCE_ROUNDS
     # rerunning pays for nothing: every reply comes from the cache
     with pytest.raises(FormaError):
         build_dataset(recipe, folder / "out", resume=True)
-    assert len(LLMCache(folder / "out" / "cache" / "llm.sqlite").call_log()) == MAX_BALANCE_ROUNDS
+    assert len(LLMCache(work / "cache" / "llm.sqlite").call_log()) == MAX_BALANCE_ROUNDS
 
 
 def test_cli_exposes_resume_engine_and_ray_address() -> None:
