@@ -148,7 +148,10 @@ def _prepare(final: Path, keep: Sequence[str], carry: bool) -> tuple[Path, IO[by
     _clear(work, keep)
     for name in keep if carry else ():
         if (final / name).exists() and not (work / name).exists():
-            shutil.copytree(final / name, work / name)
+            if (final / name).is_dir():
+                shutil.copytree(final / name, work / name)
+            else:
+                shutil.copy2(final / name, work / name)
     return work, handle
 
 
