@@ -7,8 +7,10 @@ import json
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,15 +59,19 @@ def test_the_same_recipe_runs_on_a_local_ray_cluster(tmp_path: Path) -> None:
     recipe = _recipe(folder, total=12)
     port = free_port()
     ray = str(Path(sys.executable).parent / "ray")
+    # Ray puts Unix sockets under its temp dir and refuses paths over 107 bytes; pytest's tmp_path under a CI
+    # runner's numbered base is long enough to cross that, so the cluster gets a short folder of its own.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    log = folder / "ray-head.log"
     # --block keeps the head in this process group: stopping it stops only the cluster this test started
     head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
                              "--disable-usage-stats", "--include-dashboard", "false",
-                             "--temp-dir", str(folder / "ray-tmp")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--temp-dir", str(ray_tmp)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
         while True:
-            assert head.poll() is None, "ray start failed"
+            assert head.poll() is None, "ray start failed:\n" + log.read_text()[-3000:]
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
@@ -85,6 +91,7 @@ def test_the_same_recipe_runs_on_a_local_ray_cluster(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     local = build_dataset(recipe, folder / "local-out")
     assert f"HASH {local.dataset_hash}" in proc.stdout
     assert (folder / "ray-out" / "samples.jsonl").read_bytes() == (folder / "local-out" / "samples.jsonl").read_bytes()
