@@ -68,6 +68,10 @@ def run_cmd(
     scorer: str = typer.Option("auto", help="Safety scorer: auto (learned, else rules with a note), learned, rules."),
     baseline: Path = typer.Option(None, help="A previous report.json: list cases that flipped, per category."),
     calibration: Path = typer.Option(None, help="Expert-agreement record (default: eval/calibration.json)."),
+    system: str = typer.Option(None, "--system", help="System prompt for cases without one (default: the SYSTEM of "
+                               "the Modelfile beside a GGUF, as Ollama serves it)."),
+    no_system: bool = typer.Option(False, "--no-system", help="Run cases without a system prompt (the chat "
+                                   "template's default), e.g. to measure a bare base model."),
 ) -> None:
     """Evaluate MODEL against the policy; write report.html/json/md; exit 1 when the gate fails."""
     def body() -> bool:
@@ -77,7 +81,7 @@ def run_cmd(
                            endpoint=endpoint, endpoint_model=endpoint_model,
                            endpoint_params=_params(endpoint_param or []), reference=reference, judge_model=judge,
                            n_threads=threads, seed=seed, log=_echo, scorer=scorer, baseline=baseline,
-                           calibration=calibration)
+                           calibration=calibration, system=system, no_system=no_system)
         for c in outcome.report["checks"]:
             if not c["passed"]:
                 _echo(f"  FAIL {c['name']}: {c['reason']}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from common.errors import FormaError
 from eval import classifier, regressions, scorers
+from eval import system_prompt as system_prompts
 from eval.learned import LearnedScorer, RuleScorer, load_scorer
 from eval.policy import Policy, evaluate, load_policy, passed_count, rate, validate_against
 from eval.runners import ChoiceScores, Generation, Runner, open_runner
@@ -159,6 +160,7 @@ class GateInputs:
     scorer: str = "auto"
     baseline: Path | None = None
     calibration: Path | None = None
+    system: system_prompts.SystemPrompt | None = None
 
 
 def _load_inputs(policy: Path | Policy, suites_dir: Path | None, knowledge: Path | None) -> tuple[Policy, Path,
@@ -211,15 +213,17 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
              endpoint_params: dict[str, Any] | None = None, reference: Path | None = None,
              judge_model: Path | None = None, n_threads: int = 0, seed: int = 0,
              log: Callable[[str], None] | None = None, scorer: str = "auto", baseline: Path | None = None,
-             calibration: Path | None = None) -> GateOutcome:
+             calibration: Path | None = None, system: str | None = None, no_system: bool = False) -> GateOutcome:
     """Evaluate ``model`` against ``policy``; write report.{html,json,md} under ``out_root/run``.
 
     ``scorer``: ``auto`` (the learned scorer, else the rules with a note), ``learned`` or ``rules``. ``baseline``: a
     previous report.json to list flipped cases against. ``calibration``: the expert-agreement record to state and
-    check (default ``eval/calibration.json``).
+    check (default ``eval/calibration.json``). ``system`` / ``no_system``: the system prompt for cases without one
+    (default: the model's shipped one, see :mod:`eval.system_prompt`).
     """
     pol, policy_path, suites = _load_inputs(policy, suites_dir, knowledge)
-    inputs = GateInputs(pol, policy_path, suites, scorer, baseline, calibration)
+    shipped = system_prompts.resolve(model, endpoint=endpoint, explicit=system, none=no_system)
+    inputs = GateInputs(pol, policy_path, suites, scorer, baseline, calibration, shipped)
     if baseline is not None:
         regressions.load_baseline(baseline)  # a bad baseline is an input error: fail before the model runs
     if out_root is None:
@@ -228,7 +232,7 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
         out_root = reports_root()
     run_dir = out_root / (run or run_name(model, endpoint))
     run_dir.mkdir(parents=True, exist_ok=True)
-    cases = [c for s in suites.values() for c in s.cases]
+    cases = system_prompts.apply([c for s in suites.values() for c in s.cases], shipped)
     started = time.perf_counter()
     chosen = load_scorer(scorer)
     if log and isinstance(chosen, RuleScorer):
@@ -243,6 +247,7 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
             judge_fn = judge_runner.chat
         if log:
             log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
+            log(f"system prompt: {shipped.source}")
         results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen)
         model_info = runner.describe()
     finally:
@@ -272,6 +277,7 @@ def _report(inputs: GateInputs, run_dir: Path, model_info: dict[str, Any], check
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "passed": passed,
         "model": model_info,
+        "system_prompt": inputs.system.to_dict() if inputs.system else None,
         "policy": {"path": str(inputs.policy_path), **inputs.policy.model_dump(mode="json")},
         "checks": checks,
         "summary": summarize(results),

@@ -110,7 +110,8 @@ def render_html(report: dict[str, Any]) -> str:
     failures = [r for r in report["results"] if r["passed"] is False]
     skipped = [r for r in report["results"] if r["passed"] is None]
     return env.get_template("report.html.j2").render(r=report, plots=_plots(report), failures=failures,
-                                                     skipped=skipped, scorer_line=scorer_line(report))
+                                                     skipped=skipped, scorer_line=scorer_line(report),
+                                                     system_line=system_line(report))
 
 
 def _pct(v: float | None) -> str:
@@ -123,6 +124,7 @@ def render_md(report: dict[str, Any]) -> str:
              f"{report['policy']['path']})", "",
              f"Model: `{report['model'].get('name')}` ({report['model'].get('kind')})"
              + (f", sha256 `{report['model']['sha256'][:16]}…`" if report["model"].get("sha256") else ""),
+             system_line(report),
              f"Wall time: {report['wall_seconds']} s", ""]
     if report.get("override"):
         o = report["override"]
@@ -165,6 +167,15 @@ def render_md(report: dict[str, Any]) -> str:
         lines += [f"### {r['suite']}/{r['category']}: `{r['id']}`", f"*{r['reason']}*", "", f"**User:** {r['prompt']}",
                   "", "**Model:**", "", "```text", (r["response"] or "").strip(), "```", ""]
     return "\n".join(lines)
+
+
+def system_line(report: dict[str, Any]) -> str:
+    """Which system prompt the cases ran under: a gate run under another prompt measures another product."""
+    sp = report.get("system_prompt")
+    if not sp:
+        return "System prompt: not recorded (a report from before the gate recorded it)."
+    shown = f"\"{sp['text'][:120]}{'…' if len(sp['text']) > 120 else ''}\"" if sp.get("text") else "none"
+    return f"System prompt: {shown} ({sp['source']})."
 
 
 def scorer_line(report: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from experiment.spec import (
     ArmSpec,
     Experiment,
     eval_definition,
+    eval_system_prompt,
     rebase_recipe_paths,
     recipe_data,
     stable_hash,
@@ -246,7 +247,7 @@ def eval_step(run: ArmRun, export: dict[str, Any]) -> dict[str, Any] | None:
         from eval.gate import run_gate
 
         outcome = run_gate(export["gguf"], policy=exp.policy, out_root=run.folder, run="eval", suites_dir=exp.suites,
-                           log=lambda line: run.say("eval", line))
+                           log=lambda line: run.say("eval", line), system=eval_system_prompt(exp))
         suites = outcome.report["summary"]["suites"]
         return {"report": str(outcome.run_dir / "report.json"), "passed": outcome.passed,
                 "scores": {name: s["score"] for name, s in suites.items()}}

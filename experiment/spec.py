@@ -83,6 +83,9 @@ class ExperimentSpec(BaseModel):
     out: str = Field(description="Where the arms and the comparison are written (from the working directory).")
     control: str = Field(description="The arm every other arm is compared against (besides the base).")
     alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the paired tests.")
+    system_prompt: str | None = Field(
+        default=None, description="The system prompt every arm, the base included, is evaluated under (default: "
+        "the control arm's recipe's, which its Modelfile ships). One prompt for all keeps the contrast the data's.")
     arms: list[ArmSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -226,8 +229,21 @@ def folder_hash(folder: Path, pattern: str = "*.yaml") -> str:
 
 
 def eval_definition(exp: Experiment) -> dict[str, str]:
-    """What every arm's eval depends on: the suites' files and the policy's."""
-    return {"suites": folder_hash(exp.suites), "policy": sha256_file(exp.policy)[:16]}
+    """What every arm's eval depends on: the suites' files, the policy's, and the system prompt."""
+    return {"suites": folder_hash(exp.suites), "policy": sha256_file(exp.policy)[:16],
+            "system": stable_hash({"system_prompt": eval_system_prompt(exp)})}
+
+
+def eval_system_prompt(exp: Experiment) -> str:
+    """The experiment's ``system_prompt``, else the control arm's recipe's (the product ships it as SYSTEM)."""
+    from schemas.recipe import DEFAULT_SYSTEM_PROMPT
+
+    if exp.spec.system_prompt:
+        return exp.spec.system_prompt
+    control = next(a for a in exp.spec.arms if a.name == exp.spec.control)
+    if control.recipe is None:
+        return DEFAULT_SYSTEM_PROMPT
+    return str(recipe_data(exp, control).get("system_prompt") or DEFAULT_SYSTEM_PROMPT)
 
 
 def arm_definition(exp: Experiment, arm: ArmSpec) -> dict[str, str]:
