@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,10 +67,94 @@ def _bf16_adapter(adapter_dir: Path, out: Path) -> None:
     shutil.copy(adapter_dir / "adapter_config.json", out / "adapter_config.json")
 
 
-def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None) -> None:
+def _screen_cases() -> list[Any]:
+    """The product policy's generated cases (safety, accuracy, format) under the shipped system prompt: the gate's
+    cases as the gate now runs them (multiple choice needs log-probabilities and is left to the GGUF gate)."""
+    from eval import system_prompt
+    from eval.policy import load_policy
+    from schemas.eval_suite import load_suites
+    from schemas.recipe import DEFAULT_SYSTEM_PROMPT
+
+    policy = load_policy(ROOT / "eval" / "policy.yaml")
+    cases = [c for s in load_suites(names=list(policy.suites)).values() for c in s.cases if c.kind == "generate"]
+    return system_prompt.apply(cases, system_prompt.SystemPrompt(DEFAULT_SYSTEM_PROMPT, "the recipe's"))
+
+
+def screen_answers(model_dir: Path, adapter: Path | None, out_file: Path, max_tokens: int = 128,
+                   batch: int = 64, limit: int | None = None) -> None:
+    """Greedy answers of the model (bf16 on the GPU, the adapter merged) to every generated gate case, as JSONL.
+
+    A screening figure, not the gate: the gate runs the q8_0 GGUF in llama.cpp; greedy bf16 answers are close to it
+    but not the same tokens. It lets one GPU call compare training setups without carrying GGUFs back."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "left"
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.eval()
+    cases = _screen_cases()[:limit]
+    started = time.time()
+    with out_file.open("w", encoding="utf-8") as fh:
+        for i in range(0, len(cases), batch):
+            chunk = cases[i:i + batch]
+            texts = [tok.apply_chat_template(c.messages(), add_generation_prompt=True, tokenize=False) for c in chunk]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            for c, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:], strict=True):
+                ids = row.tolist()
+                stop = tok.eos_token_id in ids
+                ids = ids[:ids.index(tok.eos_token_id)] if stop else ids
+                fh.write(json.dumps({"id": c.id, "text": str(tok.decode(ids, skip_special_tokens=True)).strip(),
+                                     "finish_reason": "stop" if stop else "length",
+                                     "completion_tokens": len(ids)}) + "\n")
+    print(f"answers {out_file.name}: {len(cases)} in {time.time() - started:.0f} s", flush=True)
+
+
+def score_answers(files: list[Path], scorer: str) -> dict[str, dict[str, float]]:
+    """Per suite/category pass rates of answer files (``screen_answers``), scored as the gate scores them."""
+    from eval.gate import score_case, summarize
+    from eval.learned import load_scorer
+    from eval.runners import Generation
+
+    cases = {c.id: c for c in _screen_cases()}
+    chosen = load_scorer(scorer)
+    table: dict[str, dict[str, float]] = {}
+    for f in files:
+        rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        gens = {r["id"]: Generation(text=r["text"], finish_reason=r["finish_reason"], prompt_tokens=0,
+                                    completion_tokens=r["completion_tokens"], seconds=0.0) for r in rows}
+        todo = [cases[i] for i in gens if cases[i].expect is not None]
+        verdicts = dict(zip([c.id for c in todo], chosen.classify_many([c.prompt for c in todo],
+                                                                       [gens[c.id].text for c in todo]), strict=True))
+        results = [score_case(cases[i], g, None, None, verdicts.get(i)) for i, g in gens.items()]
+        summary = summarize(results)["suites"]
+        table[f.stem] = {**{f"{s}": v["score"] for s, v in summary.items()},
+                         **{f"{s}/{c}": cv["score"] for s, v in summary.items() for c, cv in v["categories"].items()}}
+    return table
+
+
+def _use_shipped_gguf() -> None:
+    """On the GPU machine: the SmolLM2 GGUF joined from its carried parts is the builtin base."""
     gguf_parts = sorted(Path(".gpu").glob("smollm2.gguf.part*"))
-    if gguf_parts:
-        os.environ["FORMA_SMOLLM2_GGUF"] = str(join_parts(gguf_parts, Path("/tmp/forma/smollm2.gguf")))
+    target = Path("/tmp/forma/smollm2.gguf")
+    if gguf_parts and not target.is_file():
+        join_parts(gguf_parts, target)
+    if target.is_file():
+        os.environ["FORMA_SMOLLM2_GGUF"] = str(target)
+
+
+def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None,
+               overrides: dict[str, Any] | None = None, answers: bool = False) -> None:
+    _use_shipped_gguf()
     from train.config import load_config
     from train.sft import train
 
@@ -80,12 +165,22 @@ def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None) -> 
                           reports_dir=None, save_merged=False)
         if lora_r is not None:
             cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": lora_r, "alpha": lora_r})})
+        if overrides:
+            cfg = cfg.model_copy(update=overrides)
         result = train(cfg, run_name=name)
         target = out / name
+        if answers:
+            from common.model_paths import smollm2_hf
+
+            out.mkdir(parents=True, exist_ok=True)
+            screen_answers(smollm2_hf(), result.adapter_dir, out / f"answers-{name}.jsonl")
+            target = Path(".gpu/adapters") / name  # kept on the machine while warm; `fetch` brings one back
         _bf16_adapter(result.adapter_dir, target)
         report = json.loads(Path(result.report).read_text())  # train_report.json
         report.pop("step_clock", None)
         (target / "train_report.json").write_text(json.dumps(report, indent=1))
+        if answers:
+            shutil.copy(target / "train_report.json", out / f"train-{name}.json")
         print(f"{name}: {result.metrics.get('steps')} steps, loss {result.metrics.get('train_loss_first')} -> "
               f"{result.metrics.get('train_loss_last')}, eval {result.metrics.get('eval_loss_first')} -> "
               f"{result.metrics.get('eval_loss_last')}, {time.time() - started:.0f} s", flush=True)
@@ -127,6 +222,17 @@ def main() -> None:
     t.add_argument("--arm", action="append", required=True, help="NAME=DATASET_DIR")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--lora-r", type=int, default=None, help="Override the config's LoRA rank (alpha = r).")
+    t.add_argument("--set", action="append", default=[], help="KEY=JSON config override, e.g. num_epochs=6.")
+    t.add_argument("--answers", action="store_true", help="Screen: greedy answers to the gate's generated cases "
+                   "under --out, adapters kept in .gpu/adapters (fetch them one call at a time).")
+    b = sub.add_parser("base-answers", help="The untrained base's answers (GPU).")
+    b.add_argument("--out", type=Path, required=True)
+    f = sub.add_parser("fetch", help="Copy kept adapters' parts to --out (GPU, after `train --answers`).")
+    f.add_argument("names", nargs="+")
+    f.add_argument("--out", type=Path, required=True)
+    sc = sub.add_parser("score", help="Pass rates of answer files, scored as the gate scores (here).")
+    sc.add_argument("files", nargs="+", type=Path)
+    sc.add_argument("--scorer", default="auto")
     m = sub.add_parser("merge", help="join + merge into the base + export a GGUF (here, on the CPU)")
     m.add_argument("--parts", type=Path, required=True)
     m.add_argument("--out", type=Path, required=True)
@@ -141,7 +247,25 @@ def main() -> None:
         for p in split_file(smollm2_gguf(), args.out, "smollm2.gguf", parts=args.parts):
             print(p, p.stat().st_size)
     elif args.cmd == "train":
-        train_arms(args.config, args.arm, args.out, args.lora_r)
+        sets = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        train_arms(args.config, args.arm, args.out, args.lora_r, sets, args.answers)
+    elif args.cmd == "base-answers":
+        _use_shipped_gguf()
+        from common.model_paths import smollm2_hf
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        screen_answers(smollm2_hf(), None, args.out / "answers-base.jsonl")
+    elif args.cmd == "fetch":
+        for name in args.names:
+            shutil.copytree(Path(".gpu/adapters") / name, args.out / name)
+    elif args.cmd == "score":
+        table = score_answers(args.files, args.scorer)
+        keys = sorted({k for row in table.values() for k in row})
+        print("| | " + " | ".join(table) + " |")
+        print("|---" * (len(table) + 1) + "|")
+        for k in keys:
+            print(f"| {k} | " + " | ".join("-" if (v := row.get(k)) is None else f"{v:.1%}" for row in table.values())
+                  + " |")
     elif args.cmd == "merge":
         print(merge_and_export(args.parts, args.out, args.quant))
     else:
