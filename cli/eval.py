@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from cli.options import Overwrite
+from common.limits import url_check
 
 
 class _DefaultRun(TyperGroup):
@@ -53,7 +54,8 @@ def _params(items: list[str]) -> dict[str, Any]:
 def run_cmd(
     model: str = typer.Argument(None, help="A .gguf file or an HF model folder (omit with --endpoint)."),
     policy: Path = typer.Option(Path(__file__).parent / "policy.yaml", help="Release policy YAML."),
-    endpoint: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1"),
+    endpoint: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1",
+                                 callback=url_check("--endpoint")),
     endpoint_model: str = typer.Option(None, help="Model name at the endpoint (default: the first it lists)."),
     endpoint_param: list[str] = typer.Option(None, help="KEY=VALUE added to every request (JSON value), e.g. "
                                              "repeat_penalty=1.0; repeatable."),

@@ -22,10 +22,14 @@ def check_port(value: int | None) -> int | None:
 
 
 def check_url(value: str | None) -> str | None:
-    """An http(s) URL with a host (and a valid port, if it names one)."""
+    """An http(s) URL with a host (and a valid port, if it names one), given to ``--url``."""
+    return _check_url(value, "--url")
+
+
+def _check_url(value: str | None, where: str) -> str | None:
+    # typer passes a callback's context to any second parameter, so the option's name travels here, not there
     if value is None:
         return None
-    where = "--url"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FormaError(f"not an http(s) URL: {value!r}", where=where, hint="e.g. http://localhost:6900")
@@ -34,6 +38,14 @@ def check_url(value: str | None) -> str | None:
     except ValueError:
         raise FormaError(f"the port in {value!r} is not a number from 1 to 65535", where=where) from None
     return value
+
+
+def url_check(option: str) -> Any:
+    """A callback checking an http(s) URL given to ``option`` (e.g. ``--endpoint``), named in the error."""
+    def check(value: str | None) -> str | None:
+        return _check_url(value, option)
+
+    return check
 
 
 def batch_size_check(most: int) -> Any:

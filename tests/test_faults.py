@@ -476,6 +476,8 @@ def test_interrupted_export_leaves_old_or_new(tmp_path: Path) -> None:
     (["review", "push", "DATASET", "--batch-size", "100000"], "--batch-size: batch size 100000 is out of range"),
     (["review", "status", "DATASET", "--url", "htp:/x"], "--url: not an http(s) URL"),
     (["review", "status", "DATASET", "--url", "http://localhost:99999"], "--url: the port in"),
+    (["eval", "--endpoint", "localhost:11434/v1"], "--endpoint: not an http(s) URL"),
+    (["eval", "--endpoint", "http://127.0.0.1:0x10/v1"], "--endpoint: the port in"),
 ])
 def test_numbers_and_addresses_are_checked_first(datasets: tuple[Path, Path], args: list[str], needle: str) -> None:
     code, output = _forma(*(str(datasets[0]) if a == "DATASET" else a for a in args))
