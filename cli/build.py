@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.options import Overwrite
 
-out = Console(markup=False, highlight=False)  # paths and messages print as written (brackets survive)
+out = Console(markup=False, highlight=False, soft_wrap=True)  # paths and messages print as written (brackets survive)
 
 
 def recipe_check(file: Path = typer.Argument(..., help="Recipe YAML."),

@@ -14,7 +14,7 @@ def _summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(markup=False, highlight=False)
+    console = Console(markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"GGUF export of {result.model_dir}")
     for col in ("gguf", "MiB", "seconds", "tensor types", "greedy agree", "ppl", "chat stops", "ok"):
         table.add_column(col)

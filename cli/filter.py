@@ -20,7 +20,7 @@ from rich.table import Table
 
 from cli.options import Overwrite
 
-out = Console(markup=False, highlight=False)  # paths and messages print as written (brackets survive)
+out = Console(markup=False, highlight=False, soft_wrap=True)  # paths and messages print as written (brackets survive)
 
 
 def filter_file(source: Path, recipe_path: Path, out_dir: Path, *, near_store: Path | None = None,

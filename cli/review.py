@@ -21,7 +21,7 @@ review_app = typer.Typer(name="review", help="Expert review in Argilla: serve, u
 users_app = typer.Typer(name="users", help="Annotator logins: one per expert, never the owner's.",
                         no_args_is_help=True)
 review_app.add_typer(users_app, name="users")
-console = Console()
+console = Console(soft_wrap=True)  # no hard wraps: a printed path or command must copy and paste whole
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ def _train(config_path: Path, resume: bool, dataset: Path | None, output_dir: Pa
                          output_dir=str(output_dir) if output_dir else None, max_steps=max_steps)
     result = train(config, resume=resume)
     m = result.metrics
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"[bold green]trained[/] {m['steps']} steps: train loss {m['train_loss_first']:.3f} -> "
                   f"{m['train_loss_last']:.3f}, eval loss {m['eval_loss_first'] or float('nan'):.3f} -> "
                   f"{m['eval_loss_last'] or float('nan'):.3f}; {m['tokens_per_s']:.0f} tokens/s; "
