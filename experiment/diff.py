@@ -1,10 +1,11 @@
 """``forma diff OLD_BUILD NEW_BUILD``: what differs between two dataset builds, for people and for JSON.
 
-Samples are matched by id (the id is a hash of the conversation, so the same chat has the same id in both). A sample
-only in NEW is *changed* when OLD has a sample of its own in the same plan slot (``lineage.slot``): the slot was
-filled differently. Otherwise it is *added*; a sample only in OLD with no counterpart is *removed*. Each is broken
-down by category, behaviour (``answer`` when a sample has none), persona and fact. Beside them: the filter funnel of
-both builds (``manifest.json`` stages), the recipe fields that differ (the manifest names the recipe file and hash;
+Samples are matched by id (the id is a hash of the conversation, so the same chat has the same id in both); the same
+id under other labels (category, behaviour, persona, facts) is *changed*. A sample only in NEW is *changed* when OLD
+has a sample of its own in the same plan slot (``lineage.slot``): the slot was filled differently. Otherwise it is
+*added*; a sample only in OLD with no counterpart is *removed*. Each is broken down by category, behaviour
+(``answer`` when a sample has none), persona and fact. Beside them: the filter funnel of both builds
+(``manifest.json`` stages), the recipe fields that differ (the manifest names the recipe file and hash;
 the file is read when it is still there and still hashes the same), and the lineage of each build.
 """
 
@@ -54,18 +55,31 @@ def values_of(sample: dict[str, Any], dimension: str) -> list[str]:
     return [str(sample.get(dimension))]
 
 
+def _labels(sample: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(values_of(sample, d)) for d in DIMENSIONS)
+
+
 def match_samples(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``added``, ``changed`` and ``kept`` (new samples; kept = in both, by id), ``removed`` and ``replaced`` (old
-    samples; replaced = the old side of a changed slot)."""
-    old_ids, new_ids = {s["id"] for s in old}, {s["id"] for s in new}
+    """``added``, ``changed`` and ``kept`` (new samples), ``removed`` and ``replaced`` (old samples; replaced = the old
+    side of a change).
+
+    Kept = the same id *and* the same category, behaviour, persona and facts: the id hashes the conversation's text,
+    and a chat that never states its persona (a red-flag report, say) can be the same text under another persona. Such
+    a pair is a change (its labels moved), so every breakdown adds up: new = old + added - removed + to - from.
+    """
+    old_by_id = {s["id"]: s for s in old}
+    new_ids = {s["id"] for s in new}
+    relabelled = [(old_by_id[s["id"]], s) for s in new if s["id"] in old_by_id
+                  and _labels(old_by_id[s["id"]]) != _labels(s)]
     old_only = {s["lineage"]["slot"]: s for s in old if s["id"] not in new_ids}
-    new_only = [s for s in new if s["id"] not in old_ids]
+    new_only = [s for s in new if s["id"] not in old_by_id]
     changed_slots = {s["lineage"]["slot"] for s in new_only} & set(old_only)
+    moved = {s["id"] for _, s in relabelled}
     return {"added": [s for s in new_only if s["lineage"]["slot"] not in changed_slots],
             "removed": [s for slot, s in old_only.items() if slot not in changed_slots],
-            "changed": [s for s in new_only if s["lineage"]["slot"] in changed_slots],
-            "replaced": [s for slot, s in old_only.items() if slot in changed_slots],
-            "kept": [s for s in new if s["id"] in old_ids]}
+            "changed": [s for s in new_only if s["lineage"]["slot"] in changed_slots] + [n for _, n in relabelled],
+            "replaced": [s for slot, s in old_only.items() if slot in changed_slots] + [o for o, _ in relabelled],
+            "kept": [s for s in new if s["id"] in old_by_id and s["id"] not in moved]}
 
 
 def _count(samples: Iterable[dict[str, Any]], dimension: str) -> Counter[str]:

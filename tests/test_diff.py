@@ -84,6 +84,19 @@ def test_matching_never_counts_a_sample_twice() -> None:
     assert len(m["kept"]) + len(m["removed"]) + len(m["changed"]) == len(old)
 
 
+def test_the_same_chat_under_another_persona_is_a_change() -> None:
+    """The id hashes the text; a chat that never states its persona can come back under another one."""
+    from experiment.diff import breakdown
+
+    old = [_sample("same", 0, "recovery", "beginner", ["f"], "escalate"), _sample("o1", 1, "recovery", "p", [])]
+    new = [_sample("same", 0, "recovery", "older_adult", ["f"], "escalate"), _sample("o1", 1, "recovery", "p", [])]
+    m = match_samples(old, new)
+    assert [len(m[k]) for k in ("kept", "added", "removed", "changed", "replaced")] == [1, 0, 0, 1, 1]
+    rows = {r["value"]: r for r in breakdown(old, new, m, "persona")}
+    assert rows["beginner"]["new"] == 0 and rows["beginner"]["changed_from"] == 1
+    assert rows["older_adult"]["new"] == 1 and rows["older_adult"]["changed_to"] == 1
+
+
 def test_cli_markdown_and_json(two_builds: tuple[Path, Path]) -> None:
     result = CliRunner().invoke(app, ["diff", str(two_builds[0]), str(two_builds[1])])
     assert result.exit_code == 0, result.output
