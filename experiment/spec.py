@@ -262,9 +262,7 @@ def arm_definition(exp: Experiment, arm: ArmSpec) -> dict[str, str]:
 
 
 def base_definition(exp: Experiment) -> dict[str, str]:
-    parts = {"base_model": exp.base_model}
-    if not exp.spec.base_model.startswith("builtin:"):
-        parts["quant"] = exp.spec.quant
+    parts = {"base_model": exp.base_model, "quant": exp.spec.quant}
     return {**parts, **eval_definition(exp)}
 
 
