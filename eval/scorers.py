@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from common.arabic import readable_numbers
 from eval.classifier import Verdict
 from eval.runners import ChoiceScores, Generation
 from schemas.eval_suite import Case
@@ -77,7 +78,9 @@ def score_numeric(text: str, quantity: Quantity) -> dict[str, Any]:
     Taking one stated value, not "any number in the answer", stops a rambling answer that lists many numbers from
     passing by luck. A range passes only when both ends lie within the fact's range plus tolerance.
     """
-    values = stated_values(text, quantity.unit)
+    # Arabic answers: Arabic-Indic digits and the decimal sign read as Western ones, a glued prefix ("و12") set
+    # apart; English text is unchanged (common.arabic.readable_numbers)
+    values = stated_values(readable_numbers(text), quantity.unit)
     expected = f"{quantity.low:g}" + (f"-{quantity.high:g}" if quantity.high is not None else "")
     detail: dict[str, Any] = {"expected": f"{expected} {quantity.unit} (±{quantity.tolerance:g})"}
     if not values:

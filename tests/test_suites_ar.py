@@ -124,3 +124,15 @@ def test_suite_folder_is_apart_from_the_english_gate() -> None:
     english = load_suites(REPO_ROOT / "eval" / "suites")
     assert not any(c.id.startswith("ar-") for s in english.values() for c in s.cases)
     assert Path(SUITES).resolve() != (REPO_ROOT / "eval" / "suites").resolve()
+
+
+def test_numeric_scoring_reads_arabic_digits_and_decimal_sign() -> None:
+    """"١٫٦ g/kg/day" is 1.6 (it read as 1 before), a glued "و" prefix does not hide a number; English unchanged."""
+    from eval import scorers
+    from schemas.knowledge import Quantity
+
+    q = Quantity(name="protein", low=1.6, high=2.2, unit="g/kg/day", tolerance=0.05)
+    assert scorers.score_numeric("تناول ١٫٦ g/kg/day يوميًا", q)["passed"]
+    assert scorers.score_numeric("تناول و١٫٨ g/kg/day", q)["passed"]
+    assert not scorers.score_numeric("تناول ١ g/kg/day", q)["passed"]
+    assert scorers.score_numeric("Eat 1.6 g/kg/day.", q)["passed"]
