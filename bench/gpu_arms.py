@@ -121,7 +121,8 @@ def screen_answers(model_dir: Path, adapter: Path | None, out_file: Path, max_to
 
 def score_answers(files: list[Path], scorer: str) -> dict[str, dict[str, float]]:
     """Per suite/category pass rates of answer files (``screen_answers``), scored as the gate scores them."""
-    from eval.gate import score_case, summarize
+    from common.jsonl import read_jsonl
+    from eval.gate import safety_verdicts, score_case, summarize
     from eval.learned import load_scorer
     from eval.runners import Generation
 
@@ -129,12 +130,10 @@ def score_answers(files: list[Path], scorer: str) -> dict[str, dict[str, float]]
     chosen = load_scorer(scorer)
     table: dict[str, dict[str, float]] = {}
     for f in files:
-        rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
         gens = {r["id"]: Generation(text=r["text"], finish_reason=r["finish_reason"], prompt_tokens=0,
-                                    completion_tokens=r["completion_tokens"], seconds=0.0) for r in rows}
-        todo = [cases[i] for i in gens if cases[i].expect is not None]
-        verdicts = dict(zip([c.id for c in todo], chosen.classify_many([c.prompt for c in todo],
-                                                                       [gens[c.id].text for c in todo]), strict=True))
+                                    completion_tokens=r["completion_tokens"], seconds=0.0)
+                for r in read_jsonl(f, what="answers file")}
+        verdicts = safety_verdicts(chosen, [cases[i] for i in gens], gens)
         results = [score_case(cases[i], g, None, None, verdicts.get(i)) for i, g in gens.items()]
         summary = summarize(results)["suites"]
         table[f.stem] = {**{f"{s}": v["score"] for s, v in summary.items()},

@@ -47,13 +47,25 @@ def _distinct(values: list[str], what: str) -> list[str]:
     return values
 
 
-class _Item(BaseModel):
-    """What every behaviour item shares: a prefixed kebab-case id, and no wording given twice."""
+class _Worded(BaseModel):
+    """A model whose ``_worded`` list fields are wordings of one thing: none may repeat (English items and their
+    translations share this one check)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    _prefix: ClassVar[str] = ""
     _worded: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> _Worded:
+        for name in self._worded:
+            _distinct(getattr(self, name), "wording")
+        return self
+
+
+class _Item(_Worded):
+    """What every behaviour item shares: a prefixed kebab-case id, and no wording given twice."""
+
+    _prefix: ClassVar[str] = ""
 
     @field_validator("id", check_fields=False)
     @classmethod
@@ -65,27 +77,12 @@ class _Item(BaseModel):
         translations: dict[str, Any] = getattr(self, "translations", {})
         return self if language == "en" else translations.get(language)
 
-    @model_validator(mode="after")
-    def _no_repeats(self) -> _Item:
-        for name in self._worded:
-            _distinct(getattr(self, name), "wording")
-        return self
 
-
-class _Text(BaseModel):
+class _Text(_Worded):
     """An item in another language (``translations``), written for that language; a draft until an expert approves.
     Fewer wordings are required than in English (three of each), and none may repeat."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    _worded: ClassVar[tuple[str, ...]] = ()
     review_state: ReviewState = "draft"
-
-    @model_validator(mode="after")
-    def _no_repeats(self) -> _Text:
-        for name in self._worded:
-            _distinct(getattr(self, name), "wording")
-        return self
 
 
 class RedFlagText(_Text):
