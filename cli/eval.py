@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from cli.options import Overwrite
 from common.limits import url_check
+from eval.policy import DEFAULT_POLICY
 
 
 class _DefaultRun(TyperGroup):
@@ -53,7 +54,7 @@ def _params(items: list[str]) -> dict[str, Any]:
 @eval_app.command("run")
 def run_cmd(
     model: str = typer.Argument(None, help="A .gguf file or an HF model folder (omit with --endpoint)."),
-    policy: Path = typer.Option(Path(__file__).parent / "policy.yaml", help="Release policy YAML."),
+    policy: Path = typer.Option(DEFAULT_POLICY, help="Release policy YAML."),
     endpoint: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1",
                                  callback=url_check("--endpoint")),
     endpoint_model: str = typer.Option(None, help="Model name at the endpoint (default: the first it lists)."),

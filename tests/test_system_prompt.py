@@ -90,3 +90,16 @@ def test_the_gate_sends_the_shipped_prompt_to_the_model_and_reports_it(tmp_path:
         assert "SmolLM" in runner.render(bare.messages())  # the template's own default, what the gate used to test
     finally:
         runner.close()
+
+
+def test_cli_eval_finds_its_default_policy_and_names_a_broken_modelfile(tmp_path: Path) -> None:
+    """`forma eval run MODEL` with no --policy reads the shipped policy (it once looked for cli/policy.yaml)."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    gguf = _model_with_modelfile(tmp_path, 'FROM ./model.gguf\nSYSTEM """never closed\n')
+    result = CliRunner().invoke(app, ["eval", "run", str(gguf), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "policy file not found" not in result.output
+    assert "Modelfile" in result.output and "--no-system" in result.output
