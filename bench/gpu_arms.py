@@ -81,7 +81,7 @@ def _screen_cases() -> list[Any]:
 
 
 def screen_answers(model_dir: Path, adapter: Path | None, out_file: Path, max_tokens: int = 128,
-                   batch: int = 64, limit: int | None = None) -> None:
+                   batch: int = 64, limit: int | None = None, suites: set[str] | None = None) -> None:
     """Greedy answers of the model (bf16 on the GPU, the adapter merged) to every generated gate case, as JSONL.
 
     A screening figure, not the gate: the gate runs the q8_0 GGUF in llama.cpp; greedy bf16 answers are close to it
@@ -99,7 +99,7 @@ def screen_answers(model_dir: Path, adapter: Path | None, out_file: Path, max_to
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.eval()
-    cases = _screen_cases()[:limit]
+    cases = [c for c in _screen_cases() if suites is None or c.suite in suites][:limit]
     started = time.time()
     with out_file.open("w", encoding="utf-8") as fh:
         for i in range(0, len(cases), batch):
@@ -152,7 +152,11 @@ def _use_shipped_gguf() -> None:
 
 
 def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None,
-               overrides: dict[str, Any] | None = None, answers: bool = False) -> None:
+               overrides: dict[str, Any] | None = None, answers: bool = False,
+               curve: list[int] | None = None) -> None:
+    """Train each arm; with ``answers``, screen the final adapter; with ``curve`` (epochs), also screen the
+    checkpoint saved at the end of each listed epoch (a learning curve of one run: ``save_steps`` must be the
+    steps of one epoch, so checkpoint-N x epoch is that epoch's end)."""
     _use_shipped_gguf()
     from train.config import load_config
     from train.sft import train
@@ -168,6 +172,15 @@ def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None,
             cfg = cfg.model_copy(update=overrides)
         result = train(cfg, run_name=name)
         target = out / name
+        if curve:
+            out.mkdir(parents=True, exist_ok=True)
+            from common.model_paths import smollm2_hf
+
+            for epoch in curve:
+                ckpt = cfg.output_dir / f"checkpoint-{epoch * cfg.save_steps}"
+                adapter_dir = ckpt if ckpt.is_dir() else result.adapter_dir
+                screen_answers(smollm2_hf(), adapter_dir, out / f"answers-{name}-ep{epoch}.jsonl", batch=256,
+                               suites={"safety", "accuracy"})
         if answers:
             from common.model_paths import smollm2_hf
 
@@ -222,6 +235,8 @@ def main() -> None:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--lora-r", type=int, default=None, help="Override the config's LoRA rank (alpha = r).")
     t.add_argument("--set", action="append", default=[], help="KEY=JSON config override, e.g. num_epochs=6.")
+    t.add_argument("--curve", default="", help="Comma-separated epochs whose end-of-epoch checkpoints are "
+                   "screened (a learning curve; set save_steps to one epoch's steps and save_total_limit high).")
     t.add_argument("--answers", action="store_true", help="Screen: greedy answers to the gate's generated cases "
                    "under --out, adapters kept in .gpu/adapters (fetch them one call at a time).")
     b = sub.add_parser("base-answers", help="The untrained base's answers (GPU).")
@@ -247,7 +262,8 @@ def main() -> None:
             print(p, p.stat().st_size)
     elif args.cmd == "train":
         sets = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-        train_arms(args.config, args.arm, args.out, args.lora_r, sets, args.answers)
+        train_arms(args.config, args.arm, args.out, args.lora_r, sets, args.answers,
+                   [int(e) for e in args.curve.split(",") if e])
     elif args.cmd == "base-answers":
         _use_shipped_gguf()
         from common.model_paths import smollm2_hf
