@@ -186,12 +186,13 @@ def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None,
 
             out.mkdir(parents=True, exist_ok=True)
             screen_answers(smollm2_hf(), result.adapter_dir, out / f"answers-{name}.jsonl")
+        if answers or curve:
             target = Path(".gpu/adapters") / name  # kept on the machine while warm; `fetch` brings one back
         _bf16_adapter(result.adapter_dir, target)
         report = json.loads(Path(result.report).read_text())  # train_report.json
         report.pop("step_clock", None)
         (target / "train_report.json").write_text(json.dumps(report, indent=1))
-        if answers:
+        if answers or curve:
             shutil.copy(target / "train_report.json", out / f"train-{name}.json")
         print(f"{name}: {result.metrics.get('steps')} steps, loss {result.metrics.get('train_loss_first')} -> "
               f"{result.metrics.get('train_loss_last')}, eval {result.metrics.get('eval_loss_first')} -> "
