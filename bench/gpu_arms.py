@@ -175,11 +175,14 @@ def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None,
         if curve:
             out.mkdir(parents=True, exist_ok=True)
             from common.model_paths import smollm2_hf
+            from train.sft import CHECKPOINTS
 
             for epoch in curve:
-                ckpt = cfg.output_dir / f"checkpoint-{epoch * cfg.save_steps}"
-                adapter_dir = ckpt if ckpt.is_dir() else result.adapter_dir
-                screen_answers(smollm2_hf(), adapter_dir, out / f"answers-{name}-ep{epoch}.jsonl", batch=256,
+                # the trainer's own checkpoint folder; a missing one is an error, never the final adapter instead
+                ckpt = cfg.output_dir / CHECKPOINTS / f"checkpoint-{epoch * cfg.save_steps}"
+                if not (ckpt / "adapter_config.json").is_file():
+                    raise SystemExit(f"no checkpoint for epoch {epoch}: {ckpt} (save_steps must be one epoch)")
+                screen_answers(smollm2_hf(), ckpt, out / f"answers-{name}-ep{epoch}.jsonl", batch=256,
                                suites={"safety", "accuracy"})
         if answers:
             from common.model_paths import smollm2_hf
