@@ -202,6 +202,27 @@ def train_arms(config: Path, arms: list[str], out: Path, lora_r: int | None,
               f"{result.metrics.get('eval_loss_last')}, {time.time() - started:.0f} s", flush=True)
 
 
+def fetch(name: str, out: Path, checkpoint: int | None, parts: str | None) -> None:
+    """Copy a kept adapter (or one checkpoint of its run, turned into bf16 parts first) to ``out/name``."""
+    source = Path(".gpu/adapters") / name
+    if checkpoint is not None:
+        from train.sft import CHECKPOINTS
+
+        source = Path(".gpu/adapters") / f"{name}-step{checkpoint}"
+        if not source.is_dir():
+            ckpt = Path("/tmp/forma/train") / name / CHECKPOINTS / f"checkpoint-{checkpoint}"
+            if not (ckpt / "adapter_config.json").is_file():
+                raise SystemExit(f"no checkpoint {ckpt}")
+            _bf16_adapter(ckpt, source)
+    target = out / source.name
+    target.mkdir(parents=True, exist_ok=True)
+    first, last = (int(x) for x in parts.split(":")) if parts else (0, 10**6)
+    for f in sorted(source.iterdir()):
+        n = int(f.suffix.removeprefix(".part")) if f.suffix.startswith(".part") else None
+        if n is None or first <= n <= last:
+            shutil.copy(f, target / f.name)
+
+
 def merge_and_export(parts: Path, out: Path, quant: str) -> Path:
     """Join a returned adapter, merge it into the builtin SmolLM2 base (PEFT, CPU) and export a GGUF with its
     Modelfile through ``export.gguf_export`` (the code path ``forma export`` runs)."""
@@ -248,6 +269,10 @@ def main() -> None:
     f = sub.add_parser("fetch", help="Copy kept adapters' parts to --out (GPU, after `train --answers`).")
     f.add_argument("names", nargs="+")
     f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--checkpoint", type=int, default=None,
+                   help="Bring back the run's checkpoint at this step (bf16 parts) instead of its final adapter.")
+    f.add_argument("--parts", default=None, help="FIRST:LAST part numbers to copy this call (a large adapter "
+                   "comes back over several calls: at most 8 files and 64 MiB a call).")
     sc = sub.add_parser("score", help="Pass rates of answer files, scored as the gate scores (here).")
     sc.add_argument("files", nargs="+", type=Path)
     sc.add_argument("--scorer", default="auto")
@@ -276,7 +301,7 @@ def main() -> None:
         screen_answers(smollm2_hf(), None, args.out / "answers-base.jsonl")
     elif args.cmd == "fetch":
         for name in args.names:
-            shutil.copytree(Path(".gpu/adapters") / name, args.out / name)
+            fetch(name, args.out, args.checkpoint, args.parts)
     elif args.cmd == "score":
         table = score_answers(args.files, args.scorer)
         keys = sorted({k for row in table.values() for k in row})
