@@ -37,7 +37,8 @@ def score_case(case: Case, gen: Generation | None, choice: ChoiceScores | None,
                verdict: classifier.Verdict | None = None) -> dict[str, Any]:
     """One result row: what was asked, what came back, pass/fail and why."""
     row: dict[str, Any] = {"id": case.id, "suite": case.suite, "category": case.category, "topic": case.topic,
-                           "kind": case.kind, "prompt": case.prompt, "system": case.system, "response": None,
+                           "kind": case.kind, "language": case.language, "prompt": case.prompt, "system": case.system,
+                           "response": None,
                            "finish_reason": None, "completion_tokens": 0, "seconds": 0.0, "passed": None,
                            "reason": "", "detail": {}}
     if case.kind == "choice":

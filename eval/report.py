@@ -102,16 +102,37 @@ def interval(row: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from markupsafe import Markup
+
+    from common.textdir import USER_TEXT_CSS, dir_attrs
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
     env.filters["checkval"] = check_value
     env.filters["interval"] = interval
+    env.filters["dir"] = lambda language: Markup(dir_attrs(language))
     failures = [r for r in report["results"] if r["passed"] is False]
     skipped = [r for r in report["results"] if r["passed"] is None]
     return env.get_template("report.html.j2").render(r=report, plots=_plots(report), failures=failures,
                                                      skipped=skipped, scorer_line=scorer_line(report),
-                                                     system_line=system_line(report))
+                                                     system_line=system_line(report),
+                                                     languages=by_language(report["results"]),
+                                                     user_text_css=Markup(USER_TEXT_CSS))
+
+
+def by_language(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pass rate per case language (rows from before results recorded a language count as English)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in results:
+        lang = row.get("language") or "en"
+        cell = out.setdefault(lang, {"cases": 0, "scored": 0, "passed": 0, "score": None})
+        cell["cases"] += 1
+        if row["passed"] is not None:
+            cell["scored"] += 1
+            cell["passed"] += bool(row["passed"])
+    for cell in out.values():
+        cell["score"] = cell["passed"] / cell["scored"] if cell["scored"] else None
+    return dict(sorted(out.items()))
 
 
 def _pct(v: float | None) -> str:
@@ -161,8 +182,11 @@ def render_md(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {int(mm['_all']['n'])} | {mm['_all']['accuracy']:.2f} | {cells} |")
         lines.append("")
     lines += _md_scorer(report) + _md_regressions(report)
+    lines += ["## Per language", "", "| language | cases | scored | passed | pass rate |", "|---|---|---|---|---|"]
+    lines += [f"| {lang} | {c['cases']} | {c['scored']} | {c['passed']} | {_pct(c['score'])} |"
+              for lang, c in by_language(report["results"]).items()]
     failures = [r for r in report["results"] if r["passed"] is False]
-    lines += [f"## Failures ({len(failures)})", ""]
+    lines += ["", f"## Failures ({len(failures)})", ""]
     for r in failures:
         lines += [f"### {r['suite']}/{r['category']}: `{r['id']}`", f"*{r['reason']}*", "", f"**User:** {r['prompt']}",
                   "", "**Model:**", "", "```text", (r["response"] or "").strip(), "```", ""]

@@ -19,7 +19,15 @@ from common.errors import FormaError
 from review.client import MAX_BULK, ArgillaClient
 from review.dataset import DatasetVersion
 from review.record import assistant_turns, content_hash, record_item
-from review.settings import MAX_TURNS, build_settings, check_schema, questions, server_signature, turns_of
+from review.settings import (
+    ADDED_METADATA,
+    MAX_TURNS,
+    build_settings,
+    check_schema,
+    questions,
+    server_signature,
+    turns_of,
+)
 from schemas.sample import Sample
 
 DEFAULT_WORKSPACE = "argilla"
@@ -99,7 +107,13 @@ def ensure_dataset(client: ArgillaClient, name: str, workspace: str, min_submitt
         client.request("DELETE", f"/datasets/{found['id']}")
         found = None
     if found is not None:
-        check_schema(name, server_signature(client.dataset_settings(found["id"])))
+        signature = server_signature(client.dataset_settings(found["id"]))
+        check_schema(name, signature)
+        for prop, title in ADDED_METADATA.items():  # a dataset from before the property existed
+            if prop not in signature["metadata"]:
+                client.request("POST", f"/datasets/{found['id']}/metadata-properties",
+                               json={"name": prop, "title": title, "settings": {"type": "terms"},
+                                     "visible_for_annotators": True})
         have = (found.get("distribution") or {}).get("min_submitted")
         if min_submitted is not None and have is not None and have != min_submitted:
             client.request("PATCH", f"/datasets/{found['id']}",
@@ -145,7 +159,10 @@ def push(version: DatasetVersion, client: ArgillaClient, options: PushOptions | 
     on_server: dict[str, str] = {}
     if not created:
         for record in client.iter_records(dataset_id, include=()):
-            on_server[record["external_id"]] = (record.get("metadata") or {}).get("content_hash", "")
+            meta = record.get("metadata") or {}
+            # a record pushed before a metadata property was added is sent again (hash "" never matches)
+            complete = all(prop in meta for prop in ADDED_METADATA)
+            on_server[record["external_id"]] = meta.get("content_hash", "") if complete else ""
     todo = [s for s in samples if on_server.get(s.id) != content_hash(s)]
     unchanged = len(samples) - len(todo)
     updated = sum(1 for s in todo if s.id in on_server)

@@ -16,6 +16,7 @@ import json
 import re
 from typing import Any
 
+from common.textdir import rtl_html, text_dir
 from review.dataset import DatasetVersion
 from review.settings import CHAT_FIELD, CONTEXT_FIELD, SAFETY_LABELS, VECTOR_NAME, turn_question
 from schemas.conversation import Role
@@ -44,8 +45,15 @@ def assistant_turns(sample: Sample) -> list[str]:
 
 def chat_messages(sample: Sample) -> list[dict[str, str]]:
     """The conversation without its system prompt: the prompt is the same for every record and is shown once, in
-    the guidelines (atop every record it made keyword search match everything)."""
-    return [{"role": t.role.value, "content": t.content} for t in sample.conversation.turns]
+    the guidelines (atop every record it made keyword search match everything).
+
+    Argilla 2.8 shows a plain (non-markdown) chat message as HTML in a left-to-right bubble and, unlike its text
+    fields and text questions, does not detect right-to-left text there; so a message of a right-to-left sample
+    (Arabic) goes as escaped text in ``<div lang="ar" dir="rtl">`` and reads right to left. English messages go
+    as they are."""
+    rtl = text_dir(sample.language) == "rtl"
+    return [{"role": t.role.value, "content": rtl_html(t.content, sample.language) if rtl else t.content}
+            for t in sample.conversation.turns]
 
 
 def risk_flags(sample: Sample, version: DatasetVersion) -> list[str]:
@@ -169,7 +177,8 @@ def metadata(sample: Sample, version: DatasetVersion) -> dict[str, Any]:
     sources = sorted({f"{f.source.org} {f.source.year}" for fid in sample.lineage.fact_ids
                       if (f := version.facts.get(fid)) is not None})
     out: dict[str, Any] = {
-        "sample_id": sample.id, "category": sample.category.value, "behaviour": sample.behaviour,
+        "sample_id": sample.id, "category": sample.category.value, "language": sample.language,
+        "behaviour": sample.behaviour,
         "risk": risk_flags(sample, version), "referral": "yes" if refers(sample) else "no",
         "persona": sample.persona, "turns": sample.conversation.user_turns, "recipe": sample.lineage.recipe,
         "generator": sample.lineage.generator, "split": sample.split, "content_hash": content_hash(sample),

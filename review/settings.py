@@ -80,6 +80,7 @@ def turns_of(question_names: list[str] | set[str]) -> int:
 METADATA: dict[str, tuple[str, bool]] = {
     "sample_id": ("terms", True),
     "category": ("terms", True),
+    "language": ("terms", True),
     "behaviour": ("terms", True),
     "risk": ("terms", True),
     "referral": ("terms", True),
@@ -92,6 +93,9 @@ METADATA: dict[str, tuple[str, bool]] = {
     "split": ("terms", True),
     "content_hash": ("terms", False),
 }
+#: Metadata added after datasets already existed: a dataset without it is still accepted (pull reads it as is) and
+#: a push adds the property, then re-sends the records that lack the value.
+ADDED_METADATA: dict[str, str] = {"language": "Language"}
 FIELDS: dict[str, str] = {CHAT_FIELD: "chat", CONTEXT_FIELD: "text"}
 
 
@@ -127,7 +131,8 @@ def build_settings(min_submitted: int, *, turns: int = 1, with_vectors: bool = T
         if kind == "integer":
             metadata.append(rg.IntegerMetadataProperty(name=name, visible_for_annotators=visible))
         else:
-            metadata.append(rg.TermsMetadataProperty(name=name, visible_for_annotators=visible))
+            metadata.append(rg.TermsMetadataProperty(name=name, title=ADDED_METADATA.get(name),
+                                                     visible_for_annotators=visible))
     return rg.Settings(
         fields=[rg.ChatField(name=CHAT_FIELD, title="Conversation (the system prompt is in the guidelines)",
                              use_markdown=False),
@@ -186,6 +191,8 @@ def check_schema(dataset_name: str, found: dict[str, dict[str, str]], *, vectors
         if part == "vectors" and vectors_optional and not have:
             continue
         for name in sorted(set(need) - set(have)):
+            if part == "metadata" and name in ADDED_METADATA:
+                continue  # an older dataset: push adds it (see ADDED_METADATA)
             problems.append(f"{noun} '{name}' is missing")
         for name in sorted(set(have) - set(need)):
             problems.append(f"{noun} '{name}' is unexpected")

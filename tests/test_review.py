@@ -613,3 +613,68 @@ def test_browser_annotator_queue_progress_and_a_turn_correction(argilla: LocalAr
     assert row["conversation"]["turns"][1]["content"].endswith("Fixed in the browser.")
     assert second.status == "rejected" and second.feedback[0].tags == ["wrong_number"]
     assert second.feedback[0].comment == "turn 1 gives the wrong number"
+
+
+def test_arabic_records_read_right_to_left_in_the_ui_and_filter_by_language(argilla: LocalArgilla,
+                                                                             owner: ArgillaClient,
+                                                                             tmp_path: Path) -> None:
+    """Issue #15: Arabic chats laid out right to left in the real annotation UI (headless Chromium, measured and
+    screenshotted), English ones as they were, and a ``language`` metadata filter for the experts.
+
+    The check (tests/helpers/rtl.py) fails without the ``dir="rtl"`` wrapper push puts on Arabic chat messages:
+    Argilla 2.8 lays plain chat messages out left to right whatever their script (checked once)."""
+    import dataclasses
+    import time
+
+    from factory.build import build_dataset
+    from tests.helpers import rtl
+    from tests.helpers.cdp import Browser
+    from tests.test_rtl import _keep
+
+    build_dataset(ROOT / "recipes" / "forma-fitness-ar.yaml", tmp_path / "ar-20", total=20)
+    full = load_version(tmp_path / "ar-20")
+    arabic = [s for s in full.samples if s.language == "ar"][:2]
+    english = [s for s in full.samples if s.language == "en"][:1]
+    pushed = push(dataclasses.replace(full, samples=arabic + english), owner,
+                  PushOptions(name="arabic-rtl", vectors=False, min_submitted=1))
+    expert = create_annotator(owner, "expert_layla", "layla-password-5")
+    records = {r["external_id"]: r for r in owner.iter_records(pushed.dataset_id, include=())}
+    assert records[english[0].id]["fields"]["conversation"] == english[0].conversation.messages()[1:]
+    assert records[arabic[0].id]["fields"]["conversation"][0]["content"].startswith('<div lang="ar" dir="rtl"')
+    by_language = {"type": "terms", "scope": {"entity": "metadata", "metadata_property": "language"}}
+    found = expert.request("POST", f"/me/datasets/{pushed.dataset_id}/records/search",
+                           json={"filters": {"and": [{**by_language, "values": ["ar"]}]}})
+    assert found["total"] == 2 and {i["record"]["external_id"] for i in found["items"]} == {s.id for s in arabic}
+
+    with Browser(tmp_path / "chromium-profile") as b:
+        b.call("Page.enable")
+        b.goto(f"{argilla.url}/sign-in")
+        b.wait_for("document.querySelectorAll('input').length >= 2")
+        for name, value in (("Username", "expert_layla"), ("Password", "layla-password-5")):
+            b.evaluate(f"document.querySelector('input[name=\"{name}\"]').focus()")
+            b.call("Input.insertText", text=value)
+        b.evaluate(BUTTON + "('Sign in')")
+        b.wait_for("!location.pathname.includes('sign-in')")
+        ids = {s.id: s for s in arabic}
+        for page in (1, 2, 3):  # the queue's order is Argilla's: find an Arabic record (?page=N, as the UI does)
+            b.goto(f"{argilla.url}/dataset/{pushed.dataset_id}/annotation-mode?page={page}")
+            b.wait_for(f"document.body.innerText.includes('Sample: s-') && {SHOWN_ID}", 60)
+            if (shown := ids.get(b.evaluate(SHOWN_ID))) is not None:
+                break
+        assert shown is not None
+        b.wait_for("document.querySelectorAll('.chat__bubble').length >= 2", 30)
+        time.sleep(0.5)
+        bubbles = rtl.measure(b, ".chat__bubble")
+        corrections = [r for r in rtl.measure(b, "p.content__text") if r["text"]]  # Argilla's own detection
+        assert shown.conversation.turns[0].content[:40] in b.text()
+        _keep(rtl.screenshot(b, tmp_path / "argilla-arabic-record.png"))
+        b.evaluate(BUTTON + "('Filters')")  # the experts' filter menu: Metadata lists the language property
+        b.wait_for("document.body.innerText.includes('Metadata')", 15)
+        b.evaluate("Array.from(document.querySelectorAll('button, li, a, span'))"
+                   ".filter(x => x.innerText && x.innerText.trim() === 'Metadata').pop().click()")
+        b.wait_for("document.body.innerText.includes('Language')", 15)
+    assert len(bubbles) == len(shown.conversation.turns)
+    rtl.check(bubbles)
+    assert all(r["expect"] == "rtl" and r["lang"] == "ar" for r in bubbles)
+    rtl.check(corrections)
+    assert corrections and all(r["expect"] == "rtl" for r in corrections)

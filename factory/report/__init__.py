@@ -22,6 +22,8 @@ from common.outdir import output_folder
 from common.paths import reports_root
 
 MAX_EXAMPLES = 3
+PREVIEWS_PER_LANGUAGE = 2
+PREVIEW_CHARS = 300
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -94,6 +96,7 @@ def collect(dataset: Path, *, similarity: bool = True, backend: str = "auto",
             first = next((t.get("content", "") for t in turns_ if t.get("role") == "user"), "")
             examples[key].append({"sample_id": r.get("sample_id"), "related_id": r.get("related_id"),
                                   "detail": r.get("detail", ""),
+                                  "language": record.get("language") if first else None,
                                   "text": (first or json.dumps(record, ensure_ascii=False))[:300]})
     stages = manifest.get("stages", [])
     nn = nearest_neighbour_similarity(user_texts, backend, model_path) if similarity else []
@@ -104,11 +107,39 @@ def collect(dataset: Path, *, similarity: bool = True, backend: str = "auto",
         "turns": {str(k): v for k, v in sorted(turns.items())},
         "lengths": {"chars": _histogram(chars, _length_bins(chars)),
                     "mean_chars": sum(chars) / total, "max_chars": max(chars, default=0)},
+        "languages": _languages(samples, manifest), "previews": _previews(samples),
         "funnel": stages, "rejects": dict(sorted(reject_counts.items())),
         "examples": {k: v for k, v in sorted(examples.items())},
         "nearest_neighbour": {"text": "user", "cosine": _histogram(nn, bins) if nn else None,
                               "mean": sum(nn) / len(nn) if nn else None, "max": max(nn) if nn else None},
     }
+
+
+def _languages(samples: list[dict[str, Any]], manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each language's target share (the recipe's, when it names languages) and actual count and share."""
+    counts = Counter(s.get("language") or "en" for s in samples)
+    shares: dict[str, float] = (manifest.get("languages") or {}).get("shares") or {}
+    total = max(len(samples), 1)
+    return [{"language": lang, "target_share": (shares[lang] / 100 if lang in shares else None),
+             "actual": counts.get(lang, 0), "actual_share": counts.get(lang, 0) / total}
+            for lang in [*shares, *sorted(set(counts) - set(shares))]]
+
+
+def _previews(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first samples of each language (file order: the same build gives the same page): first user turn and
+    first answer, cut to :data:`PREVIEW_CHARS`."""
+    out: list[dict[str, Any]] = []
+    seen: Counter[str] = Counter()
+    for s in samples:
+        lang = s.get("language") or "en"
+        if seen[lang] >= PREVIEWS_PER_LANGUAGE:
+            continue
+        seen[lang] += 1
+        turns = s["conversation"]["turns"]
+        first = {role: next((t["content"] for t in turns if t["role"] == role), "") for role in ("user", "assistant")}
+        cut = {k: v if len(v) <= PREVIEW_CHARS else v[:PREVIEW_CHARS].rstrip() + "…" for k, v in first.items()}
+        out.append({"sample_id": s.get("id"), "language": lang, "category": s.get("category"), **cut})
+    return sorted(out, key=lambda p: p["language"])
 
 
 def _length_bins(values: list[int]) -> list[float]:

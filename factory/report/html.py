@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.textdir import USER_TEXT_CSS, dir_attrs
+from factory.card import LANGUAGE_NAMES
 from factory.report.svg import Series, data_uri, grouped_bars, histogram, stacked_hbars
 
 TEMPLATE = Path(__file__).with_name("template.html.jinja")
@@ -51,6 +53,7 @@ def plot_similarity(data: dict[str, Any]) -> str:
 
 def render(data: dict[str, Any]) -> str:
     import jinja2
+    import markupsafe
 
     plots: list[tuple[str, str, str]] = [
         ("categories", "Category shares: target versus actual", plot_categories(data)),
@@ -62,5 +65,7 @@ def render(data: dict[str, Any]) -> str:
     if data["nearest_neighbour"]["cosine"]:
         plots.append(("similarity", "Nearest-neighbour similarity of the kept samples", plot_similarity(data)))
     env = jinja2.Environment(autoescape=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["dir"] = lambda language: markupsafe.Markup(dir_attrs(language))
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
-    return template.render(data=data, plots=plots)
+    return template.render(data=data, plots=plots, user_text_css=markupsafe.Markup(USER_TEXT_CSS),
+                           language_names=LANGUAGE_NAMES)
