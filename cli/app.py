@@ -26,6 +26,7 @@ from typer.core import TyperGroup
 from cli import build, diff, experiment, export, review, train
 from cli import eval as eval_commands
 from cli import filter as filter_commands
+from common import quiet
 from common.errors import FormaError
 
 DEBUG_ENV = "FORMA_DEBUG"
@@ -70,6 +71,11 @@ class _ErrorBoundary(TyperGroup):
                 raise
             _error_line(exc.render())
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            # the reader went away (``forma ... | head``): nothing left to tell anyone. Point stdout at /dev/null so
+            # the interpreter's final flush does not raise again (the Python docs' recipe for SIGPIPE).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _error_line("interrupted; nothing was left half-written under an output's name")
             raise typer.Exit(130) from None
@@ -89,6 +95,12 @@ app = typer.Typer(cls=_ErrorBoundary, name="forma",
 
 for module in (build, filter_commands, review, train, export, eval_commands, experiment, diff):
     module.register(app)
+
+
+@app.callback()
+def _quiet_by_default() -> None:
+    """Third-party warnings and progress bars go to the cache's logs/third-party.log (FORMA_VERBOSE=1 shows them)."""
+    quiet.setup()
 
 
 def main() -> None:
