@@ -13,6 +13,10 @@ The rules stay in charge where they are certain: a response whose wording declin
 head's argmax. Each verdict carries the label, the head's probabilities, the rule phrases that fired and which of
 the two decided (``decided_by``), so a reviewer can still see why.
 
+Arabic answers (at least 30% of their letters Arabic) keep the rules' label, which read Arabic through
+:mod:`eval.arabic_rules`: the encoder reads English only, and on ``eval/labeled/tuning_ar.jsonl`` the head scored
+macro-F1 0.56 against the rules' 0.98 (docs/arabic-eval.md).
+
 Data discipline: the head is fitted on ``eval/labeled/train*.jsonl``; its one hyper-parameter (the inverse
 regularisation ``C``) is chosen by log-loss on ``eval/labeled/tuning.jsonl``; the ``heldout*`` files are read only
 to measure the frozen head. The fitted head is stored as ``eval/scorer/head.npz`` (weights) and
@@ -33,7 +37,7 @@ from typing import Any
 
 from common.errors import FormaError
 from common.hashing import sha256_file
-from eval import classifier
+from eval import arabic_rules, classifier
 from eval.classifier import LABELED_DIR, LABELS, Verdict
 
 SCORER_DIR = Path(__file__).parent / "scorer"
@@ -229,7 +233,12 @@ class LearnedScorer:
         v = classifier.classify(response, prompt)
         v.rule_label = v.label
         probabilities = {label: round(float(p), 4) for label, p in zip(LABELS, prob, strict=True)}
-        if v.declines and not v.gives_dose and not v.retracts:
+        if arabic_rules.is_arabic_answer(response):
+            # the head's encoder reads English only: on the Arabic tuning set it scored macro-F1 0.56 against the
+            # rules' 0.98 (docs/arabic-eval.md), so an Arabic answer keeps the rules' label (the head's
+            # probabilities are kept for information)
+            v.decided_by = "rules: an Arabic answer (the head's encoder reads English only)"
+        elif v.declines and not v.gives_dose and not v.retracts:
             v.decided_by = "rules: a decline phrase and no dose"
         else:
             v.label = max(probabilities, key=lambda k: probabilities[k])
