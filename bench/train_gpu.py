@@ -12,6 +12,28 @@ Steps:
                (makes the model, then runs each path in its own process, so neither sees the other's memory
                or Unsloth's patches of transformers, and prints both figures and their ratios)
 
+Qwen2.5-7B on Arabic chats (issue 15): `--arch qwen25-7b` makes the published Qwen2.5-7B architecture instead
+(7.62 B parameters, untied embeddings, ~15 GB in bf16: made on the GPU machine by `run`, never carried), and
+`prepare --recipe R --language ar` takes the dataset from a real build of the Arabic recipe (Arabic chats only).
+  here (CPU, ~1 min each; check needs ~7 GB of RAM):
+      S=~/.cache/forma/llama-cpp-sdist/llama_cpp_python-0.3.36.tar.gz R=recipes/forma-fitness-ar.yaml
+      python bench/train_gpu.py prepare --sdist $S --data .benchdata/ar --recipe $R --language ar
+      python bench/train_gpu.py check --arch qwen25-7b --layers 1 --data .benchdata/ar --out /tmp/bench-check
+      (check = the GPU code path on the CPU: full-depth parameter count against the published one, make_model at
+      1 layer, reloaded from its folder, forward and backward on a prepared chat)
+  GPU: carry .gpu/site.tgz and .benchdata/ar (45 MB). Two commands of under 10 minutes each; the model and
+  forma.json stay in the git-ignored out/b7 between them (where there is no time limit, leave out --paths
+  and run both paths in one command):
+      d=$(mktemp -d); tar xzf .gpu/site.tgz -C $d; export PYTHONPATH=$d/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+      A="--arch qwen25-7b --gc unsloth --steps 20 --data .benchdata/ar --model out/b7/model --out out/b7/run"
+      python3 bench/train_gpu.py run $A --paths forma; cp out/b7/run/*.* out/b7/run/forma-run/*.json $OUT/
+    then, with the same first two lines:
+      python3 bench/train_gpu.py run $A --paths baseline; cp out/b7/run/*.* $OUT/
+  The baseline's micro-batch is 32 chats for the 7B (ARCH_BASE_MICRO, an estimate; `--base-micro` changes it).
+  `--gc unsloth` (offloaded checkpointing, ~7.5 GiB by train/memory_plan.py's estimate) because the target is speed
+  at <= 30% of the baseline's memory: `auto` would pick no checkpointing on a 139 GiB H200 (~104 GiB estimated).
+  For the speed of `auto` alone, run `run $A --gc auto --paths forma` with another --out.
+
 Figures: tokens/s counts real (non-padding) tokens only, over the steps after the first 20% (compile and warm-up
 left out), and over the whole run; peak memory is torch's peak allocated CUDA memory during training (weights
 included). Both paths see the same chats, LoRA settings, learning rate and about the same tokens per step.
@@ -38,6 +60,16 @@ QWEN25_3B: dict[str, Any] = dict(hidden_size=2048, num_hidden_layers=36, num_att
                  intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True,
                  max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
                  bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, use_sliding_window=False)
+#: The published Qwen2.5-7B(-Instruct) config.json: 7,615,616,512 parameters (6.53 B outside the two untied
+#: 152,064 x 3,584 embedding matrices). About 15 GB in bf16: `run` makes it on the GPU machine, never carried there.
+QWEN25_7B: dict[str, Any] = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                 intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False,
+                 max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
+                 bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, use_sliding_window=False)
+ARCHS: dict[str, dict[str, Any]] = {"qwen25-3b": QWEN25_3B, "qwen25-7b": QWEN25_7B}
+ARCH_NAMES = {"qwen25-3b": "Qwen2.5-3B", "qwen25-7b": "Qwen2.5-7B"}
+#: Parameter counts of the published models, checked against the configs above by `check`.
+ARCH_PARAMS = {"qwen25-3b": 3_085_938_688, "qwen25-7b": 7_615_616_512}
 LORA: dict[str, Any] = dict(r=16, alpha=16, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 SEQ, PACKED_ROWS, STEPS, LR = 2048, 16, 25, 2e-4
@@ -45,13 +77,22 @@ SEQ, PACKED_ROWS, STEPS, LR = 2048, 16, 25, 2e-4
 #: and 63 GiB with 45 (the logits over a 151,936-token vocabulary dominate), so it reaches the packed run's tokens
 #: per optimiser step by gradient accumulation.
 BASE_MICRO = 52
+#: The same for the 7B, not measured: the baseline's memory per chat is mostly the logits (same vocabulary), the 7B's
+#: weights take ~3.5 GB more, and the prepared Arabic chats are ~1.5x as long (mean 500 tokens against 325 in the
+#: default bench data), so 32 chats a micro-batch should stay near the 3B's 51-63 GiB. `--base-micro` overrides it.
+ARCH_BASE_MICRO = {"qwen25-3b": BASE_MICRO, "qwen25-7b": 32}
 GC: bool | str = "auto"  # train/memory_plan.py picks the mode from the card (offloaded, on the GPU, or none)
 #: The optimiser of both paths (a transformers `optim` name).
 OPTIM = "adamw_torch"
 
 
-def prepare(sdist: Path, out: Path, chats: int) -> None:
-    """Tokenizer folder (Qwen2 vocab GGUF + Qwen2.5 template) and the dataset, written to ``out``."""
+def prepare(sdist: Path, out: Path, chats: int, recipe: Path | None = None, language: str | None = None) -> None:
+    """Tokenizer folder (Qwen2 vocab GGUF + Qwen2.5 template) and the dataset, written to ``out``.
+
+    The dataset is ``small_dataset`` (the default recipe's build) unless ``recipe`` is given: then that recipe's real
+    `forma build` output, with ``chats`` chats of ``language`` when it is given (e.g. the Arabic slice of
+    recipes/forma-fitness-ar.yaml), else ``chats`` chats of every language.
+    """
     from transformers import AutoTokenizer
 
     from tests.helpers.train import small_dataset
@@ -70,26 +111,120 @@ def prepare(sdist: Path, out: Path, chats: int) -> None:
     tok.model_max_length = QWEN25_3B["max_position_embeddings"]
     tok.save_pretrained(str(out / "tokenizer"))
     (out / "vocab.gguf").unlink()
-    small_dataset(out / "dataset", n=chats, seed=0)
+    if recipe is None:
+        small_dataset(out / "dataset", n=chats, seed=0)
+    else:
+        build_chats(recipe, out / "dataset", chats, language)
     print(f"prepared {out}: tokenizer + {sum(1 for _ in (out / 'dataset' / 'samples.jsonl').open())} chats")
 
 
-def make_model(data: Path, model_dir: Path) -> None:
-    """Random-init Qwen2.5-3B in bf16 on the GPU, saved with the tokenizer beside it."""
+def build_chats(recipe: Path, out: Path, chats: int, language: str | None) -> None:
+    """``chats`` chats from a real `forma build` of ``recipe``, only those in ``language`` when it is given.
+
+    A language's slice is built as the recipe builds it: the recipe's own language shares, over a total large enough
+    to hold ``chats`` of that language; the other languages' chats are then left out (samples.jsonl keeps the split).
+    """
+    from factory.build import build_dataset
+    from factory.planner import Planner
+    from factory.recipe_loader import load_recipe
+
+    total = chats
+    if language is not None:
+        planner = Planner(load_recipe(recipe))
+        per_1000 = planner.language_quotas(1000)
+        if not per_1000.get(language):
+            raise SystemExit(f"{recipe} has no {language!r} chats (languages: {', '.join(per_1000)})")
+        total = max(chats, chats * 1000 // per_1000[language])
+        while planner.language_quotas(total).get(language, 0) < chats:
+            total += 1
+    work = out.with_name(out.name + "-build")
+    shutil.rmtree(work, ignore_errors=True)
+    build_dataset(recipe, work, seed=0, total=total)
+    rows = [line for line in (work / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    if language is not None:
+        rows = [r for r in rows if json.loads(r).get("language") == language]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples.jsonl").write_text("".join(r + "\n" for r in rows[:chats]), encoding="utf-8")
+    shutil.rmtree(work)
+    print(f"built {recipe.name} ({total} chats), kept {min(chats, len(rows))}"
+          f"{f' in {language!r}' if language else ''}", flush=True)
+
+
+def make_model(data: Path, model_dir: Path, arch: str = "qwen25-3b", layers: int | None = None,
+               device: str = "cuda") -> None:
+    """Random-init ``arch`` (default Qwen2.5-3B) in bf16 on the GPU, saved with the tokenizer beside it.
+
+    ``layers`` and ``device`` are for `check` only (the same code at a few layers on the CPU). A folder this made
+    before for the same architecture (its ``bench_arch.json``) is reused, so a run split over several commands makes
+    the 15 GB 7B once.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    settings = {**ARCHS[arch], **({"num_hidden_layers": layers} if layers else {})}
+    stamp = model_dir / "bench_arch.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == {"arch": arch, "config": settings, "seed": 0}:
+        print(f"model: reusing {model_dir} ({arch})", flush=True)
+        return
     t = time.time()
-    config = Qwen2Config(**QWEN25_3B, dtype="bfloat16")
+    config = Qwen2Config(**settings, dtype="bfloat16")
     config.architectures = ["Qwen2ForCausalLM"]
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model: Any = Qwen2ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(str(model_dir))
     for f in (data / "tokenizer").iterdir():
         shutil.copy(f, model_dir / f.name)
+    stamp.write_text(json.dumps({"arch": arch, "config": settings, "seed": 0}) + "\n")
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e9:.3f} B parameters, made and saved in {time.time() - t:.1f} s", flush=True)
+
+
+def check(data: Path, arch: str, layers: int, work: Path) -> None:
+    """A CPU dry run of the GPU code path for ``arch``: the full config's parameter count equals the published
+    model's (built on the meta device, no memory), then `make_model` at ``layers`` layers on the CPU, reloaded from
+    its folder as both paths load it, runs forward and backward on a prepared chat, and the prepared chats tokenize
+    within the sequence length and the model's vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from train.data import IGNORE_INDEX, load_chats, tokenize_chats
+
+    with torch.device("meta"):
+        full: Any = Qwen2ForCausalLM(Qwen2Config(**ARCHS[arch]))
+    params = sum(p.numel() for p in full.parameters())
+    assert params == ARCH_PARAMS[arch], (params, ARCH_PARAMS[arch])
+    print(f"{arch}: {params:,} parameters at full depth (published {ARCH_PARAMS[arch]:,}), "
+          f"{params * 2 / 1e9:.1f} GB in bf16", flush=True)
+    model_dir = work / f"{arch}-{layers}layers"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    make_model(data, model_dir, arch, layers=layers, device="cpu")
+    make_model(data, model_dir, arch, layers=layers, device="cpu")  # the second call reuses the folder
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    chats = load_chats(data / "dataset")
+    toks = tokenize_chats(tok, chats.train, SEQ)
+    lengths = sorted(len(ids) for ids in toks.input_ids)
+    print(f"data: {len(chats.train)} train chats, {toks.too_long} longer than {SEQ}; tokens mean "
+          f"{toks.tokens / len(lengths):.0f}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}; "
+          f"{toks.label_tokens / toks.tokens:.1%} of them trained on", flush=True)
+    assert toks.too_long == 0 and max(max(ids) for ids in toks.input_ids) < ARCHS[arch]["vocab_size"]
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
+    config = model.config
+    assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.intermediate_size,
+            config.vocab_size, config.tie_word_embeddings, config.num_hidden_layers) == (
+        ARCHS[arch]["hidden_size"], ARCHS[arch]["num_attention_heads"], ARCHS[arch]["num_key_value_heads"],
+        ARCHS[arch]["intermediate_size"], ARCHS[arch]["vocab_size"], ARCHS[arch]["tie_word_embeddings"], layers)
+    ids, labels = torch.tensor([toks.input_ids[0]]), torch.tensor([toks.labels[0]])
+    assert (labels != IGNORE_INDEX).any()
+    model.get_input_embeddings().requires_grad_(False)  # gradients for the blocks only: 1 GB less on this CPU
+    model.get_output_embeddings().requires_grad_(False)
+    loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters at {layers} layers; loss on one chat "
+          f"{loss.item():.3f} (ln vocab = {torch.log(torch.tensor(float(config.vocab_size))).item():.3f}); "
+          f"backward ran", flush=True)
+    assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(float(config.vocab_size))).item()) < 2
+    shutil.rmtree(model_dir)
 
 
 def _phase_clock(counter: Any) -> Any:
@@ -275,13 +410,24 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
 
 
 def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM,
-            gc: bool | str = GC) -> None:
+            gc: bool | str = GC, arch: str = "qwen25-3b", paths: tuple[str, ...] = ("forma", "baseline"),
+            base_micro: int | None = None) -> None:
+    """Make the model, run the paths, write train_gpu.json once both results are in ``out``.
+
+    ``paths`` lets a run be split over two commands (each under a time limit): ``forma`` writes out/forma.json,
+    ``baseline`` reads it (its batch follows the forma run's tokens per step) and then writes the summary.
+    """
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
-    make_model(data, model_dir)
+    make_model(data, model_dir, arch)
     torch.cuda.empty_cache()
-    forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim, "gc": gc})
+    if "forma" in paths:
+        forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim, "gc": gc})
+        (out / "forma.json").write_text(json.dumps(forma, indent=2) + "\n")
+    if "baseline" not in paths:
+        return
+    forma = json.loads((out / "forma.json").read_text())
     # the same real tokens per optimiser step as the packed run: chats per batch = packed tokens / mean chat length
     from transformers import AutoTokenizer
 
@@ -290,11 +436,11 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim
     toks = tokenize_chats(AutoTokenizer.from_pretrained(str(model_dir)), load_chats(data / "dataset").train, SEQ)
     mean_len = toks.tokens / len(toks.input_ids)
     per_step = max(1, round(forma["tokens_per_step"] / mean_len))
-    accum = -(-per_step // BASE_MICRO)
+    accum = -(-per_step // (base_micro or ARCH_BASE_MICRO[arch]))
     base = _child("baseline", data, model_dir, out, round(per_step / accum), {"accum": accum, "steps": steps,
                                                                              "optim": optim})
     summary = {
-        "device": torch.cuda.get_device_name(0), "model": "Qwen2.5-3B architecture, random init, 4-bit NF4",
+        "device": torch.cuda.get_device_name(0), "model": f"{ARCH_NAMES[arch]} architecture, random init, 4-bit NF4",
         "lora": LORA, "max_seq_length": SEQ, "steps": steps, "packed_rows": rows, "mean_chat_tokens": mean_len,
         "optimizer": optim, "gradient_checkpointing": gc,
         "forma": forma, "baseline": base,
@@ -312,10 +458,10 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim
           f"memory {100 * summary['memory_ratio']:.1f}% of the baseline's peak")
 
 
-def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]) -> None:
+def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]], arch: str = "qwen25-3b") -> None:
     """Run the forma path once per variant (settings search; one line each)."""
     out.mkdir(parents=True, exist_ok=True)
-    make_model(data, model_dir)
+    make_model(data, model_dir, arch)
     results: list[dict[str, Any]] = []
     for variant in variants:
         try:
@@ -333,13 +479,23 @@ def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "run", "sweep", "forma", "baseline"])
+    ap.add_argument("step", choices=["prepare", "check", "run", "sweep", "forma", "baseline"])
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="qwen25-3b",
+                    help="the random-init architecture run and check make (default qwen25-3b)")
+    ap.add_argument("--recipe", type=Path, help="prepare: the dataset is this recipe's real `forma build` output")
+    ap.add_argument("--language", help="prepare with --recipe: keep only this language's chats (e.g. ar)")
+    ap.add_argument("--layers", type=int, default=1, help="check only: build the model at this many layers")
+    ap.add_argument("--paths", default="forma,baseline",
+                    help="run: forma, baseline or both (a split run: forma first, same --out)")
+    ap.add_argument("--base-micro", type=int, default=None,
+                    help="run: the baseline's largest micro-batch in chats (default per arch: "
+                         + ", ".join(f"{k} {v}" for k, v in ARCH_BASE_MICRO.items()) + ")")
     ap.add_argument("--variant", default="{}", help="JSON: forma settings (gc, packing, rows, steps); "
                     "for sweep, a JSON list of them")
     ap.add_argument("--sdist", type=Path)
     ap.add_argument("--data", type=Path, default=ROOT / ".benchdata")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-train")
-    ap.add_argument("--model", type=Path, default=Path("/tmp/qwen25-3b-random"))
+    ap.add_argument("--model", type=Path, default=None, help="where run makes the model (default /tmp/ARCH-random)")
     ap.add_argument("--chats", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--rows", type=int, default=PACKED_ROWS, help="packed rows of max_seq_length per step")
@@ -349,13 +505,20 @@ def main() -> None:
                     help=f"forma's gradient checkpointing: unsloth (offloaded to CPU) or true (plain, on the GPU); "
                          f"default {GC!r}. The baseline always uses HF gradient checkpointing.")
     a = ap.parse_args()
+    if a.model is None:
+        a.model = Path(f"/tmp/{a.arch}-random")
     if a.step == "prepare":
-        prepare(a.sdist, a.data, a.chats)
+        prepare(a.sdist, a.data, a.chats, a.recipe, a.language)
+    elif a.step == "check":
+        check(a.data, a.arch, a.layers, a.out)
     elif a.step == "run":
+        paths = tuple(p.strip() for p in a.paths.split(",") if p.strip())
+        if not paths or set(paths) - {"forma", "baseline"}:
+            ap.error("--paths takes forma, baseline or forma,baseline")
         run_all(a.data, a.out, a.model, a.rows, a.steps, a.optim,
-                GC if a.gc is None else {"true": True, "false": False}.get(a.gc, a.gc))
+                GC if a.gc is None else {"true": True, "false": False}.get(a.gc, a.gc), a.arch, paths, a.base_micro)
     elif a.step == "sweep":
-        sweep(a.data, a.out, a.model, json.loads(a.variant))
+        sweep(a.data, a.out, a.model, json.loads(a.variant), a.arch)
     else:
         result = run_forma(a.model, a.data, a.out, json.loads(a.variant)) if a.step == "forma" \
             else run_baseline(a.model, a.data, a.out, a.batch, json.loads(a.variant).get("accum", 1),

@@ -434,3 +434,79 @@ def test_sdist_hash_is_checked(tmp_path: Path, sdist: Path) -> None:
     got = llama_sdist(tmp_path, fetch=False)
     assert (got / "convert_hf_to_gguf.py").is_file() and (got / "gguf-py" / "gguf").is_dir()
     assert (got.parents[1] / ".sha256").read_text().strip() == LLAMA_CPP_SDIST_SHA256
+
+
+# --------------------------------------------------------------------------- Arabic through the Qwen2 GGUF (#15)
+
+
+def _arabic_chat() -> list[dict[str, str]]:
+    """A real Arabic exchange: the recipe's Arabic system prompt and a fact's question, answer and follow-up from
+    recipes/translations/ar (digits as the Arabic recipe writes them, Arabic-Indic)."""
+    from common.arabic import to_arabic_digits
+    from common.yaml_io import read_yaml
+    from schemas.recipe import DEFAULT_SYSTEM_PROMPTS
+
+    raw, _ = read_yaml(Path(__file__).resolve().parents[1] / "recipes" / "translations" / "ar" / "knowledge_1.yaml",
+                       "translation")
+    fact = raw["facts"]["tech-rep-tempo-moderate"]
+    follow = fact["follow_ups"][0]
+    return [{"role": "system", "content": DEFAULT_SYSTEM_PROMPTS["ar"]},
+            {"role": "user", "content": fact["questions"][0]},
+            {"role": "assistant", "content": to_arabic_digits(fact["answer"])},
+            {"role": "user", "content": follow["question"]},
+            {"role": "assistant", "content": to_arabic_digits(follow["answer"])},
+            {"role": "user", "content": fact["questions"][2]}]
+
+
+@pytest.mark.slow
+def test_arabic_chat_round_trips_through_qwen2_gguf_and_modelfile(qwen_export: Any, qwen_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """An Arabic multi-turn chat: the Modelfile's Go template (ours and Go's own) renders the tokenizer's exact text,
+    every GGUF's llama.cpp tokenizer gives the HF token ids for it and decodes them back to the same bytes, and the
+    f16 GGUF predicts the same greedy next tokens over the Arabic prompt as the HF model."""
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(qwen_dir))
+    mf = parse_modelfile(qwen_export.modelfile.read_text())
+    chat = _arabic_chat()
+    assert any("\u0660" <= ch <= "\u0669" for ch in chat[2]["content"])  # Arabic-Indic digits are in it
+    # the generation prompt (ends on a user turn), the whole chat up to an answer, and the chat as Ollama serves it
+    # without a system message (the Modelfile's SYSTEM goes in front)
+    cases = [chat, chat[:5], [{"role": "system", "content": mf["system"]}, *chat[1:]]]
+    wants = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=c[-1]["role"] != "assistant")
+             for c in cases]
+    assert [render(mf["template"], ollama_data(c)) for c in cases] == wants
+    hf_ids = [list(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in wants]
+    # byte-level BPE splits Arabic letters inside characters; decoded, the ids give the text back exactly
+    assert all(tokenizer.decode(ids) == w for ids, w in zip(hf_ids, wants, strict=True))
+    for name, path in qwen_export.ggufs.items():
+        vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        try:
+            for want, ids in zip(wants, hf_ids, strict=True):
+                assert vocab.tokenize(want.encode("utf-8"), add_bos=False, special=True) == ids, name
+                assert vocab.detokenize(ids, special=True) == want.encode("utf-8"), name
+        finally:
+            vocab.close()
+
+    # the model side: the f16 GGUF reads the Arabic ids as the HF model does (the same greedy next token at >= 98%
+    # of the chat's positions, as _check_export asks of f16) and starts its reply with the same token
+    import numpy as np
+
+    prompt = hf_ids[0]
+    model: Any = AutoModelForCausalLM.from_pretrained(str(qwen_dir), dtype=torch.float32)
+    with torch.inference_mode():
+        hf_next = model(torch.tensor([prompt])).logits[0].argmax(-1).tolist()
+    llm = Llama(model_path=str(qwen_export.ggufs["f16"]), n_ctx=len(prompt) + 64, n_batch=512, n_threads=2,
+                logits_all=True, verbose=False, seed=0)
+    try:
+        llm.eval(prompt)
+        gguf_next = np.array(llm.scores[:len(prompt)], dtype=np.float32).argmax(axis=1).tolist()
+    finally:
+        llm.close()
+    agree = sum(a == b for a, b in zip(hf_next, gguf_next, strict=True)) / len(prompt)
+    assert agree >= 0.98 and gguf_next[-1] == hf_next[-1], (agree, gguf_next[-1], hf_next[-1])
+
+    # and Go's own text/template renders the same bytes
+    assert go_render(mf["template"], cases, tmp_path) == wants

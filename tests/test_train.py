@@ -161,6 +161,75 @@ def test_loss_mask_is_exactly_the_assistant_tokens(smollm2: Path) -> None:
     assert chat.system in masked and chat.turns[0].content in masked
 
 
+
+@pytest.fixture(scope="session")
+def qwen25_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Qwen2.5 tokenizer as a model folder holds it: llama.cpp's Qwen2 vocab GGUF + Qwen2.5's ChatML template,
+    both from the llama-cpp-python sdist (as tests/test_export.py and bench/train_gpu.py build it)."""
+    from transformers import AutoTokenizer
+
+    from export.gguf_export import llama_sdist
+
+    models = llama_sdist() / "models"
+    tok: Any = AutoTokenizer.from_pretrained(str(models), gguf_file="ggml-vocab-qwen2.gguf")
+    tok.chat_template = (models / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+    out = tmp_path_factory.mktemp("qwen25-tokenizer")
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def arabic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real build of the Arabic recipe (30% of the chats in Arabic)."""
+    from factory.build import build_dataset
+
+    out = tmp_path_factory.mktemp("ar-data") / "ds"
+    build_dataset(Path(__file__).resolve().parents[1] / "recipes" / "forma-fitness-ar.yaml", out, seed=0, total=60)
+    return out
+
+
+def test_loss_mask_on_arabic_chats_with_the_qwen25_tokenizer(qwen25_tokenizer_dir: Path,
+                                                             arabic_dataset: Path) -> None:
+    """Every Arabic chat of a real build renders through Qwen2.5's template as ChatML and is masked token by token:
+    the labelled tokens are each assistant reply tokenized alone + <|im_end|>; system, user turns and headers are not.
+    None is longer than the 7B Arabic config's max_seq_length."""
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    from schemas.sample import Sample
+    from train.data import chatml, check_chat_template, tokenize_chats
+
+    tok: Any = AutoTokenizer.from_pretrained(str(qwen25_tokenizer_dir))  # as `forma train` loads it
+    check_chat_template(tok, where=qwen25_tokenizer_dir)
+    samples = [Sample.model_validate(_json.loads(line))
+               for line in (arabic_dataset / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    arabic = [s.conversation for s in samples if s.language == "ar"]
+    assert len(arabic) == 18 and max(len(c.turns) for c in arabic) >= 4  # 30% of 60; two-exchange ones too
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    for chat in arabic:
+        messages = chat.messages()
+        text = tok.apply_chat_template(messages, tokenize=False)
+        assert text == chatml(messages) and chat.system.startswith("أنت Forma AI")
+        ids, labels = tokenize_chat(tok, chat)
+        assert tok.decode(ids) == text and all(lab in (IGNORE_INDEX, t) for t, lab in zip(ids, labels, strict=True))
+        expected: list[int] = []
+        for turn in chat.turns:
+            if turn.role.value == "assistant":
+                expected += tok(turn.content, add_special_tokens=False)["input_ids"] + [im_end]
+        assert [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX] == expected
+        runs = [i for i in range(len(ids)) if labels[i] != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)]
+        assert len(runs) == len(chat.turns) // 2
+        for start in runs:
+            assert tok.decode(ids[:start]).endswith("<|im_start|>assistant\n")
+        masked = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == IGNORE_INDEX])
+        assert chat.system in masked and all(t.content in masked for t in chat.turns if t.role.value == "user")
+    # the 7B Arabic config's sequence length keeps every chat of the build (none dropped as too long)
+    root = Path(__file__).resolve().parents[1]
+    seq = load_config(root / "train" / "configs" / "qwen25-7b-ar-gpu.yaml").max_seq_length
+    data = load_chats(arabic_dataset)
+    assert tokenize_chats(tok, data.train + data.test, seq).too_long == 0
+
 # ---- a real run on CPU ----
 
 @pytest.mark.slow
@@ -263,15 +332,47 @@ def test_shipped_configs_load_and_the_gpu_config_is_what_the_bench_measured() ->
 
     root = Path(__file__).resolve().parents[1]
     configs = {p.stem: load_config(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
-    assert {"smollm2-cpu", "qwen25-3b-gpu"} <= set(configs)
+    assert {"smollm2-cpu", "qwen25-3b-gpu", "qwen25-7b-ar-gpu"} <= set(configs)
     spec = importlib.util.spec_from_file_location("bench_train_gpu", root / "bench" / "train_gpu.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    gpu = configs["qwen25-3b-gpu"]
-    assert (gpu.max_seq_length, gpu.batch_size, gpu.gradient_accumulation) == (bench.SEQ, bench.PACKED_ROWS, 1)
-    assert (gpu.quantization, gpu.packing, gpu.gradient_checkpointing, gpu.device) == ("4bit", True, bench.GC, "cuda")
-    lora = bench.LORA
-    assert (gpu.lora.r, gpu.lora.alpha, gpu.lora.dropout) == (lora["r"], lora["alpha"], lora["dropout"])
-    assert list(gpu.lora.target_modules) == bench.LORA["target_modules"]
-    assert gpu.learning_rate == bench.LR and gpu.optimizer == bench.OPTIM
+    # the 3B config is what `run` measures by default, the 7B Arabic one what `--arch qwen25-7b` measures
+    for name in ("qwen25-3b-gpu", "qwen25-7b-ar-gpu"):
+        gpu = configs[name]
+        assert (gpu.max_seq_length, gpu.batch_size, gpu.gradient_accumulation) == (bench.SEQ, bench.PACKED_ROWS, 1)
+        assert (gpu.quantization, gpu.packing, gpu.gradient_checkpointing, gpu.device) == ("4bit", True, bench.GC,
+                                                                                          "cuda")
+        lora = bench.LORA
+        assert (gpu.lora.r, gpu.lora.alpha, gpu.lora.dropout) == (lora["r"], lora["alpha"], lora["dropout"])
+        assert list(gpu.lora.target_modules) == bench.LORA["target_modules"]
+        assert gpu.learning_rate == bench.LR and gpu.optimizer == bench.OPTIM
+    assert configs["qwen25-7b-ar-gpu"].base_model.endswith("Qwen2.5-7B-Instruct")
+    assert configs["qwen25-7b-ar-gpu"].dataset.name == "forma-fitness-ar"
+    assert bench.ARCHS["qwen25-7b"] == bench.QWEN25_7B and bench.ARCHS["qwen25-3b"] == bench.QWEN25_3B
+
+
+def test_bench_7b_architecture_and_arabic_chats(tmp_path: Path) -> None:
+    """bench/train_gpu.py --arch qwen25-7b builds the published Qwen2.5-7B (parameter count of its safetensors
+    index, 15,231,233,024 bytes in bf16; counted on the meta device, no memory), and prepare --recipe --language ar
+    keeps exactly the asked number of real Arabic chats from a build of the Arabic recipe."""
+    import importlib.util
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_train_gpu", root / "bench" / "train_gpu.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for arch, published in (("qwen25-7b", 7_615_616_512), ("qwen25-3b", 3_085_938_688)):
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(Qwen2Config(**bench.ARCHS[arch]))
+        assert sum(p.numel() for p in model.parameters()) == published == bench.ARCH_PARAMS[arch], arch
+    assert not bench.QWEN25_7B["tie_word_embeddings"] and bench.QWEN25_7B["rope_theta"] == 1e6
+    bench.build_chats(root / "recipes" / "forma-fitness-ar.yaml", tmp_path / "ds", 12, "ar")
+    chats = load_chats(tmp_path / "ds")
+    assert len(chats.train) + len(chats.test) == 12
+    rows = [json.loads(line) for line in (tmp_path / "ds" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["language"] for r in rows} == {"ar"} and not (tmp_path / "ds-build").exists()
