@@ -297,12 +297,13 @@ def _override_sft_args(overrides: dict[str, Any]) -> None:
 def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `forma train` code path: TrainConfig -> train.sft.train (Unsloth, packed, 4-bit).
 
-    Variant keys: gc, packing, rows, steps, optim (a transformers `optim` name), logging_steps, and args (raw
+    Variant keys: gc, packing, rows, steps, optim (a transformers `optim` name), logging_steps, quant (4bit or
+    16bit: the base in NF4 or in bf16), profile (steps to profile, bench/step_profile.py), and args (raw
     SFTConfig overrides such as dataloader_num_workers: a settings search, not a `forma train` setting; with
     workers > 0 the counting collator runs in the workers, so token counts read 0 and only the phases hold).
     """
     v = {"gc": GC, "packing": True, "rows": PACKED_ROWS, "steps": STEPS, "optim": OPTIM, "logging_steps": 1,
-         **(variant or {})}
+         "quant": "4bit", **(variant or {})}
     if v.get("args"):
         _override_sft_args(v["args"])
     import train.sft as sft
@@ -312,9 +313,18 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
     if not hasattr(sft, "_bench_step_clock"):
         sft._bench_step_clock = sft.step_clock  # type: ignore[attr-defined]
     sft.step_clock = _phase_clock  # type: ignore[assignment]
+    if v.get("profile"):  # {"profile": N}: torch.profiler over N steady steps (from step 10), kernels grouped
+        import step_profile  # bench/ is sys.path[0] when this file runs as a script
+
+        def profiled_clock(counter: Any) -> Any:
+            clock = _phase_clock(counter)
+            step_profile.attach(clock, start=10, steps=int(v["profile"]), out=out)
+            return clock
+
+        sft.step_clock = profiled_clock  # type: ignore[assignment]
 
     config = TrainConfig(base_model=str(model_dir), dataset=data / "dataset", output_dir=out / "forma-run",
-                         quantization="4bit", max_seq_length=SEQ, lora=LoraSettings(**LORA), learning_rate=LR,
+                         quantization=v["quant"], max_seq_length=SEQ, lora=LoraSettings(**LORA), learning_rate=LR,
                          max_steps=v["steps"], batch_size=v["rows"], gradient_accumulation=1,
                          packing=v["packing"], gradient_checkpointing=v["gc"],
                          eval_split="test", eval_max_samples=32, eval_on_start=False, eval_steps=10_000,
@@ -323,7 +333,8 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
     result = train(config, run_name="bench-forma")
     report = json.loads(result.report.read_text())
     m = report["metrics"]
-    return {"path": "forma (Unsloth QLoRA, packed)", "variant": v, "tokens_per_s": m["tokens_per_s"],
+    path = "forma (Unsloth QLoRA, packed)" if v["quant"] == "4bit" else "forma (Unsloth LoRA, bf16 base, packed)"
+    return {"path": path, "variant": v, "tokens_per_s": m["tokens_per_s"],
             "tokens_per_s_steady": m["tokens_per_s_steady"], "peak_gib": m["peak_gpu_allocated_gib"],
             "peak_reserved_gib": m["peak_gpu_reserved_gib"], "non_padding_share": m["non_padding_share"],
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
