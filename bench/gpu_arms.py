@@ -236,8 +236,9 @@ def merge_and_export(parts: Path, out: Path, quant: str) -> Path:
     adapter = out / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
     join_parts(sorted(parts.glob("adapter_model.safetensors.part*")), adapter / "adapter_model.safetensors")
-    for extra in ("adapter_config.json", "train_report.json"):
-        shutil.copy(parts / extra, adapter / extra)
+    shutil.copy(parts / "adapter_config.json", adapter / "adapter_config.json")
+    if (parts / "train_report.json").is_file():  # a checkpoint brought back with `fetch --checkpoint` has none
+        shutil.copy(parts / "train_report.json", adapter / "train_report.json")
     base = smollm2_hf()
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
