@@ -6,8 +6,10 @@ One function (``run_gate``) so the CLI, the tests and the benchmark exercise exa
 from __future__ import annotations
 
 import re
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,6 +210,20 @@ def _trust_checks(inputs: GateInputs, results: list[dict[str, Any]], scorer_info
     return checks, comparison, record
 
 
+@contextmanager
+def _removed_if_unfinished(run_dir: Path) -> Iterator[None]:
+    """Create the run folder; if the run stops before its report is written (Ctrl-C, a model that fails to load), a
+    folder this run created goes again, so ``reports/`` never holds empty runs that look like results."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and not (run_dir / "report.json").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | None = None,
              knowledge: Path | None = None, out_root: Path | None = None, run: str | None = None,
              endpoint: str | None = None, endpoint_model: str | None = None,
@@ -232,36 +248,36 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
 
         out_root = reports_root()
     run_dir = out_root / (run or run_name(model, endpoint))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cases = system_prompts.apply([c for s in suites.values() for c in s.cases], shipped)
-    started = time.perf_counter()
-    chosen = load_scorer(scorer)
-    if log and isinstance(chosen, RuleScorer):
-        log(f"scorer: rules ({chosen.note})")
-    runner = open_runner(model, endpoint=endpoint, endpoint_model=endpoint_model, endpoint_params=endpoint_params,
-                         n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
-    judge_runner = None
-    try:
-        judge_fn = None
-        if judge_model is not None:
-            judge_runner = open_runner(str(judge_model), n_threads=n_threads, seed=seed, work_dir=run_dir / "judge")
-            judge_fn = judge_runner.chat
-        if log:
-            log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
-            log(f"system prompt: {shipped.source}")
-        results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen)
-        model_info = runner.describe()
-    finally:
-        runner.close()
-        if judge_runner is not None:
-            judge_runner.close()
-    drift = (_reference_run(reference, pol, cases, list(suites), results, run_dir, n_threads, seed, log)
-             if reference is not None else None)
-    scorer_info = {**chosen.describe(), "judge": str(judge_model) if judge_model else None}
-    trust, comparison, record = _trust_checks(inputs, results, scorer_info)
-    checks = evaluate(pol, results, drift) + trust
-    report = _report(inputs, run_dir, model_info, checks, results, drift, scorer_info, comparison, record,
-                     time.perf_counter() - started)
+    with _removed_if_unfinished(run_dir):
+        cases = system_prompts.apply([c for s in suites.values() for c in s.cases], shipped)
+        started = time.perf_counter()
+        chosen = load_scorer(scorer)
+        if log and isinstance(chosen, RuleScorer):
+            log(f"scorer: rules ({chosen.note})")
+        runner = open_runner(model, endpoint=endpoint, endpoint_model=endpoint_model, endpoint_params=endpoint_params,
+                             n_threads=n_threads, seed=seed, work_dir=run_dir / "lm_eval")
+        judge_runner = None
+        try:
+            judge_fn = None
+            if judge_model is not None:
+                judge_runner = open_runner(str(judge_model), n_threads=n_threads, seed=seed, work_dir=run_dir / "judge")
+                judge_fn = judge_runner.chat
+            if log:
+                log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
+                log(f"system prompt: {shipped.source}")
+            results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen)
+            model_info = runner.describe()
+        finally:
+            runner.close()
+            if judge_runner is not None:
+                judge_runner.close()
+        drift = (_reference_run(reference, pol, cases, list(suites), results, run_dir, n_threads, seed, log)
+                 if reference is not None else None)
+        scorer_info = {**chosen.describe(), "judge": str(judge_model) if judge_model else None}
+        trust, comparison, record = _trust_checks(inputs, results, scorer_info)
+        checks = evaluate(pol, results, drift) + trust
+        report = _report(inputs, run_dir, model_info, checks, results, drift, scorer_info, comparison, record,
+                         time.perf_counter() - started)
     return GateOutcome(passed=report["passed"], run_dir=run_dir, report=report)
 
 
