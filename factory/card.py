@@ -128,15 +128,37 @@ def _language_section(manifest: dict[str, Any]) -> str:
              f"Every language holds the category and behaviour shares: {exact} of {len(cells)} (language, category, "
              "behaviour) cells are exact.", ""]
     by_language = (manifest.get("quality") or {}).get("by_language", {})
-    for lang, k in languages.get("knowledge", {}).items():
+    knowledge = languages.get("knowledge", {})
+    if knowledge:
+        lines += _review_table(knowledge)
+    for lang, k in knowledge.items():
         own = by_language.get(lang, {})
+        entries = k["facts"] + k["behaviour_items"]
+        approved = k["facts_approved"] + k["behaviour_items_approved"]
         lines.append(f"- {LANGUAGE_NAMES.get(lang, lang)} knowledge: {k['facts']} of {k['facts_total']} facts and "
                      f"{k['behaviour_items']} of {k['behaviour_items_total']} behaviour items have text in it; "
-                     f"expert-approved: {k['facts_approved']} facts and {k['behaviour_items_approved']} items (the "
-                     "rest are the team's drafts). Chats in it used "
-                     f"{own.get('facts_used', 0)} of {own.get('facts_available', 0)} of its facts; its most repeated "
-                     f"assistant turn occurs {own.get('most_repeated_assistant_turn', 0)} times.")
+                     f"expert-approved: {k['facts_approved']} facts and {k['behaviour_items_approved']} items, "
+                     f"{approved} of {entries} entries ({_share(approved, entries)}; the rest are the team's drafts). "
+                     f"Chats in it used {own.get('facts_used', 0)} of {own.get('facts_available', 0)} of its facts; "
+                     f"its most repeated assistant turn occurs {own.get('most_repeated_assistant_turn', 0)} times.")
     return "\n".join(lines) + "\n"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _review_table(knowledge: dict[str, Any]) -> list[str]:
+    """Per language and kind: entries with text in the language, how many an expert approved (in Argilla), how many
+    are still the team's drafts, and the approved share."""
+    rows = ["| Language | Knowledge | Entries | Expert-approved | Draft | Approved share |",
+            "|---|---|---|---|---|---|"]
+    for lang, k in knowledge.items():
+        for label, entries, approved in (("facts", k["facts"], k["facts_approved"]),
+                                         ("behaviour items", k["behaviour_items"], k["behaviour_items_approved"])):
+            rows.append(f"| {LANGUAGE_NAMES.get(lang, lang)} | {label} | {entries} | {approved} | "
+                        f"{entries - approved} | {_share(approved, entries)} |")
+    return [*rows, ""]
 
 
 def _behaviour_table(manifest: dict[str, Any]) -> str:

@@ -156,6 +156,43 @@ def test_arabic_recipe_builds_exact_quotas_deterministically(tmp_path: Path) -> 
     answers = " ".join(t.content for s in arabic for t in s.conversation.turns if t.role == Role.ASSISTANT)
     assert "٫" in answers or any(d in answers for d in "٠١٢٣٤٥٦٧٨٩")  # answer_digits: arabic_indic
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["languages"]["knowledge"]["ar"]["facts"] == 36
+    assert manifest["languages"]["knowledge"]["ar"]["facts"] == 51
     card = (tmp_path / "a" / "README.md").read_text(encoding="utf-8")
     assert "## Languages: target versus actual" in card and "expert-approved: 0 facts" in card
+    assert "| Arabic (MSA) | facts | 51 | 0 | 51 | 0.0% |" in card
+
+
+def test_arabic_text_covers_every_category_and_sub_topic(loaded: LoadedRecipe) -> None:
+    """Training facts with Arabic text in each of the 24 (category, sub-topic) pairs of the knowledge base (two or
+    more in the seven the first drafts left out), each a draft or an expert-approved text."""
+    pairs: dict[tuple[str, str], int] = {}
+    for fact in loaded.training_facts:
+        key = (fact.category.value, fact.topic)
+        pairs[key] = pairs.get(key, 0) + ("ar" in fact.translations)
+    assert len(pairs) == 24
+    assert {k: n for k, n in pairs.items() if n < 1} == {}
+    added = [("nutrition", "meal_timing"), ("exercise_technique", "progressions_regressions"),
+             ("exercise_technique", "equipment_alternatives"), ("recovery", "active_recovery"),
+             ("programming", "progressive_overload"), ("programming", "deloads"), ("motivation", "plateaus")]
+    assert all(pairs[k] >= 2 for k in added)
+    assert {t.review_state for f in loaded.facts for t in f.translations.values()} <= {"draft", "approved"}
+
+
+def test_card_reports_the_expert_approved_share_per_language() -> None:
+    """The card's language section: entries, approved and draft per language and kind, and the approved share."""
+    from factory.card import _language_section
+
+    manifest = {
+        "languages": {"shares": {"en": 70, "ar": 30}, "quotas": {"en": 7, "ar": 3}, "counts": {"en": 7, "ar": 3},
+                      "cells": {"ar/nutrition/answer": {"actual": 3, "target": 3}},
+                      "knowledge": {"ar": {"facts": 40, "facts_total": 257, "facts_approved": 10,
+                                           "behaviour_items": 8, "behaviour_items_total": 103,
+                                           "behaviour_items_approved": 0}}},
+        "quality": {"by_language": {"ar": {"facts_used": 3, "facts_available": 40,
+                                           "most_repeated_assistant_turn": 2}}},
+    }
+    section = _language_section(manifest)
+    assert "| Arabic (MSA) | facts | 40 | 10 | 30 | 25.0% |" in section
+    assert "| Arabic (MSA) | behaviour items | 8 | 0 | 8 | 0.0% |" in section
+    assert "10 of 48 entries (20.8%; the rest are the team's drafts)" in section
+    assert _language_section({}) == ""

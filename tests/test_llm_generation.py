@@ -5,20 +5,36 @@ lose nothing."""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from common.arabic import arabic_share
 from common.errors import FormaError
 from factory.generators.cache import LLMCache, Reply, request_key
 from factory.generators.grounding import check_answer, check_numbers, mentions, note_honoured
-from factory.generators.prompts import MalformedReply, parse_assistant, parse_judge, parse_user
+from factory.generators.llm import LLMGenerator, Teacher
+from factory.generators.prompts import (
+    MalformedReply,
+    assistant_system,
+    parse_assistant,
+    parse_judge,
+    parse_user,
+    plan_turns,
+)
+from factory.planner import Slot
+from factory.recipe_loader import load_recipe
 from schemas.knowledge import Fact
 from tests.helpers.llm import (
+    ROOT,
     llama_generator,
     llama_server,
     read_jsonl,
@@ -235,3 +251,53 @@ def test_cli_exposes_resume_engine_and_ray_address() -> None:
     assert proc.returncode == 0
     for flag in ("--resume", "--engine", "--ray-address"):
         assert flag in proc.stdout
+
+
+# teacher prompts in the slot's language ---------------------------------------------------------------------------
+class _ScriptedTeacher(Teacher):
+    """Records every request and answers from a script (no model): the prompts are what is under test."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(cache=None)
+        self.model_id = self.label = "scripted"
+        self.replies = replies
+        self.requests: list[list[dict[str, str]]] = []
+
+    def _call_many(self, items: list[tuple[int, str, list[dict[str, str]], dict[str, Any]]],
+                   done: Callable[[int, str, Reply], None]) -> None:
+        for i, key, messages, _params in items:
+            self.requests.append(messages)
+            done(i, key, Reply(text=self.replies[len(self.requests) - 1], output_tokens=10))
+
+
+def test_teacher_prompts_for_an_arabic_slot_are_arabic_and_carry_the_arabic_fact() -> None:
+    """An Arabic slot's user-simulator and teacher prompts are written in Arabic (not English plus a note), carry the
+    fact's Arabic question, answer and numbers, and the chat comes back with the recipe's Arabic system prompt and
+    Arabic-Indic digits; an English slot's prompts are unchanged."""
+    loaded = load_recipe(ROOT / "recipes" / "forma-fitness-ar.yaml")
+    fact = next(f for f in loaded.facts if f.id == "nut-presleep-casein")
+    arabic = fact.translations["ar"]
+    persona = next(p for p in loaded.recipe.personas if p.id == "beginner")
+    slot = Slot(index=0, category=fact.category, persona=persona, user_turns=1, language="ar", facts=(fact,), seed=7)
+    teacher = _ScriptedTeacher(["هل أتناول الكازين قبل النوم لبناء العضلات؟",
+                                "نعم، تناول نحو 30 إلى 40 غرامًا من الكازين قبل النوم يدعم بناء العضلات ليلًا."])
+    sample = LLMGenerator(loaded, teacher).generate(slot)
+
+    user_prompt, (system, *_rest) = teacher.requests[0][0]["content"], teacher.requests[1]
+    teacher_prompt = system["content"]
+    for prompt in (user_prompt, teacher_prompt):
+        share = arabic_share(prompt.replace("Forma AI", ""))
+        assert share is not None and share > 0.95, prompt
+        assert "Write in the language" not in prompt
+    assert any(q in user_prompt for q in arabic.questions)
+    assert arabic.answer in teacher_prompt and "30 إلى 40 غرام" in teacher_prompt
+    assert any(intro in teacher_prompt for intro in persona.translations["ar"].intro)  # type: ignore[index]
+    assert teacher_prompt.startswith(loaded.recipe.system_prompt_for("ar").strip())
+    assert sample.conversation.system == loaded.recipe.system_prompt_for("ar")
+    assert "٣٠ إلى ٤٠" in sample.conversation.turns[-1].content
+
+    # English slots: the English prompt, as before (no Arabic, no note)
+    plan = plan_turns(replace(slot, language="en"), random.Random(1))[0]
+    english = assistant_system(loaded.recipe.system_prompt, persona, "nutrition", plan, 0, 1)
+    assert f"Fact: {fact.claim}" in english and "Numbers: pre-sleep casein dose: 30 to 40 g." in english
+    assert arabic_share(english.replace("Forma AI", "")) == 0.0

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.arabic import to_arabic_digits
 from common.errors import FormaError
 from factory.generators.cache import LLMCache, Reply, request_key
 from factory.generators.grounding import check_answer
 from factory.generators.judge import Judge
 from factory.generators.prompts import (
+    PROMPT_LANGUAGES,
     MalformedReply,
     TurnPlan,
     assistant_system,
@@ -366,8 +368,10 @@ class LLMGenerator:
     # steps -----------------------------------------------------------------------------------------------------
     def _start(self, slot: Slot, attempt: int) -> _Chat:
         rng = random.Random(slot.seed * 31 + attempt)
-        return _Chat(slot=slot, attempt=attempt, intro=rng.choice(slot.persona.intro),
-                     goal=rng.choice(slot.persona.goals), plans=plan_turns(slot, rng))
+        words = slot.persona if slot.language not in PROMPT_LANGUAGES else (
+            (slot.persona.translations or {}).get(slot.language) or slot.persona)  # the persona's own words in it
+        return _Chat(slot=slot, attempt=attempt, intro=rng.choice(words.intro),
+                     goal=rng.choice(words.goals), plans=plan_turns(slot, rng))
 
     def _params(self, max_new_tokens: int, seed: int) -> dict[str, Any]:
         """Sampling parameters of one call; they are part of its cache key."""
@@ -375,13 +379,16 @@ class LLMGenerator:
                 "repeat_penalty": self.cfg.repeat_penalty}
 
     def _language_note(self, chat: _Chat) -> str:
-        return "" if chat.slot.language == "en" else f"\nWrite in the language with code {chat.slot.language!r}."
+        """For a language without its own prompt templates: the English prompt plus a note to write in it."""
+        language = chat.slot.language
+        return "" if language in PROMPT_LANGUAGES else f"\nWrite in the language with code {language!r}."
 
     def _user_turn(self, chats: list[_Chat], turn: int) -> None:
         requests: list[Request] = []
         for c in chats:
             last = c.turns[-1].content if c.turns else None
-            messages = user_simulator_messages(c.slot.persona, c.intro, c.goal, c.plans[turn], last)
+            messages = user_simulator_messages(c.slot.persona, c.intro, c.goal, c.plans[turn], last,
+                                               language=c.slot.language)
             messages[0]["content"] += self._language_note(c)
             requests.append((messages, self._params(self.cfg.user_max_new_tokens, c.call_seed(2 * turn))))
         for c, reply in zip(chats, self.teacher.chat_many(requests), strict=True):
@@ -400,8 +407,9 @@ class LLMGenerator:
     def _assistant_turn(self, chats: list[_Chat], turn: int) -> None:
         requests: list[Request] = []
         for c in chats:
-            system = assistant_system(self.recipe.system_prompt, c.slot.persona, c.slot.category.value,
-                                      c.plans[turn], turn, len(c.plans)) + self._language_note(c)
+            system = assistant_system(self.recipe.system_prompt_for(c.slot.language), c.slot.persona,
+                                      c.slot.category.value, c.plans[turn], turn, len(c.plans),
+                                      language=c.slot.language, intro=c.intro) + self._language_note(c)
             messages = [{"role": "system", "content": system}, *c.messages()]
             requests.append((messages, self._params(self.cfg.max_new_tokens, c.call_seed(2 * turn + 1))))
         for c, reply in zip(chats, self.teacher.chat_many(requests), strict=True):
@@ -450,8 +458,13 @@ class LLMGenerator:
         lineage = Lineage(recipe=self.recipe.name, recipe_hash=self.recipe_hash, generator=self.name,
                           model=self.teacher.label, seed=slot.seed, slot=slot.index,
                           fact_ids=[f.id for f in slot.facts], checks=checks)
+        turns = chat.turns
+        if self.recipe.digits_for(slot.language) == "arabic_indic":  # the recipe's digits for answers in it
+            turns = [Turn(role=t.role, content=to_arabic_digits(t.content)) if t.role == Role.ASSISTANT else t
+                     for t in turns]
         return Sample.create(category=slot.category, persona=slot.persona.id,
-                             conversation=Conversation(system=self.recipe.system_prompt, turns=chat.turns),
+                             conversation=Conversation(system=self.recipe.system_prompt_for(slot.language),
+                                                       turns=turns),
                              lineage=lineage, language=slot.language)
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from common.arabic import normalize_arabic
 from factory.planner import Slot
-from schemas.knowledge import Fact, Quantity
+from schemas.knowledge import Fact, FactText, Quantity
 from schemas.recipe import Persona
 
 #: Pieces of chat templates (ChatML, Llama, Mistral, Gemma, Phi) that must never appear in a reply.
@@ -24,14 +25,15 @@ TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", 
                    "<|end_header_id|>", "<|assistant|>", "<|user|>", "<|system|>", "<|end|>", "[INST]", "[/INST]",
                    "<<SYS>>", "<</SYS>>", "<s>", "</s>", "<start_of_turn>", "<end_of_turn>", "<|begin_of_text|>")
 #: A line that starts another speaker's turn: the model is writing both sides of the chat.
-ROLE_LINE = re.compile(r"^\s*(?:#+\s*)?(user|human|assistant|coach|client|person|system|me|you|ai)\s*:",
-                       re.IGNORECASE | re.MULTILINE)
+ROLE_LINE = re.compile(r"^\s*(?:#+\s*)?(user|human|assistant|coach|client|person|system|me|you|ai|"
+                       r"المستخدم|المدرب|المساعد|العميل|النظام)\s*:", re.IGNORECASE | re.MULTILINE)
 _LEADING_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:user|human|person|client|me|message|assistant|coach|answer|reply|"
-                            r"rewritten question|question)"
+                            r"rewritten question|question|السؤال بعد إعادة الصياغة|السؤال|الجواب|الرد|المدرب)"
                             r"\s*:\s*", re.IGNORECASE)
-_USER_OPENING = re.compile(r"^\s*(?:#+\s*)?(?:user|human|person|client|me)\s*:", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)")
-_WORD = re.compile(r"[A-Za-z]+")
+_USER_OPENING = re.compile(r"^\s*(?:#+\s*)?(?:user|human|person|client|me|المستخدم|العميل)\s*:", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?؟](?=[\s\"')\]»]|$)")
+#: A word: Latin letters, or Arabic letters (so Arabic replies are counted, checked for loops and matched by topic).
+_WORD = re.compile(r"[A-Za-z]+|[\u0621-\u064a]+")
 
 
 class MalformedReply(ValueError):
@@ -63,9 +65,10 @@ def plan_turns(slot: Slot, rng_choice: object) -> list[TurnPlan]:
     assert isinstance(rng_choice, random.Random)
     rng = rng_choice
     primary = slot.facts[0]
-    plans = [TurnPlan(question=rng.choice(primary.questions), fact=primary, reference=primary.answer,
-                      safety_notes=tuple(primary.safety_notes))]
-    follow_ups = list(primary.follow_ups)
+    text = _text_in(primary, slot.language)
+    plans = [TurnPlan(question=rng.choice(text.questions), fact=primary, reference=text.answer,
+                      safety_notes=_notes(primary, text))]
+    follow_ups = list(text.follow_ups)
     rng.shuffle(follow_ups)
     later = list(slot.facts[1:])
     for _ in range(slot.user_turns - 1):
@@ -74,11 +77,26 @@ def plan_turns(slot: Slot, rng_choice: object) -> list[TurnPlan]:
             plans.append(TurnPlan(question=f.question, fact=primary, reference=f.answer, safety_notes=()))
         elif later:
             fact = later.pop(0)
-            plans.append(TurnPlan(question=rng.choice(fact.questions), fact=fact, reference=fact.answer,
-                                  safety_notes=tuple(fact.safety_notes)))
+            other = _text_in(fact, slot.language)
+            plans.append(TurnPlan(question=rng.choice(other.questions), fact=fact, reference=other.answer,
+                                  safety_notes=_notes(fact, other)))
         else:
             break
     return plans
+
+
+def _text_in(fact: Fact, language: str) -> Fact | FactText:
+    """The fact's questions and answers in the slot's language (the fact itself for English); the planner gives a
+    slot in another language only facts that have text in it."""
+    text = fact.text_in(language)
+    if text is None:
+        raise ValueError(f"fact {fact.id!r} has no {language!r} text for a slot in that language")
+    return text
+
+
+def _notes(fact: Fact, text: Fact | FactText) -> tuple[str, ...]:
+    """Safety notes in the text's language; the English ones where a translation has none (never drop a note)."""
+    return tuple(text.safety_notes or fact.safety_notes)
 
 
 def format_quantity(q: Quantity) -> str:
@@ -87,8 +105,13 @@ def format_quantity(q: Quantity) -> str:
 
 
 def assistant_system(system_prompt: str, persona: Persona, category: str, plan: TurnPlan, turn: int,
-                     total_turns: int) -> str:
-    """The teacher's system prompt for one answer: the recipe's coach persona plus the facts it must rest on."""
+                     total_turns: int, *, language: str = "en", intro: str = "") -> str:
+    """The teacher's system prompt for one answer: the recipe's coach persona plus the facts it must rest on.
+
+    Written in the slot's language where there is a template for it (:data:`PROMPT_LANGUAGES`; ``intro`` is then how
+    the person introduces themselves in that language); English otherwise."""
+    if language == "ar":
+        return _assistant_system_ar(system_prompt, intro, category, plan, turn, total_turns)
     lines = [system_prompt.strip(), "",
              f"You are talking with {persona.description}. Topic: {category.replace('_', ' ')}. "
              f"This is turn {turn + 1} of {total_turns}.",
@@ -104,15 +127,72 @@ def assistant_system(system_prompt: str, persona: Persona, category: str, plan: 
 
 
 def user_simulator_messages(persona: Persona, intro: str, goal: str, plan: TurnPlan,
-                            last_answer: str | None) -> list[dict[str, str]]:
+                            last_answer: str | None, *, language: str = "en") -> list[dict[str, str]]:
     """Messages that make the teacher write the user's next turn, in the persona's voice, about ``plan.question``.
 
     A rewrite task rather than role-play: small teachers (SmolLM2-135M) asked to "be the user" answer the question
     themselves, while asked to rewrite a question as someone they mostly stay on it (measured; docs/generation.md).
+    In the slot's language where there is a template for it (``intro`` and ``goal`` are then in that language).
     """
+    if language == "ar":
+        return _user_simulator_ar(intro, goal, plan, last_answer)
     context = "" if last_answer is None else f'The coach just said: "{_clip(last_answer, 240)}"\n'
     user = (f"{context}Rewrite this question as if you were {persona.description} ({intro}; goal: {goal}). "
             f'Keep it short, first person.\nQuestion: "{plan.question}"\nRewritten question:')
+    return [{"role": "user", "content": user}]
+
+
+# Arabic (MSA) prompts -------------------------------------------------------------------------------------------
+# Written for Arabic rather than translated line by line from the English above: the person is shown by how they
+# introduce themselves (the persona's Arabic words), the fact by the expert's Arabic answer (a fact's claim and
+# quantity names exist in English only; its numbers are shared), and units read the Arabic way.
+
+#: Languages whose teacher prompts are written in the language itself; others get the English prompts plus a note.
+PROMPT_LANGUAGES = frozenset({"en", "ar"})
+
+AR_TOPICS = {
+    "exercise_technique": "تقنية أداء التمارين", "programming": "تصميم البرامج التدريبية", "nutrition": "التغذية",
+    "recovery": "التعافي", "motivation": "التحفيز والعقلية", "special_populations": "الفئات الخاصة",
+}
+AR_UNITS = {
+    "%": "%", "hours": "ساعات", "minutes": "دقائق", "g/kg/day": "غرام لكل كيلوغرام من وزن الجسم يوميًا",
+    "weeks": "أسابيع", "seconds": "ثوانٍ", "reps": "تكرارات", "days/week": "أيام في الأسبوع",
+    "days per week": "أيام في الأسبوع", "years": "سنوات", "minutes/week": "دقيقة في الأسبوع", "kg": "كيلوغرام",
+    "days": "أيام", "sets": "مجموعات", "points": "نقاط", "% of one-rep max": "% من أقصى وزن لتكرار واحد",
+    "% 1RM": "% من أقصى وزن لتكرار واحد", "mg/day": "ملغ يوميًا", "hours/night": "ساعات في الليلة",
+    "months": "أشهر", "minutes/day": "دقيقة يوميًا", "mg": "ملغ", "g/kg": "غرام لكل كيلوغرام", "g/day": "غرام يوميًا",
+    "times per week": "مرات في الأسبوع", "time per week": "مرة في الأسبوع", "times": "مرات",
+    "steps/day": "خطوة يوميًا", "mg/kg": "ملغ لكل كيلوغرام", "g/kg/h": "غرام لكل كيلوغرام في الساعة", "g": "غرام",
+}
+
+
+def format_quantity_ar(q: Quantity) -> str:
+    """A fact's number in Arabic: the value or range and the unit in Arabic words (the unit as written when there is
+    no Arabic word for it)."""
+    value = f"{q.low:g}" if q.high is None else f"{q.low:g} إلى {q.high:g}"
+    return f"{value} {AR_UNITS.get(q.unit, q.unit)}"
+
+
+def _assistant_system_ar(system_prompt: str, intro: str, category: str, plan: TurnPlan, turn: int,
+                         total_turns: int) -> str:
+    lines = [system_prompt.strip(), "",
+             f"تتحدث الآن مع شخص يقول عن نفسه: «{intro}». الموضوع: {AR_TOPICS.get(category, category)}. "
+             f"هذه هي الجولة {turn + 1} من {total_turns} في المحادثة.",
+             "ابنِ إجابتك على معلومة الخبراء التالية، ولا تذكر من الأرقام إلا ما ورد فيها."]
+    if plan.fact.quantities:
+        lines.append("الأرقام المعتمدة: " + "؛ ".join(format_quantity_ar(q) for q in plan.fact.quantities) + ".")
+    lines.append(f"إجابة الخبير: {' '.join([plan.reference, *plan.safety_notes])}")
+    for note in plan.safety_notes:
+        lines.append(f"ملاحظة سلامة يجب أن تتضمنها إجابتك: {note}")
+    lines.append("اكتب ردك بالعربية الفصحى، موجّهًا الكلام إلى الشخص مباشرة، في جملتين إلى أربع جمل قصيرة من نص عادي "
+                 "بلا عناوين أو قوائم.")
+    return "\n".join(lines)
+
+
+def _user_simulator_ar(intro: str, goal: str, plan: TurnPlan, last_answer: str | None) -> list[dict[str, str]]:
+    context = "" if last_answer is None else f"قال المدرب للتو: «{_clip(last_answer, 240)}»\n"
+    user = (f"{context}أعد كتابة هذا السؤال بالعربية الفصحى كأنك شخص يقول: «{intro}، وهدفي أن {goal}». "
+            f"اجعله قصيرًا وبصيغة المتكلم.\nالسؤال: «{plan.question}»\nالسؤال بعد إعادة الصياغة:")
     return [{"role": "user", "content": user}]
 
 
@@ -218,8 +298,27 @@ _STOP = frozenset([
 ])
 
 
+_STOP_AR = frozenset(normalize_arabic(
+    "هل ما ماذا كيف كم متى لماذا في من على الى إلى عن ان أن او أو مع هذا هذه ذلك قبل بعد كان اذا إذا لا انا أنا لي "
+    "عندي اريد أريد يجب ينبغي يمكن يمكنني كل اي أي").split())
+_AR_PREFIXES = tuple(normalize_arabic(p) for p in ("وال", "بال", "فال", "كال", "لل", "ال", "و"))
+
+
+def _arabic_stem(word: str) -> str:
+    """An Arabic word normalised and without a leading conjunction, preposition or article (so that "والبروتين"
+    and "البروتين" match)."""
+    word = normalize_arabic(word)
+    for prefix in _AR_PREFIXES:
+        if word.startswith(prefix) and len(word) - len(prefix) > 2:
+            return word[len(prefix):]
+    return word
+
+
 def content_words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in _STOP}
+    words = _WORD.findall(text)
+    out = {w.lower() for w in words if w.isascii() and len(w) > 2 and w.lower() not in _STOP}
+    stems = (_arabic_stem(w) for w in words if not w.isascii())
+    return out | {w for w in stems if len(w) > 2 and w not in _STOP_AR}
 
 
 def on_topic(user_text: str, plan: TurnPlan) -> bool:
