@@ -1,10 +1,13 @@
 """Benchmark: this project's near-duplicate stage versus distilabel's ``MinHashDedup``, and the semantic stage.
 
     python bench/dedupe.py near [--n 100000]       # both near-dup implementations, one process, same records
-    python bench/dedupe.py semantic [--n 100000] [--backends static,onnx] [--text user|conversation]
+    python bench/dedupe.py semantic [--n 100000] [--backends static,onnx,cascade] [--text user|conversation]
+                                    [--threshold 0.95]
                                                    # semantic stage per encoder: time, CPU time, peak memory
-    python bench/dedupe.py agreement [--n 2000] [--backends static,onnx]
-                                                   # each encoder's drops versus plain MiniLM's; planted paraphrases
+    python bench/dedupe.py agreement [--n 2000] [--backends static,onnx,cascade] [--split tune|heldout]
+                                     [--corpus questions|user] [--threshold 0.9] [--loose 0.5,0.6,0.7]
+                                                   # each backend's semantic-stage drops versus plain MiniLM's on
+                                                   # the same records, with bench/data/paraphrases.jsonl planted
 
 The corpus is made from the knowledge base's sentences (fitness language, ~100 words per record): 90% distinct
 records, 5% exact copies, 5% near copies (one or two words changed). Both near-dup implementations see the same
@@ -17,6 +20,8 @@ datasketch 2.x its LSH subclass lacks ``_require_bytes_keys`` (set after load; w
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import re
 import resource
@@ -131,7 +136,7 @@ def user_corpus(n: int, seed: int = 0) -> list[str]:
     return [f"{rng.choice(INTROS)}{rng.choice(questions)} I read that {rng.choice(pool)}" for _ in range(n)]
 
 
-def semantic(n: int, backends: list[str], text: str) -> None:
+def semantic(n: int, backends: list[str], text: str, threshold: float = 0.95) -> None:
     """The semantic stage on ``n`` records per backend, one after another in this process: time, CPU time, memory.
 
     ``--text conversation``: whole records (~100 words) with planted exact and near copies (P/R on those);
@@ -142,15 +147,19 @@ def semantic(n: int, backends: list[str], text: str) -> None:
 
     if text == "user":
         users = user_corpus(n)
-        samples, planted = as_samples([u + " | " for u in users], user_chars=None), set()
+        samples, planted = as_samples([u + " | " for u in users], user_chars=None), set[int]()
     else:
         texts, planted = corpus(n)
         samples = as_samples(texts)
     for backend in backends:
         get_encoder(backend)  # type: ignore[arg-type]  # load (and export or distil) outside the timing
+        if backend == "cascade":
+            get_encoder("onnx")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        stage = SemanticDedupe(threshold=0.95, text=text, backend=backend, batch_size=BATCH)  # type: ignore[arg-type]
+        stage = SemanticDedupe(threshold=threshold, text=text, backend=backend,  # type: ignore[arg-type]
+                               batch_size=BATCH)
         stage.bind(RejectWriter())
+        load = os.getloadavg()
         started, cpu = time.perf_counter(), time.process_time()
         kept = {s.id for s in stage.run(samples)}
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -158,9 +167,13 @@ def semantic(n: int, backends: list[str], text: str) -> None:
         pred = {i for i in range(len(samples)) if f"r{i}" not in kept}
         p, r, f = f1(pred, planted)
         scores = f"; P {p:.4f} R {r:.4f} F1 {f:.4f} on planted copies" if planted else ""
-        print(f"semantic {backend} ({text} text, cosine 0.95, {len(samples)} records): {seconds:.1f} s wall, "
+        extra = (f"; MiniLM ran on {stage.minilm_encoded} records ({stage.minilm_encoded / len(samples):.1%}), "
+                 f"{stage.rechecked} fp32 re-checks, candidates at static cosine >= {stage.candidate_threshold:g}"
+                 if backend == "cascade" else "")
+        print(f"semantic {backend} ({text} text, cosine {threshold:g}, {len(samples)} records): {seconds:.1f} s wall, "
               f"{cpu:.1f} s CPU, {len(samples) / seconds:.0f} records/s; dropped {len(pred)}; peak RSS "
-              f"{peak / 1024:.0f} MB (before {before / 1024:.0f} MB){scores}", flush=True)
+              f"{peak / 1024:.0f} MB (before {before / 1024:.0f} MB){scores}{extra}; load average "
+              f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1 min)", flush=True)
 
 
 INTROS = ["", "Hi! ", "Quick question: ", "Hey coach, ", "I'm new to the gym. ", "I'm over sixty. "]
@@ -183,7 +196,7 @@ def _planted_paraphrases(backend: str) -> tuple[int, int, int]:
                if p.kind in ("original", "paraphrase")]
     writer = RejectWriter()
     rejects: list = []
-    writer.write = rejects.append  # type: ignore[method-assign]
+    writer.write = rejects.append  # type: ignore[method-assign,assignment]
     stage = SemanticDedupe(threshold=0.87, text="user", backend=backend)  # type: ignore[arg-type]
     stage.bind(writer)
     list(stage.run([p.sample for p in planted]))
@@ -194,41 +207,106 @@ def _planted_paraphrases(backend: str) -> tuple[int, int, int]:
     return found, sum(k == "paraphrase" for k in kind.values()), lost
 
 
-def agreement(n: int, backends: list[str]) -> None:
-    """Each CPU backend's drops scored against plain MiniLM's (sentence-transformers, fp32) on the same user
-    questions, with encode time and CPU time; then the planted paraphrases each one finds."""
+PAIRS = ROOT / "bench" / "data" / "paraphrases.jsonl"
+
+
+def planted_subset(n: int, split: str, corpus_kind: str) -> tuple[list[str], list[dict]]:
+    """``n`` background user texts plus the hand-written pairs of ``split`` (bench/data/paraphrases.jsonl): each
+    pair's first text at a random position, its second later. Returns the texts and the pairs with their indices."""
+    rng = random.Random({"tune": 11, "heldout": 12}[split])
+    if corpus_kind == "user":
+        texts = user_corpus(100_000)[{"tune": 0, "heldout": 50_000}[split]:][:n]
+    else:
+        facts = load_recipe(ROOT / "recipes" / "forma-fitness.yaml").facts
+        questions = sorted({q for f in facts for q in f.questions})
+        texts = [rng.choice(INTROS) + rng.choice(questions) for _ in range(n)]
+    pairs = [row for row in map(json.loads, PAIRS.read_text().splitlines()) if row["split"] == split]
+    for row in pairs:
+        first = rng.randrange(len(texts) + 1)
+        texts.insert(first, row["a"])
+        texts.insert(rng.randrange(first + 1, len(texts) + 1), row["b"])
+    for row in pairs:  # positions after all inserts (texts are distinct)
+        row["ia"], row["ib"] = texts.index(row["a"]), texts.index(row["b"])
+    return texts, pairs
+
+
+def run_stage(texts: list[str], backend: str, threshold: float, loose: float | None = None
+              ) -> tuple[dict[int, int], float, float, int, int, list]:
+    """The semantic stage on ``texts`` (user text): {dropped index: index it duplicates}, wall s, CPU s, MiniLM
+    encodes and fp32 re-checks (cascade) and the rejects."""
+    from factory.stages.semantic import SemanticDedupe
+
+    writer = RejectWriter()
+    rejects: list = []
+    writer.write = rejects.append  # type: ignore[method-assign,assignment]
+    extra = {} if loose is None else {"candidate_threshold": loose}
+    stage = SemanticDedupe(threshold=threshold, text="user", backend=backend, **extra)  # type: ignore[arg-type]
+    stage.bind(writer)
+    started, cpu = time.perf_counter(), time.process_time()
+    list(stage.run(as_samples([t + " | " for t in texts], user_chars=None)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    drops = {int(r.sample_id[1:]): int(r.related_id[1:]) for r in rejects}
+    return drops, wall, cpu, stage.minilm_encoded, stage.rechecked, rejects
+
+
+def agreement(n: int, backends: list[str], split: str, corpus_kind: str, threshold: float,
+              looses: list[float]) -> None:
+    """Each backend's semantic-stage drops scored against plain MiniLM's (sentence-transformers fp32, the same
+    stage, the same threshold) on the same records: ``n`` user texts plus the hand-written paraphrase pairs and hard
+    negatives of one split. Recall = share of MiniLM's drops the backend also drops; precision = share of the
+    backend's drops MiniLM also drops; "same pair" = dropped naming the same kept record as MiniLM."""
     from factory.embed import get_encoder
 
-    rng = random.Random(1)
-    facts = load_recipe(ROOT / "recipes" / "forma-fitness.yaml").facts
-    questions = sorted({q for f in facts for q in f.questions})
-    texts = [rng.choice(INTROS) + rng.choice(questions) for _ in range(n)]
-    vectors = {}
-    for kind in ["minilm", *backends]:
-        encoder = get_encoder(kind)  # type: ignore[arg-type]
-        started, cpu = time.perf_counter(), time.process_time()
-        vectors[kind] = encoder.encode(texts)
-        print(f"{kind}: {n} questions encoded in {time.perf_counter() - started:.1f} s wall, "
-              f"{time.process_time() - cpu:.1f} s CPU", flush=True)
-    for threshold in (0.9, 0.95):
-        reference = _drops(vectors["minilm"], threshold)
-        for kind in backends:
-            mine = _drops(vectors[kind], threshold)
-            p, r, f = f1(mine, reference)
-            print(f"user questions, cosine {threshold}: MiniLM drops {len(reference)}, {kind} drops {len(mine)}; "
-                  f"{kind} vs MiniLM P {p:.3f} R {r:.3f} F1 {f:.3f}")
-    for kind in ["minilm", *backends]:
-        found, total, lost = _planted_paraphrases(kind)
-        print(f"planted paraphrases at cosine 0.87 (user text), {kind}: {found} of {total} found, "
-              f"{lost} distinct originals lost")
+    texts, pairs = planted_subset(n, split, corpus_kind)
+    paraphrases = [p for p in pairs if p["kind"] == "paraphrase"]
+    negatives = [p for p in pairs if p["kind"] == "negative"]
+    print(f"subset: {split} split, {corpus_kind} corpus, {n} background texts + {len(paraphrases)} paraphrase pairs "
+          f"+ {len(negatives)} hard-negative pairs = {len(texts)} records; cosine {threshold:g}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    runs: list[tuple[str, float | None]] = [("minilm", None)]
+    for backend in backends:
+        runs += [(backend, loose) for loose in looses] if backend == "cascade" and looses else [(backend, None)]
+    reference: dict[int, int] = {}
+    for backend, loose in runs:
+        get_encoder(backend)  # type: ignore[arg-type]  # load outside the timing
+        if backend == "cascade":
+            get_encoder("onnx")
+        drops, wall, cpu, encoded, rechecked, _ = run_stage(texts, backend, threshold, loose)
+        if backend == "minilm":
+            reference = drops
+        both = set(drops) & set(reference)
+        p = len(both) / len(drops) if drops else 1.0
+        r = len(both) / len(reference) if reference else 1.0
+        same = sum(drops[i] == reference[i] for i in both) / len(reference) if reference else 1.0
+        found = sum(drops.get(q["ib"]) == q["ia"] for q in paraphrases)
+        lost = sum(drops.get(q["ib"]) == q["ia"] for q in negatives)
+        ref_found = sum(q["ib"] in reference for q in paraphrases)
+        para_r = (sum(q["ib"] in drops for q in paraphrases if q["ib"] in reference) / ref_found) if ref_found else 1.0
+        label = backend + (f" (loose {loose:g})" if loose is not None else
+                           (" (loose 0.4, default)" if backend == "cascade" else ""))
+        more = (f"; MiniLM ran on {encoded} of {len(texts)} ({encoded / len(texts):.0%}), fp32 re-checks {rechecked}"
+                if backend == "cascade" else "")
+        print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU; drops {len(drops)} (MiniLM {len(reference)}); vs MiniLM "
+              f"P {p:.3f} R {r:.3f} same pair {same:.3f}; paraphrases dropped naming their original {found} of "
+              f"{len(paraphrases)} (MiniLM's {ref_found} of them: recall {para_r:.3f}); hard negatives dropped "
+              f"{lost} of {len(negatives)}{more}", flush=True)
+    for backend in ["minilm", *backends]:
+        found, total, lost = _planted_paraphrases(backend)
+        print(f"tests/helpers word-swap paraphrases at cosine 0.87 (user text), {backend}: {found} of {total} found, "
+              f"{lost} distinct originals lost", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["near", "semantic", "agreement"])
     parser.add_argument("--n", type=int, default=None)
-    parser.add_argument("--backends", default=None, help="comma-separated encoders (static, onnx, minilm)")
+    parser.add_argument("--backends", default=None, help="comma-separated: static, onnx, minilm, cascade")
     parser.add_argument("--text", choices=["user", "conversation"], default="user", help="semantic: compared text")
+    parser.add_argument("--threshold", type=float, default=None, help="cosine (semantic: 0.95, agreement: 0.9)")
+    parser.add_argument("--split", choices=["tune", "heldout"], default="heldout", help="agreement: planted pairs")
+    parser.add_argument("--corpus", choices=["questions", "user"], default="questions",
+                        help="agreement: background texts (KB questions, or the semantic bench's user texts)")
+    parser.add_argument("--loose", default="", help="agreement: cascade candidate thresholds to sweep (tuning)")
     args = parser.parse_args()
     import torch
 
@@ -236,9 +314,10 @@ def main() -> None:
     if args.what == "near":
         near(args.n or 100_000)
     elif args.what == "semantic":
-        semantic(args.n or 100_000, (args.backends or "static,onnx").split(","), args.text)
+        semantic(args.n or 100_000, (args.backends or "static,onnx").split(","), args.text, args.threshold or 0.95)
     else:
-        agreement(args.n or 2000, (args.backends or "static,onnx").split(","))
+        agreement(args.n or 2000, (args.backends or "static,onnx,cascade").split(","), args.split, args.corpus,
+                  args.threshold or 0.9, [float(x) for x in args.loose.split(",") if x])
 
 
 if __name__ == "__main__":

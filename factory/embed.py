@@ -9,6 +9,9 @@
 - ``onnx``: the same MiniLM exported to ONNX and quantised to int8 (``factory/embed_onnx.py``), on ONNX Runtime's
   CPU provider: paraphrase-grade decisions (docs/dedupe.md: ~97% agreement with MiniLM's drops at cosine 0.9) at
   several times sentence-transformers' CPU speed. Export takes ~10 s once per machine.
+- ``cascade``: for the semantic dedupe stage only, static candidates at a loose cosine, then the ``onnx`` MiniLM only
+  on records in candidate pairs, deciding at the stage's threshold (``factory/stages/semantic.py``, issue #17).
+  Everything else that embeds (decontamination, the report) gets the ``static`` encoder for it.
 - ``auto`` (the default): ``minilm`` when CUDA is available, else ``static``. Not ``onnx``: a build embeds every user
   turn (decontamination) and every chat's user side (dedupe, report); a 10,000-conversation build took 103 s of CPU
   with ``onnx`` against 17 s with ``static`` (docs/dedupe.md), past its 60 s budget on 2 cores.
@@ -31,7 +34,7 @@ import numpy as np
 
 from common.errors import FormaError
 
-EncoderKind = Literal["auto", "static", "minilm", "onnx"]
+EncoderKind = Literal["auto", "static", "minilm", "onnx", "cascade"]
 STATIC_DIMS = 256
 log = logging.getLogger(__name__)
 
@@ -206,6 +209,10 @@ class CachedEncoder:
 
 
 def resolve_kind(kind: EncoderKind) -> Literal["static", "minilm", "onnx"]:
+    """The encoder a backend name means; ``cascade`` means its candidate encoder, ``static``, outside the semantic
+    stage (which asks for ``static`` and ``onnx`` itself)."""
+    if kind == "cascade":
+        return "static"
     if kind == "auto":
         return "minilm" if cuda_available() else "static"
     return kind
@@ -228,7 +235,20 @@ def _make_encoder(kind: Literal["static", "minilm", "onnx"], model_path: str | N
     return StaticEncoder(model_path)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
+def get_exact_encoder(model_path: str | None = None) -> Encoder:
+    """MiniLM fp32 through ONNX Runtime (MiniLM's own vectors, no cache): the ``cascade`` backend's re-check."""
+    from factory.embed_onnx import OnnxEncoder
+
+    return OnnxEncoder(_model_folder(model_path), precision="fp32")
+
+
 def get_encoder(kind: EncoderKind = "auto", model_path: str | None = None) -> Encoder:
-    """One encoder per (kind, model) per process: the stages and the report share it."""
+    """One encoder per (kind, model) per process: the stages and the report share it. ``cascade`` gets its candidate
+    encoder, the same instance as ``static``."""
+    return _shared_encoder("static" if kind == "cascade" else kind, model_path)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_encoder(kind: EncoderKind, model_path: str | None) -> Encoder:
     return CachedEncoder(_make_encoder(resolve_kind(kind), model_path))

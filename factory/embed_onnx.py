@@ -38,11 +38,31 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "tokenizers"))
 
 
-def onnx_model_file(source: Path) -> Path:
-    """Where the int8 model made from the sentence-transformers folder ``source`` is cached."""
+def onnx_model_file(source: Path, precision: str = "int8") -> Path:
+    """Where the int8 (or fp32) model made from the sentence-transformers folder ``source`` is cached."""
     from common.model_paths import cache_root
 
-    return cache_root() / "onnx" / f"{source.parent.name}_{source.name}-int8.onnx"
+    return cache_root() / "onnx" / f"{source.parent.name}_{source.name}-{precision}.onnx"
+
+
+def export_onnx_fp32(source: Path) -> Path:
+    """The unquantised export, cached once (~90 MB): MiniLM's own vectors (cosine 1.0000 to sentence-transformers),
+    about half the int8 speed. The ``cascade`` backend re-scores pairs near its threshold with it."""
+    target = onnx_model_file(source, "fp32")
+    if target.is_file():
+        return target
+    if not onnx_available():
+        raise FormaError("the onnx embedding backend needs onnxruntime and onnx", hint=_INSTALL_HINT)
+    import warnings
+
+    log.warning("exporting %s to fp32 ONNX (once, ~10 s)", source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export_fp32(source, tmp)
+    tmp.replace(target)
+    return target
 
 
 def _export_fp32(source: Path, target: Path) -> None:
@@ -105,17 +125,17 @@ def export_onnx(source: Path, target: Path | None = None) -> Path:
 
 
 class OnnxEncoder:
-    """all-MiniLM-L6-v2, int8, on ONNX Runtime's CPU provider; length-sorted batches of ``batch_size``."""
+    """all-MiniLM-L6-v2, int8 (or fp32), on ONNX Runtime's CPU provider; length-sorted batches of ``batch_size``."""
 
     batch_size = 64
 
-    def __init__(self, source: Path, threads: int | None = None) -> None:
+    def __init__(self, source: Path, threads: int | None = None, precision: str = "int8") -> None:
         if not onnx_available():
             raise FormaError("the onnx embedding backend needs onnxruntime and onnx", hint=_INSTALL_HINT)
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        model_file = export_onnx(source)
+        model_file = export_onnx(source) if precision == "int8" else export_onnx_fp32(source)
         self.name = f"onnx:{model_file.name}"
         self.tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         self.tokenizer.no_padding()  # the shipped tokenizer.json pads every text to 128 tokens

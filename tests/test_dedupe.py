@@ -225,3 +225,40 @@ def test_onnx_encoder_tracks_sentence_transformers_minilm(corpus: list[Planted])
     assert cosine.mean() >= 0.99, cosine.mean()
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
     assert get_encoder("onnx").encode([]).shape == (0, 384)
+
+
+def test_cascade_drops_a_human_paraphrase_with_its_pair_and_score_and_keeps_a_hard_negative(
+        corpus: list[Planted], tmp_path: Path) -> None:
+    """The cascade backend with the real encoders (static candidates, MiniLM int8 ONNX, fp32 re-check near the
+    threshold) on hand-written pairs from bench/data/paraphrases.jsonl among real KB chats: the person's rewording is
+    dropped naming its original, with MiniLM's and the static cosine in rejects.jsonl; the hard negative (same words,
+    another question), which the static encoder does propose as a candidate, is kept because MiniLM scores it low."""
+    import re
+
+    from tests.helpers.dedupe import make_sample
+
+    rows = {r["id"]: r for r in map(json.loads, (RECIPE.parents[1] / "bench" / "data" / "paraphrases.jsonl")
+                                    .read_text().splitlines())}
+    para, neg = rows["par19"], rows["neg05"]  # MiniLM fp32: 0.88 and 0.72; static: 0.50 and 0.85
+    assert para["a"] == neg["a"] == "Why do my knees hurt when I squat?"
+    background = [p.sample for p in corpus if p.kind == "original"][:60]
+    category = background[0].category
+    original = make_sample(para["a"], "Usually knee position or depth; film a set.", 900, category)
+    reworded = make_sample(para["b"], "Often a technique issue; check where your knees travel.", 901, category)
+    other = make_sample(neg["b"], "Wrist mobility and the rack position.", 902, category)
+    samples = [*background[:30], original, *background[30:], other, reworded]
+    stage = SemanticDedupe(threshold=0.85, text="user", backend="cascade", batch_size=16)  # default loose 0.4
+    with RejectWriter(tmp_path / "rejects.jsonl") as writer:
+        stage.bind(writer)
+        kept = {s.id for s in stage.run(samples)}
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").open()]
+    mine = [r for r in rejects if r["sample_id"] == reworded.id]
+    assert len(mine) == 1 and mine[0]["related_id"] == original.id and mine[0]["reason"] == "semantic_duplicate"
+    minilm, static = map(float, re.findall(r"cosine (\d\.\d+)", mine[0]["detail"]))
+    assert 0.85 <= minilm < 0.95 and stage.candidate_threshold <= static < 0.6, mine[0]["detail"]
+    assert other.id in kept and original.id in kept
+    assert reworded.id not in kept
+    assert 0 < stage.minilm_encoded < len(samples)  # MiniLM ran on candidate pairs only
+    from factory.embed import get_encoder
+
+    assert get_encoder("cascade") is get_encoder("static")  # decontamination and the report use its candidate encoder
