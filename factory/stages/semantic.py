@@ -126,18 +126,7 @@ class SemanticDedupe(BatchedStage):
         if self._index is None:
             self._index = faiss.IndexFlatIP(static.shape[1])
         loose = self.candidate_threshold
-        prior: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(batch)
-        prior_static: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(batch)
-        if self._index.ntotal:
-            sims, rows = self._index.search(static, min(self.candidate_k, self._index.ntotal))
-            for i in range(len(batch)):
-                hit = sims[i] >= loose
-                prior[i], prior_static[i] = rows[i][hit], sims[i][hit]
-        inner = np.tril(static @ static.T, -1)  # earlier rows of this batch only
-        local = [np.nonzero(inner[i] >= loose)[0] for i in range(len(batch))]
-        for i, rows_i in enumerate(local):  # the same cap as for kept samples: the nearest candidate_k
-            if len(rows_i) > self.candidate_k:
-                local[i] = rows_i[np.argsort(-inner[i, rows_i], kind="stable")[: self.candidate_k]]
+        prior, prior_static, inner, local = self._static_candidates(static)
 
         # MiniLM for: every sample with a candidate, every earlier sample of this batch that is one, and every kept
         # candidate not embedded yet (a group's first sample had no candidate when it was kept).
@@ -189,15 +178,40 @@ class SemanticDedupe(BatchedStage):
             kept_set.add(i)
             yield self.keep(sample)
         if kept:
-            self._index.add(np.ascontiguousarray(static[kept]))
-            self._ids.extend(batch[i].id for i in kept)
-            self._texts.extend(texts[i] for i in kept)
-            start, end = len(self._ids) - len(kept), len(self._ids)
-            if self._exact_rows is None or len(self._exact_rows) < end:  # grow by doubling: amortised copies
-                grown = np.full((max(2 * end, 1024), DIMS), np.nan, dtype=np.float32)
-                if self._exact_rows is not None:
-                    grown[:start] = self._exact_rows[:start]
-                self._exact_rows = grown
-            for k, i in enumerate(kept):
-                if i in exact_of:
-                    self._exact_rows[start + k] = exact_of[i]
+            self._remember_kept(batch, kept, static, texts, exact_of)
+
+    def _static_candidates(self, static: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray,
+                                                               list[np.ndarray]]:
+        """Per sample of the batch: kept rows within ``candidate_threshold`` (and their static cosines), and earlier
+        samples of this batch within it, each capped at the nearest ``candidate_k``."""
+        n, loose = len(static), self.candidate_threshold
+        prior: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+        prior_static: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * n
+        if self._index is not None and self._index.ntotal:
+            sims, rows = self._index.search(static, min(self.candidate_k, self._index.ntotal))
+            for i in range(n):
+                hit = sims[i] >= loose
+                prior[i], prior_static[i] = rows[i][hit], sims[i][hit]
+        inner = np.tril(static @ static.T, -1)  # earlier rows of this batch only
+        local = [np.nonzero(inner[i] >= loose)[0] for i in range(n)]
+        for i, rows_i in enumerate(local):  # the same cap as for kept samples: the nearest candidate_k
+            if len(rows_i) > self.candidate_k:
+                local[i] = rows_i[np.argsort(-inner[i, rows_i], kind="stable")[: self.candidate_k]]
+        return prior, prior_static, inner, local
+
+    def _remember_kept(self, batch: list[Sample], kept: list[int], static: np.ndarray, texts: list[str],
+                       exact_of: dict[int, np.ndarray]) -> None:
+        """Add the batch's kept samples to the index, with their MiniLM vectors where they were computed."""
+        assert self._index is not None
+        self._index.add(np.ascontiguousarray(static[kept]))
+        self._ids.extend(batch[i].id for i in kept)
+        self._texts.extend(texts[i] for i in kept)
+        start, end = len(self._ids) - len(kept), len(self._ids)
+        if self._exact_rows is None or len(self._exact_rows) < end:  # grow by doubling: amortised copies
+            grown = np.full((max(2 * end, 1024), DIMS), np.nan, dtype=np.float32)
+            if self._exact_rows is not None:
+                grown[:start] = self._exact_rows[:start]
+            self._exact_rows = grown
+        for k, i in enumerate(kept):
+            if i in exact_of:
+                self._exact_rows[start + k] = exact_of[i]
