@@ -60,7 +60,9 @@ def filter_stages(loaded: LoadedRecipe) -> list[Stage]:
                                     max_total_chars=va.max_total_chars, check_language=va.check_language,
                                     check_numbers=va.check_numbers, facts={f.id: f for f in loaded.facts})]
     stages.append(Decontaminate(prompts=eval_prompts(loaded), ngram=dc.ngram, semantic_threshold=dc.semantic_threshold,
-                                backend=dd.embedding_backend, model_path=dd.embedding_model))
+                                backend=dd.embedding_backend, model_path=dd.embedding_model,
+                                semantic_languages=frozenset(dd.semantic_languages)
+                                if dd.semantic_languages is not None else None))
     if dd.exact:
         stages.append(ExactDedupe())
     stages.append(NearDedupe(threshold=dd.near_threshold, num_perm=dd.num_perm, shingle_words=dd.shingle_words,

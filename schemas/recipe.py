@@ -184,6 +184,9 @@ class DecontaminationConfig(BaseModel):
 
     eval_files: list[str] = Field(default_factory=list,
                                   description="Extra JSONL files of eval prompts, beside eval/suites.")
+    suites: list[str] = Field(default_factory=list,
+                              description="More eval suite folders (e.g. ../eval/suites-ar), read as eval/suites is "
+                                          "(earlier user turns included), relative to the recipe file.")
     ngram: int = Field(default=8, ge=3, le=50)
     semantic_threshold: float | None = Field(default=0.85, gt=0, le=1)
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from common.arabic import arabic_share
 from common.errors import FormaError
 from common.jsonl import iter_jsonl
 from common.paths import REPO_ROOT
@@ -127,10 +128,15 @@ class Decontaminate(BatchedStage):
     semantic_threshold: float | None = Field(default=0.85, gt=0, le=1)
     backend: EncoderKind = "auto"
     model_path: str | None = None
+    #: Languages the encoder reads (the recipe's ``dedupe.semantic_languages``); None: all. The shipped encoders
+    #: read English only and call unrelated Arabic texts close, so samples and eval prompts in other languages are
+    #: judged by the n-gram check alone (which normalises Arabic spelling) and never by cosine.
+    semantic_languages: frozenset[str] | None = None
 
     #: eval n-grams as word tuples, by n (short prompts use n = their length), mapped to the first prompt's id
     _grams: dict[int, dict[tuple[str, ...], str]] = PrivateAttr(default_factory=dict)
     _matrix: Any = PrivateAttr(default=None)
+    _semantic_prompts: list[EvalPrompt] = PrivateAttr(default_factory=list)
     _encoder: Any = PrivateAttr(default=None)
 
     def load(self) -> None:
@@ -144,7 +150,16 @@ class Decontaminate(BatchedStage):
                 table.setdefault(gram, p.id)
         if self.semantic_threshold is not None:
             self._encoder = get_encoder(self.backend, self.model_path)
-            self._matrix = self._encoder.encode([p.text for p in self.prompts])
+            self._semantic_prompts = [p for p in self.prompts if self._encoder_reads(p.text)]
+            self._matrix = self._encoder.encode([p.text for p in self._semantic_prompts]) \
+                if self._semantic_prompts else None
+
+    def _encoder_reads(self, text: str) -> bool:
+        """Whether the encoder may judge ``text``: every text when no languages are set; else Arabic-script text
+        only when "ar" is among them (the one non-Latin language the factory writes)."""
+        if self.semantic_languages is None or "ar" in self.semantic_languages:
+            return True
+        return (arabic_share(text) or 0.0) < 0.3
 
     def _ngram_hit(self, sample: Sample) -> str | None:
         """The eval prompt sharing an n-gram with the sample (the first such n-gram in the text), or None.
@@ -170,15 +185,18 @@ class Decontaminate(BatchedStage):
         if self._matrix is not None:
             owners, texts = [], []
             for i, s in enumerate(batch):
+                if self.semantic_languages is not None and s.language not in self.semantic_languages:
+                    continue
                 for t in s.conversation.turns:
                     if t.role.value == "user":
                         owners.append(i)
                         texts.append(t.content)
-            sims = self._encoder.encode(texts) @ self._matrix.T
-            top, arg = sims.max(axis=1), sims.argmax(axis=1)
-            for owner, sim, j in zip(owners, top.tolist(), arg.tolist(), strict=True):
-                if sim > best[owner]:
-                    best[owner], which[owner] = sim, j
+            if texts:
+                sims = self._encoder.encode(texts) @ self._matrix.T
+                top, arg = sims.max(axis=1), sims.argmax(axis=1)
+                for owner, sim, j in zip(owners, top.tolist(), arg.tolist(), strict=True):
+                    if sim > best[owner]:
+                        best[owner], which[owner] = sim, j
         for i, sample in enumerate(batch):
             hit = self._ngram_hit(sample)
             if hit is not None:
@@ -186,7 +204,7 @@ class Decontaminate(BatchedStage):
                           detail=f"shares a {self.ngram}-word sequence with eval prompt {hit}")
                 continue
             if self.semantic_threshold is not None and best[i] >= self.semantic_threshold:
-                p = self.prompts[int(which[i])]
+                p = self._semantic_prompts[int(which[i])]
                 self.drop(sample, "eval_semantic_match", related_id=p.id,
                           detail=f"a user turn is {best[i]:.3f} cosine from eval prompt {p.id}: {p.text[:80]!r}")
                 continue
@@ -196,6 +214,11 @@ class Decontaminate(BatchedStage):
 def eval_prompts(loaded: LoadedRecipe, suites: Path | None = DEFAULT_SUITES) -> list[EvalPrompt]:
     """Everything a recipe's build must not train on: the suites' prompts, its eval_files, held-out questions."""
     prompts = suite_prompts(suites, loaded.facts) if suites is not None else []
+    for name in loaded.recipe.decontamination.suites:
+        folder = Path(name) if Path(name).is_absolute() else (loaded.path.parent / name)
+        if not folder.is_dir():
+            raise FormaError("eval suite folder not found", path=folder, where="decontamination.suites")
+        prompts.extend(suite_prompts(folder, loaded.facts))
     for name in loaded.recipe.decontamination.eval_files:
         path = Path(name) if Path(name).is_absolute() else (loaded.path.parent / name)
         prompts.extend(prompts_from_file(path))
