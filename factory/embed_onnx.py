@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +48,24 @@ def onnx_model_file(source: Path, precision: str = "int8") -> Path:
 def export_onnx_fp32(source: Path) -> Path:
     """The unquantised export, cached once (~90 MB): MiniLM's own vectors (cosine 1.0000 to sentence-transformers),
     about half the int8 speed. The ``cascade`` backend re-scores pairs near its threshold with it."""
-    target = onnx_model_file(source, "fp32")
+    return _export_once(source, onnx_model_file(source, "fp32"), "fp32", lambda tmp: _export_fp32(source, tmp))
+
+
+def _export_once(source: Path, target: Path, precision: str, write: Callable[[Path], None]) -> Path:
+    """``target`` if it is cached; else ``write`` it beside under a temporary name and rename it into place
+    (atomic: a concurrent exporter writes the same bytes)."""
     if target.is_file():
         return target
     if not onnx_available():
         raise FormaError("the onnx embedding backend needs onnxruntime and onnx", hint=_INSTALL_HINT)
     import warnings
 
-    log.warning("exporting %s to fp32 ONNX (once, ~10 s)", source)
+    log.warning("exporting %s to %s ONNX (once, ~10 s)", source, precision)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _export_fp32(source, tmp)
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks of the eager attention
+        write(tmp)
     tmp.replace(target)
     return target
 
@@ -101,27 +106,16 @@ def export_onnx(source: Path, target: Path | None = None) -> Path:
 
     ``factory.embed.export_onnx`` is the entry point that resolves the default model folder.
     """
-    target = target or onnx_model_file(source)
-    if target.is_file():
-        return target
-    if not onnx_available():
-        raise FormaError("the onnx embedding backend needs onnxruntime and onnx", hint=_INSTALL_HINT)
-    import warnings
+    def write(tmp: Path) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    log.warning("exporting %s to int8 ONNX (once, ~10 s)", source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fp32 = target.with_name(target.name + f".fp32.tmp{os.getpid()}")
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks of the eager attention
+        fp32 = tmp.with_name(tmp.name + ".fp32")
         _export_fp32(source, fp32)
         quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"])
-    fp32.unlink(missing_ok=True)
-    tmp.replace(target)  # atomic: a concurrent exporter wrote the same bytes
-    return target
+        fp32.unlink(missing_ok=True)
+
+    return _export_once(source, target or onnx_model_file(source), "int8", write)
 
 
 class OnnxEncoder:
