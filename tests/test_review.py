@@ -28,6 +28,7 @@ from review.server import LocalArgilla, ServerConfig, free_port
 from review.status import review_status
 from schemas.knowledge import Category
 from schemas.sample import Sample, content_id
+from tests.helpers.cdp import Browser
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -549,13 +550,24 @@ def _submitted_shown(text: str) -> int:
     return int(found.group(1))
 
 
+def _sign_in(b: Browser, url: str, user: str, password: str) -> None:
+    """Sign in through Argilla's own form, as an annotator does (typed input events, the Sign in button)."""
+    b.call("Page.enable")
+    b.goto(f"{url}/sign-in")
+    b.wait_for("document.querySelectorAll('input').length >= 2")
+    for name, value in (("Username", user), ("Password", password)):
+        b.evaluate(f"document.querySelector('input[name=\"{name}\"]').focus()")
+        b.call("Input.insertText", text=value)
+    b.evaluate(BUTTON + "('Sign in')")
+    b.wait_for("!location.pathname.includes('sign-in')")
+
+
 def test_browser_annotator_queue_progress_and_a_turn_correction(argilla: LocalArgilla, owner: ArgillaClient,
                                                                 tmp_path: Path) -> None:
     """Headless Chromium against the real server: sign in through the form, answer by clicking, edit a turn."""
     import time
 
     from review.users import add_user
-    from tests.helpers.cdp import Browser
 
     samples = [s for s in make_samples(60, seed=23) if s.conversation.user_turns >= 2][:4]
     version = load_version(write_version(tmp_path / "ui-4", samples, recipe="browser"))
@@ -563,14 +575,7 @@ def test_browser_annotator_queue_progress_and_a_turn_correction(argilla: LocalAr
     add_user(owner, "expert_dana", "dana-password-4")
     answered: list[str] = []
     with Browser(tmp_path / "chromium-profile") as b:
-        b.call("Page.enable")
-        b.goto(f"{argilla.url}/sign-in")
-        b.wait_for("document.querySelectorAll('input').length >= 2")
-        for name, value in (("Username", "expert_dana"), ("Password", "dana-password-4")):
-            b.evaluate(f"document.querySelector('input[name=\"{name}\"]').focus()")
-            b.call("Input.insertText", text=value)
-        b.evaluate(BUTTON + "('Sign in')")
-        b.wait_for("!location.pathname.includes('sign-in')")
+        _sign_in(b, argilla.url, "expert_dana", "dana-password-4")
         b.goto(f"{argilla.url}/dataset/{pushed.dataset_id}/annotation-mode")
         for n in range(2):
             shown = b.wait_for(SHOWN_ID, 60)
@@ -628,7 +633,6 @@ def test_arabic_records_read_right_to_left_in_the_ui_and_filter_by_language(argi
 
     from factory.build import build_dataset
     from tests.helpers import rtl
-    from tests.helpers.cdp import Browser
     from tests.test_rtl import _keep
 
     build_dataset(ROOT / "recipes" / "forma-fitness-ar.yaml", tmp_path / "ar-20", total=20)
@@ -647,14 +651,7 @@ def test_arabic_records_read_right_to_left_in_the_ui_and_filter_by_language(argi
     assert found["total"] == 2 and {i["record"]["external_id"] for i in found["items"]} == {s.id for s in arabic}
 
     with Browser(tmp_path / "chromium-profile") as b:
-        b.call("Page.enable")
-        b.goto(f"{argilla.url}/sign-in")
-        b.wait_for("document.querySelectorAll('input').length >= 2")
-        for name, value in (("Username", "expert_layla"), ("Password", "layla-password-5")):
-            b.evaluate(f"document.querySelector('input[name=\"{name}\"]').focus()")
-            b.call("Input.insertText", text=value)
-        b.evaluate(BUTTON + "('Sign in')")
-        b.wait_for("!location.pathname.includes('sign-in')")
+        _sign_in(b, argilla.url, "expert_layla", "layla-password-5")
         ids = {s.id: s for s in arabic}
         for page in (1, 2, 3):  # the queue's order is Argilla's: find an Arabic record (?page=N, as the UI does)
             b.goto(f"{argilla.url}/dataset/{pushed.dataset_id}/annotation-mode?page={page}")
