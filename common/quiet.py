@@ -138,10 +138,7 @@ def _silence_stream_handlers() -> None:
         for h in list(lib.handlers):
             if type(h) is logging.StreamHandler:
                 lib.removeHandler(h)
-    try:
-        import transformers
-
+    transformers = sys.modules.get("transformers")  # only once it is loaded: never import it for this
+    if transformers is not None and hasattr(transformers, "logging"):
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    except Exception:  # not installed: nothing to quiet
-        pass
