@@ -340,8 +340,19 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
             "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
-            "packed_attention": report.get("packed_attention"),
+            "packed_attention": report.get("packed_attention"), "memory_plan": report.get("memory_plan"),
+            "mfu": report.get("mfu"), "step_s": _step_seconds(_PHASE_CLOCKS[-1].points) if _PHASE_CLOCKS else [],
             "phases": _phases(_PHASE_CLOCKS[-1].marks) if _PHASE_CLOCKS else {}}
+
+
+def _step_seconds(points: list[list[float]]) -> list[list[float]]:
+    """[seconds, real tokens] of each optimiser step, from the step clock's cumulative points (to see which steps
+    are slow and whether a step's time follows its tokens)."""
+    out, last_s, last_tok = [], 0.0, 0.0
+    for _, seconds, tokens in points:
+        out.append([round(seconds - last_s, 4), tokens - last_tok])
+        last_s, last_tok = seconds, tokens
+    return out
 
 
 def run_baseline(model_dir: Path, data: Path, out: Path, batch: int, accum: int = 1,
@@ -408,7 +419,8 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
     cmd = [sys.executable, __file__, which, "--data", str(data), "--model", str(model_dir), "--out", str(out),
            "--batch", str(batch), "--variant", json.dumps(variant or {})]
     t = time.time()
-    proc = subprocess.run(cmd, text=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(variant or {}).get("env", {})}
+    proc = subprocess.run(cmd, text=True, capture_output=True, env=env)
     tag = re.sub(r"[^A-Za-z0-9._-]", "", "-".join(f"{k}{v}" for k, v in (variant or {}).items()))
     (out / f"{which}{'-' + tag if tag else ''}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -420,13 +432,47 @@ def _child(which: str, data: Path, model_dir: Path, out: Path, batch: int,
     return result
 
 
-def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM,
-            gc: bool | str = GC, arch: str = "qwen25-3b", paths: tuple[str, ...] = ("forma", "baseline"),
-            base_micro: int | None = None) -> None:
-    """Make the model, run the paths, write train_gpu.json once both results are in ``out``.
+#: The card "memory mode" stands for: what `forma train` plans on a 24 GB card (free memory as torch reports it there).
+MEMORY_CARD_FREE_GIB = 22.0
+PATHS = ("forma", "forma-memory", "baseline")
 
-    ``paths`` lets a run be split over two commands (each under a time limit): ``forma`` writes out/forma.json,
-    ``baseline`` reads it (its batch follows the forma run's tokens per step) and then writes the summary.
+
+def memory_mode(arch: str, rows: int) -> tuple[bool | str, str]:
+    """The checkpointing `forma train` picks for this job on a 24 GB card (train/memory_plan.py), as a --gc value."""
+    from train.memory_plan import UNSLOTH_VALUE, choose
+
+    cfg = ARCHS[arch]
+    plan = choose(layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"], params=ARCH_PARAMS[arch],
+                  tokens=rows * SEQ, quantization="4bit", free_gib=MEMORY_CARD_FREE_GIB)
+    return UNSLOTH_VALUE[plan.mode], plan.why
+
+
+def _mfu(arch: str, result: dict[str, Any]) -> dict[str, float]:
+    """MFU by the issue's count (4 FLOPs per base parameter per token, recomputation not counted, 790 TFLOP/s),
+    over the steady window and at the median steady step."""
+    import statistics
+
+    flops = 4 * ARCH_PARAMS[arch]
+    steps = result.get("step_s") or []
+    steady = steps[max(1, int(len(steps) * 0.2)):]
+    median_rate = statistics.median(tok / s for s, tok in steady) if steady else 0.0
+    return {"steady": round(flops * result["tokens_per_s_steady"] / PEAK_FLOPS, 4),
+            "median_step": round(flops * median_rate / PEAK_FLOPS, 4)}
+
+
+PEAK_FLOPS = 790e12  # bf16 dense matrix products measured on the H100/H200 (train/memory_plan.py's PEAK_TFLOPS)
+
+
+def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM,
+            gc: bool | str = GC, arch: str = "qwen25-3b", paths: tuple[str, ...] = PATHS,
+            base_micro: int | None = None) -> None:
+    """Make the model, run the paths, write train_gpu.json once the results are in ``out``.
+
+    ``forma`` is `forma train` as it plans on this card (speed mode with ``--gc auto``); ``forma-memory`` forces what
+    it plans on a 24 GB card (memory mode); ``baseline`` is plain transformers + PEFT at the same real tokens per
+    optimiser step. ``paths`` lets a run be split over commands (each under a time limit): the forma paths write
+    out/forma*.json, ``baseline`` reads forma.json (its batch follows the forma run's tokens per step) and then
+    writes the summary.
     """
     import torch
 
@@ -436,6 +482,12 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim
     if "forma" in paths:
         forma = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim, "gc": gc})
         (out / "forma.json").write_text(json.dumps(forma, indent=2) + "\n")
+    if "forma-memory" in paths:
+        mem_gc, why = memory_mode(arch, rows)
+        print(f"memory mode: gradient checkpointing {mem_gc!r} (on a 24 GB card: {why})", flush=True)
+        mem = _child("forma", data, model_dir, out, 0, {"rows": rows, "steps": steps, "optim": optim, "gc": mem_gc})
+        mem["card_plan"] = why
+        (out / "forma-memory.json").write_text(json.dumps(mem, indent=2) + "\n")
     if "baseline" not in paths:
         return
     forma = json.loads((out / "forma.json").read_text())
@@ -450,7 +502,7 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim
     accum = -(-per_step // (base_micro or ARCH_BASE_MICRO[arch]))
     base = _child("baseline", data, model_dir, out, round(per_step / accum), {"accum": accum, "steps": steps,
                                                                              "optim": optim})
-    summary = {
+    summary: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0), "model": f"{ARCH_NAMES[arch]} architecture, random init, 4-bit NF4",
         "lora": LORA, "max_seq_length": SEQ, "steps": steps, "packed_rows": rows, "mean_chat_tokens": mean_len,
         "optimizer": optim, "gradient_checkpointing": gc,
@@ -458,15 +510,31 @@ def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim
         "speedup_steady": forma["tokens_per_s_steady"] / base["tokens_per_s_steady"],
         "speedup_whole_run": forma["tokens_per_s"] / base["tokens_per_s"],
         "memory_ratio": forma["peak_gib"] / base["peak_gib"],
+        "mfu": _mfu(arch, forma),
     }
+    sides = ["forma", "baseline"]
+    if (out / "forma-memory.json").is_file():
+        mem = json.loads((out / "forma-memory.json").read_text())
+        summary["forma_memory"] = mem
+        summary["memory_mode"] = {"speedup_steady": mem["tokens_per_s_steady"] / base["tokens_per_s_steady"],
+                                  "speedup_whole_run": mem["tokens_per_s"] / base["tokens_per_s"],
+                                  "memory_ratio": mem["peak_gib"] / base["peak_gib"], "mfu": _mfu(arch, mem)}
+        sides.insert(1, "forma_memory")
     (out / "train_gpu.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for side in ("forma", "baseline"):
+    for side in sides:
         r = summary[side]
-        print(f"{r['path']:36s} tokens/s {r['tokens_per_s_steady']:9.0f} steady, {r['tokens_per_s']:9.0f} whole run;"
+        label = r["path"] + (f" [gc {r['variant']['gc']}]" if "variant" in r else "")
+        print(f"{label:48s} tokens/s {r['tokens_per_s_steady']:9.0f} steady, {r['tokens_per_s']:9.0f} whole run;"
               f" peak {r['peak_gib']:6.2f} GiB; non-padding {100 * r['non_padding_share']:5.1f}%;"
               f" {r['tokens_per_step']:.0f} tokens/step; loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}")
-    print(f"speed-up {summary['speedup_steady']:.2f}x steady ({summary['speedup_whole_run']:.2f}x whole run); "
-          f"memory {100 * summary['memory_ratio']:.1f}% of the baseline's peak")
+    mfu = summary["mfu"]
+    print(f"speed mode: {summary['speedup_steady']:.2f}x steady ({summary['speedup_whole_run']:.2f}x whole run); "
+          f"memory {100 * summary['memory_ratio']:.1f}% of the baseline's peak; MFU {100 * mfu['steady']:.1f}% "
+          f"steady, {100 * mfu['median_step']:.1f}% at the median step")
+    if "memory_mode" in summary:
+        m = summary["memory_mode"]
+        print(f"memory mode: {m['speedup_steady']:.2f}x steady ({m['speedup_whole_run']:.2f}x whole run); memory "
+              f"{100 * m['memory_ratio']:.1f}% of the baseline's peak; MFU {100 * m['mfu']['steady']:.1f}% steady")
 
 
 def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]], arch: str = "qwen25-3b") -> None:
@@ -481,6 +549,7 @@ def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]
             print(f"{variant}: {exc}")
             continue
         ph = " ".join(f"{k[:-2]} {v:.3f}" for k, v in r.get("phases", {}).items())
+        ph += " | step s " + " ".join(f"{s:.2f}" for s, _ in r.get("step_s", []))
         print(f"{variant}: tokens/s {r['tokens_per_s_steady']:.0f} steady, {r['tokens_per_s']:.0f} whole; "
               f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * (r['non_padding_share'] or 0):.1f}%; "
               f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s; median s: {ph}", flush=True)
@@ -522,10 +591,10 @@ def main() -> None:
         prepare(a.sdist, a.data, a.chats, a.recipe, a.language)
     elif a.step == "check":
         check(a.data, a.arch, a.layers, a.out)
-    elif a.step == "run":
+    elif a.step == "run":  # default: all three paths in one command
         paths = tuple(p.strip() for p in a.paths.split(",") if p.strip())
-        if not paths or set(paths) - {"forma", "baseline"}:
-            ap.error("--paths takes forma, baseline or forma,baseline")
+        if not paths or set(paths) - set(PATHS):
+            ap.error(f"--paths takes a comma-separated subset of {','.join(PATHS)}")
         run_all(a.data, a.out, a.model, a.rows, a.steps, a.optim,
                 GC if a.gc is None else {"true": True, "false": False}.get(a.gc, a.gc), a.arch, paths, a.base_micro)
     elif a.step == "sweep":
