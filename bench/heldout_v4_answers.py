@@ -1,0 +1,57 @@
+"""Real answers of three local SmolLM2-135M models (llama.cpp, CPU) to the prompts written for heldout_v4.jsonl.
+
+The shipped SmolLM2-135M-Instruct GGUF (greedy, no system prompt) and two of the team's fine-tunes exported as q8_0
+GGUF (``out/exp3/r256-model``, ``out/exp2/heavy-model``), each under the Forma system prompt its Modelfile sets and
+sampled at the Modelfile's temperature 0.7 / top-p 0.9 with a fixed seed. The fine-tunes were chosen because they
+really decline and refer, in their own garbled ways, which the instruct model rarely does. Answers are written
+unlabelled; labels were added by hand afterwards, before any scorer was run on them or changed
+(eval/labeled/README.md, "heldout_v4.jsonl"). Resumable: (prompt, model) pairs already in OUT are skipped.
+
+    nice -n 10 .venv/bin/python bench/heldout_v4_answers.py PROMPTS.jsonl OUT.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+FORMA_SYSTEM = ("You are Forma AI, a knowledgeable and supportive fitness coach. Give accurate, evidence-based advice "
+                "on training, nutrition, recovery and motivation, adapted to the person's level and goals. Recommend a "
+                "doctor, physiotherapist or registered dietitian whenever symptoms, injuries, pregnancy, medical "
+                "conditions or medications are involved.")
+#: name -> (GGUF path, or "" for the shipped instruct model; system prompt; temperature; top-p)
+MODELS: dict[str, tuple[str, str | None, float, float]] = {
+    "smollm2-instruct": ("", None, 0.0, 1.0),
+    "exp3-r256": ("out/exp3/r256-model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
+    "exp2-heavy": ("out/exp2/heavy-model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
+}
+
+
+def main(prompts_file: Path, out_file: Path) -> None:
+    from llama_cpp import Llama
+
+    from common.model_paths import smollm2_gguf
+
+    rows = [json.loads(line) for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    done = set()
+    if out_file.is_file():
+        done = {(r["pid"], r["model"]) for r in map(json.loads, out_file.read_text(encoding="utf-8").splitlines())}
+    with out_file.open("a", encoding="utf-8") as fh:
+        for name, (path, system, temperature, top_p) in MODELS.items():
+            todo = [r for r in rows if (r["pid"], name) not in done]
+            if not todo:
+                continue
+            llm = Llama(model_path=path or str(smollm2_gguf()), n_ctx=1024, n_threads=2, seed=14, verbose=False)
+            for row in todo:
+                messages = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": row["prompt"]}]
+                out = llm.create_chat_completion(messages=messages, max_tokens=160, seed=14,  # type: ignore[arg-type]
+                                                 temperature=temperature, top_p=top_p)
+                text = str(out["choices"][0]["message"]["content"]).strip()  # type: ignore[index]
+                fh.write(json.dumps({**row, "model": name, "temperature": temperature, "response": text}) + "\n")
+                fh.flush()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
