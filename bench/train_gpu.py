@@ -9,8 +9,10 @@ Steps:
   here (CPU):  python bench/train_gpu.py prepare --sdist llama_cpp_python-0.3.36.tar.gz --out .benchdata
                (tokenizer folder + a samples.jsonl dataset; .benchdata is git-ignored and carried to the GPU)
   GPU:         python bench/train_gpu.py run --data .benchdata --out $OUT
-               (makes the model, then runs each path in its own process, so neither sees the other's memory
-               or Unsloth's patches of transformers, and prints both figures and their ratios)
+               (makes the model, then runs each path in its own process, so none sees another's memory or
+               Unsloth's patches of transformers: `forma train` as it plans on this card (speed mode), as it plans
+               on a 24 GB card (memory mode, forced) and plain transformers + PEFT; prints the figures, the ratios
+               and MFU)
 
 Qwen2.5-7B on Arabic chats (issue 15): `--arch qwen25-7b` makes the published Qwen2.5-7B architecture instead
 (7.62 B parameters, untied embeddings, ~15 GB in bf16: made on the GPU machine by `run`, never carried), and
@@ -565,8 +567,9 @@ def main() -> None:
     ap.add_argument("--recipe", type=Path, help="prepare: the dataset is this recipe's real `forma build` output")
     ap.add_argument("--language", help="prepare with --recipe: keep only this language's chats (e.g. ar)")
     ap.add_argument("--layers", type=int, default=1, help="check only: build the model at this many layers")
-    ap.add_argument("--paths", default="forma,baseline",
-                    help="run: forma, baseline or both (a split run: forma first, same --out)")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help="run: a subset of forma (speed mode: the plan for this card), forma-memory (the plan for a "
+                         "24 GB card, forced) and baseline; a split run runs forma first, with the same --out")
     ap.add_argument("--base-micro", type=int, default=None,
                     help="run: the baseline's largest micro-batch in chats (default per arch: "
                          + ", ".join(f"{k} {v}" for k, v in ARCH_BASE_MICRO.items()) + ")")
