@@ -142,7 +142,6 @@ def semantic(n: int, backends: list[str], text: str, threshold: float = 0.95) ->
     ``--text conversation``: whole records (~100 words) with planted exact and near copies (P/R on those);
     ``--text user``: the build's case, user-side texts of ~30 words (no planted copies; drops are reported).
     """
-    from factory.embed import get_encoder
     from factory.stages.semantic import SemanticDedupe
 
     if text == "user":
@@ -152,13 +151,11 @@ def semantic(n: int, backends: list[str], text: str, threshold: float = 0.95) ->
         texts, planted = corpus(n)
         samples = as_samples(texts)
     for backend in backends:
-        get_encoder(backend)  # type: ignore[arg-type]  # load (and export or distil) outside the timing
-        if backend == "cascade":
-            get_encoder("onnx")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         stage = SemanticDedupe(threshold=threshold, text=text, backend=backend,  # type: ignore[arg-type]
                                batch_size=BATCH)
         stage.bind(RejectWriter())
+        _warm(stage)
         load = os.getloadavg()
         started, cpu = time.perf_counter(), time.process_time()
         kept = {s.id for s in stage.run(samples)}
@@ -168,12 +165,33 @@ def semantic(n: int, backends: list[str], text: str, threshold: float = 0.95) ->
         p, r, f = f1(pred, planted)
         scores = f"; P {p:.4f} R {r:.4f} F1 {f:.4f} on planted copies" if planted else ""
         extra = (f"; MiniLM ran on {stage.minilm_encoded} records ({stage.minilm_encoded / len(samples):.1%}), "
-                 f"{stage.rechecked} fp32 re-checks, candidates at static cosine >= {stage.candidate_threshold:g}"
-                 if backend == "cascade" else "")
+                 f"{stage.rechecked} fp32 re-checks (margin {stage.margin:g})" if backend in RECHECKING else "")
+        if backend == "cascade":
+            extra += f", candidates at static cosine >= {stage.candidate_threshold:g}"
         print(f"semantic {backend} ({text} text, cosine {threshold:g}, {len(samples)} records): {seconds:.1f} s wall, "
               f"{cpu:.1f} s CPU, {len(samples) / seconds:.0f} records/s; dropped {len(pred)}; peak RSS "
               f"{peak / 1024:.0f} MB (before {before / 1024:.0f} MB){scores}{extra}; load average "
               f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1 min)", flush=True)
+
+
+RECHECKING = ("cascade", "onnx_recheck")
+
+
+def _warm(stage: object) -> None:
+    """Load (export, distil) the stage's encoders and run each once, outside the timing: the first ONNX Runtime
+    call of a session plans its memory."""
+    from factory.embed import get_encoder, get_exact_encoder, get_parallel_encoder
+
+    backend = stage.backend  # type: ignore[attr-defined]
+    get_encoder(backend)
+    if backend == "cascade":
+        get_encoder("onnx").encode(["warm up"])
+    if backend in RECHECKING:
+        get_exact_encoder().encode(["warm up"])
+    if backend == "onnx_recheck":
+        get_parallel_encoder().encode(["warm up"] * 64)
+        get_parallel_encoder(None, "fp32").encode(["warm up"] * 64)
+    stage.load()  # type: ignore[attr-defined]
 
 
 INTROS = ["", "Hi! ", "Quick question: ", "Hey coach, ", "I'm new to the gym. ", "I'm over sixty. "]
@@ -242,6 +260,7 @@ def run_stage(texts: list[str], backend: str, threshold: float, loose: float | N
     extra = {} if loose is None else {"candidate_threshold": loose}
     stage = SemanticDedupe(threshold=threshold, text="user", backend=backend, **extra)  # type: ignore[arg-type]
     stage.bind(writer)
+    _warm(stage)
     started, cpu = time.perf_counter(), time.process_time()
     list(stage.run(as_samples([t + " | " for t in texts], user_chars=None)))
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -255,7 +274,6 @@ def agreement(n: int, backends: list[str], split: str, corpus_kind: str, thresho
     stage, the same threshold) on the same records: ``n`` user texts plus the hand-written paraphrase pairs and hard
     negatives of one split. Recall = share of MiniLM's drops the backend also drops; precision = share of the
     backend's drops MiniLM also drops; "same pair" = dropped naming the same kept record as MiniLM."""
-    from factory.embed import get_encoder
 
     texts, pairs = planted_subset(n, split, corpus_kind)
     paraphrases = [p for p in pairs if p["kind"] == "paraphrase"]
@@ -268,9 +286,6 @@ def agreement(n: int, backends: list[str], split: str, corpus_kind: str, thresho
         runs += [(backend, loose) for loose in looses] if backend == "cascade" and looses else [(backend, None)]
     reference: dict[int, int] = {}
     for backend, loose in runs:
-        get_encoder(backend)  # type: ignore[arg-type]  # load outside the timing
-        if backend == "cascade":
-            get_encoder("onnx")
         drops, wall, cpu, encoded, rechecked, _ = run_stage(texts, backend, threshold, loose)
         if backend == "minilm":
             reference = drops
@@ -285,7 +300,7 @@ def agreement(n: int, backends: list[str], split: str, corpus_kind: str, thresho
         label = backend + (f" (loose {loose:g})" if loose is not None else
                            (" (loose 0.4, default)" if backend == "cascade" else ""))
         more = (f"; MiniLM ran on {encoded} of {len(texts)} ({encoded / len(texts):.0%}), fp32 re-checks {rechecked}"
-                if backend == "cascade" else "")
+                if backend in RECHECKING else "")
         print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU; drops {len(drops)} (MiniLM {len(reference)}); vs MiniLM "
               f"P {p:.3f} R {r:.3f} same pair {same:.3f}; paraphrases dropped naming their original {found} of "
               f"{len(paraphrases)} (MiniLM's {ref_found} of them: recall {para_r:.3f}); hard negatives dropped "
@@ -300,7 +315,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["near", "semantic", "agreement"])
     parser.add_argument("--n", type=int, default=None)
-    parser.add_argument("--backends", default=None, help="comma-separated: static, onnx, minilm, cascade")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated: static, onnx, minilm, cascade, onnx_recheck")
     parser.add_argument("--text", choices=["user", "conversation"], default="user", help="semantic: compared text")
     parser.add_argument("--threshold", type=float, default=None, help="cosine (semantic: 0.95, agreement: 0.9)")
     parser.add_argument("--split", choices=["tune", "heldout"], default="heldout", help="agreement: planted pairs")

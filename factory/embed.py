@@ -12,6 +12,10 @@
 - ``cascade``: for the semantic dedupe stage only, static candidates at a loose cosine, then the ``onnx`` MiniLM only
   on records in candidate pairs, deciding at the stage's threshold (``factory/stages/semantic.py``, issue #17).
   Everything else that embeds (decontamination, the report) gets the ``static`` encoder for it.
+- ``onnx_recheck``: for the semantic dedupe stage only, int8 MiniLM on every record (batches in parallel, one per
+  core), exact search, and fp32 MiniLM re-scoring only decisions near the threshold
+  (``factory/stages/semantic_recheck.py``, issue #17): MiniLM's decisions where the static encoder cannot propose
+  candidates. Like ``cascade``, everything else that embeds gets the ``static`` encoder for it.
 - ``auto`` (the default): ``minilm`` when CUDA is available, else ``static``. Not ``onnx``: a build embeds every user
   turn (decontamination) and every chat's user side (dedupe, report); a 10,000-conversation build took 103 s of CPU
   with ``onnx`` against 17 s with ``static`` (docs/dedupe.md), past its 60 s budget on 2 cores.
@@ -34,7 +38,7 @@ import numpy as np
 
 from common.errors import FormaError
 
-EncoderKind = Literal["auto", "static", "minilm", "onnx", "cascade"]
+EncoderKind = Literal["auto", "static", "minilm", "onnx", "cascade", "onnx_recheck"]
 STATIC_DIMS = 256
 log = logging.getLogger(__name__)
 
@@ -209,9 +213,9 @@ class CachedEncoder:
 
 
 def resolve_kind(kind: EncoderKind) -> Literal["static", "minilm", "onnx"]:
-    """The encoder a backend name means; ``cascade`` means its candidate encoder, ``static``, outside the semantic
-    stage (which asks for ``static`` and ``onnx`` itself)."""
-    if kind == "cascade":
+    """The encoder a backend name means; ``cascade`` and ``onnx_recheck`` mean ``static`` outside the semantic stage
+    (which asks for its MiniLM encoders itself)."""
+    if kind == "cascade" or kind == "onnx_recheck":
         return "static"
     if kind == "auto":
         return "minilm" if cuda_available() else "static"
@@ -243,10 +247,21 @@ def get_exact_encoder(model_path: str | None = None) -> Encoder:
     return OnnxEncoder(_model_folder(model_path), precision="fp32")
 
 
+@functools.lru_cache(maxsize=4)
+def get_parallel_encoder(model_path: str | None = None, precision: str = "int8") -> Encoder:
+    """MiniLM (int8, or fp32) through ONNX Runtime, batches of 16 run in parallel, one per core (up to 8), no cache:
+    the ``onnx_recheck`` backend's encoders. Batches of 16 rather than 64, whole batches per core rather than each
+    operator split over cores: more texts per CPU-second and per second on ~30-word texts (docs/dedupe.md)."""
+    from factory.embed_onnx import OnnxEncoder
+
+    return OnnxEncoder(_model_folder(model_path), precision=precision, batch_size=16,
+                       workers=min(os.cpu_count() or 1, 8))
+
+
 def get_encoder(kind: EncoderKind = "auto", model_path: str | None = None) -> Encoder:
-    """One encoder per (kind, model) per process: the stages and the report share it. ``cascade`` gets its candidate
-    encoder, the same instance as ``static``."""
-    return _shared_encoder("static" if kind == "cascade" else kind, model_path)
+    """One encoder per (kind, model) per process: the stages and the report share it. ``cascade`` and
+    ``onnx_recheck`` get the ``static`` instance (their MiniLM encoders belong to the semantic stage)."""
+    return _shared_encoder("static" if kind in ("cascade", "onnx_recheck") else kind, model_path)
 
 
 @functools.lru_cache(maxsize=4)

@@ -119,11 +119,18 @@ def export_onnx(source: Path, target: Path | None = None) -> Path:
 
 
 class OnnxEncoder:
-    """all-MiniLM-L6-v2, int8 (or fp32), on ONNX Runtime's CPU provider; length-sorted batches of ``batch_size``."""
+    """all-MiniLM-L6-v2, int8 (or fp32), on ONNX Runtime's CPU provider; length-sorted batches of ``batch_size``.
+
+    ``workers`` > 1 runs that many batches at once from a thread pool on one session (ONNX Runtime releases the GIL
+    and its ``run`` is thread-safe), each single-threaded: on short texts every operator is small, so splitting each
+    one over threads (``threads``) pays a synchronisation per operator, while whole batches in parallel pay none.
+    A batch's vectors do not depend on which thread ran it (same batches, same bytes).
+    """
 
     batch_size = 64
 
-    def __init__(self, source: Path, threads: int | None = None, precision: str = "int8") -> None:
+    def __init__(self, source: Path, threads: int | None = None, precision: str = "int8", *,
+                 batch_size: int | None = None, workers: int = 1) -> None:
         if not onnx_available():
             raise FormaError("the onnx embedding backend needs onnxruntime and onnx", hint=_INSTALL_HINT)
         import onnxruntime as ort
@@ -135,7 +142,9 @@ class OnnxEncoder:
         self.tokenizer.no_padding()  # the shipped tokenizer.json pads every text to 128 tokens
         self.tokenizer.enable_truncation(MAX_TOKENS)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+        self.batch_size = batch_size or self.batch_size
+        self.workers = max(1, workers)
+        options.intra_op_num_threads = threads or (1 if self.workers > 1 else min(os.cpu_count() or 1, 8))
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # polite on a shared CPU
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -148,8 +157,9 @@ class OnnxEncoder:
         encoded = self.tokenizer.encode_batch(list(texts))
         lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        groups = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+        def run(rows: np.ndarray) -> None:
             width = int(lengths[rows].max())
             ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -157,4 +167,13 @@ class OnnxEncoder:
                 ids[r, :lengths[i]] = encoded[i].ids
                 mask[r, :lengths[i]] = 1
             out[rows] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+        if self.workers == 1 or len(groups) == 1:
+            for rows in groups:
+                run(rows)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.workers) as pool:
+                list(pool.map(run, groups))  # rows of different groups are disjoint: no write overlaps
         return out

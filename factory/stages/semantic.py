@@ -13,6 +13,11 @@ cosine to a kept candidate is >= ``threshold``. int8 moves a cosine by up to ~0.
 ``recheck_margin`` of the threshold is re-scored with fp32 MiniLM (ONNX, equal to sentence-transformers), which
 decides: the result is plain MiniLM's decision wherever MiniLM's nearest kept sample is among the candidates. The
 reject names that kept sample, its MiniLM cosine (and which precision gave it) and its static cosine.
+
+``backend: onnx_recheck`` (issue #17, ``factory/stages/semantic_recheck.py``): no static stage; int8 MiniLM on every
+record, exact search over the kept records' int8 vectors, fp32 MiniLM deciding within ``recheck_margin`` of the
+threshold. For data where every record has a static candidate (this project's user texts), so ``cascade`` would run
+MiniLM on everything anyway and pay its static search on top.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from factory.stages.base import BatchedStage
 from factory.stages.near import TextField, sample_text
 from schemas.sample import Sample
 
+CASCADE_MARGIN = 0.02
+RECHECK_MARGIN = 0.01
+
 
 class SemanticDedupe(BatchedStage):
     """Keeps the first of each group of samples whose compared text embeds within ``threshold`` cosine."""
@@ -43,15 +51,19 @@ class SemanticDedupe(BatchedStage):
                                        description="cascade: static cosine at which a kept sample is a candidate.")
     candidate_k: int = Field(default=32, ge=1, le=1024,
                              description="cascade: at most this many nearest kept samples are candidates.")
-    recheck_margin: float = Field(default=0.02, ge=0, le=1,
-                                  description="cascade: an int8 MiniLM cosine this close to the threshold is "
-                                              "re-scored with fp32 MiniLM, which decides.")
+    recheck_margin: float | None = Field(default=None, ge=0, le=1,
+                                         description="cascade, onnx_recheck: an int8 MiniLM cosine this close to the "
+                                                     "threshold is re-scored with fp32 MiniLM, which decides "
+                                                     "(default: cascade 0.02, onnx_recheck "
+                                                     f"{RECHECK_MARGIN:g}, chosen on the tuning split).")
     record_similarity: bool = False
     best_similarity: list[float] = Field(default_factory=list, exclude=True,
                                          description="Nearest kept neighbour's cosine for each seen sample (cascade: "
                                                      "MiniLM cosine to the best candidate, 0 without one).")
-    minilm_encoded: int = Field(default=0, exclude=True, description="cascade: samples MiniLM embedded so far.")
-    rechecked: int = Field(default=0, exclude=True, description="cascade: decisions re-scored with fp32 MiniLM.")
+    minilm_encoded: int = Field(default=0, exclude=True,
+                                description="cascade, onnx_recheck: samples MiniLM embedded so far.")
+    rechecked: int = Field(default=0, exclude=True,
+                           description="cascade, onnx_recheck: decisions re-scored with fp32 MiniLM.")
 
     _encoder: Any = PrivateAttr(default=None)
     _exact: Any = PrivateAttr(default=None)
@@ -61,7 +73,25 @@ class SemanticDedupe(BatchedStage):
     _exact_rows: Any = PrivateAttr(default=None)  # cascade: MiniLM vectors of kept samples, NaN until computed
     _fp32_cache: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
 
+    _recheck: Any = PrivateAttr(default=None)  # onnx_recheck: a semantic_recheck.RecheckIndex
+
+    @property
+    def margin(self) -> float:
+        """The re-check margin in force: ``recheck_margin`` or the backend's default."""
+        if self.recheck_margin is not None:
+            return self.recheck_margin
+        return RECHECK_MARGIN if self.backend == "onnx_recheck" else CASCADE_MARGIN
+
     def load(self) -> None:
+        if self.backend == "onnx_recheck":
+            if self._recheck is None:
+                from factory.embed import get_parallel_encoder
+                from factory.stages.semantic_recheck import RecheckIndex
+
+                self._recheck = RecheckIndex(get_parallel_encoder(self.model_path),
+                                             get_parallel_encoder(self.model_path, "fp32"), self.threshold,
+                                             self.margin)
+            return
         if self._encoder is None:
             self._encoder = get_encoder(self.backend, self.model_path)
         if self.backend == "cascade" and self._exact is None:
@@ -85,6 +115,9 @@ class SemanticDedupe(BatchedStage):
     def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         if self.backend == "cascade":
             yield from self._cascade_batch(batch)
+            return
+        if self.backend == "onnx_recheck":
+            yield from self._recheck_batch(batch)
             return
         import faiss
 
@@ -116,6 +149,22 @@ class SemanticDedupe(BatchedStage):
         if kept:
             self._index.add(np.ascontiguousarray(vectors[kept]))
             self._ids.extend(batch[i].id for i in kept)
+
+    def _recheck_batch(self, batch: list[Sample]) -> Iterator[Sample]:
+        """int8 MiniLM on every sample, fp32 near the threshold (``semantic_recheck.RecheckIndex``)."""
+        index = self._recheck
+        decisions = index.decide([s.id for s in batch], [sample_text(s, self.text) for s in batch])
+        self.minilm_encoded, self.rechecked = index.encoded, index.rechecked
+        for sample, decision in zip(batch, decisions, strict=True):
+            if self.record_similarity:
+                self.best_similarity.append(max(decision.cosine, 0.0))
+            if decision.duplicate_of is None:
+                yield self.keep(sample)
+                continue
+            int8 = "" if decision.how == "int8" else f"; int8 cosine {decision.int8:.3f} within {self.margin:g}"
+            self.drop(sample, "semantic_duplicate", related_id=decision.duplicate_of,
+                      detail=f"MiniLM cosine {decision.cosine:.3f} ({decision.how}) >= {self.threshold:g} on "
+                             f"{self.text} text{int8}")
 
     def _cascade_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         """Static candidates, MiniLM on the samples in candidate pairs only, decisions in input order."""
@@ -160,8 +209,8 @@ class SemanticDedupe(BatchedStage):
             best_sim, best_id, best_static, how = -1.0, None, 0.0, "int8"
             if cands:
                 best_id, _, best_static, best_sim = max(cands, key=lambda c: c[3])
-                if abs(best_sim - self.threshold) < self.recheck_margin:  # too close for int8: MiniLM fp32 decides
-                    close = [c for c in cands if c[3] >= self.threshold - self.recheck_margin]
+                if abs(best_sim - self.threshold) < self.margin:  # too close for int8: MiniLM fp32 decides
+                    close = [c for c in cands if c[3] >= self.threshold - self.margin]
                     vectors = self._fp32([texts[i], *(c[1] for c in close)])
                     scores = vectors[1:] @ vectors[0]
                     j = int(np.argmax(scores))
