@@ -39,3 +39,17 @@ def test_mfu_counts_four_flops_per_parameter_per_token() -> None:
     assert found["model_tflops"] == pytest.approx(4 * 3.09e9 * 34_246 / 1e12, rel=1e-3)
     assert found["mfu"] == pytest.approx(found["model_tflops"] / 790, rel=1e-3)
     assert mfu(3.09e9, 1000, "cpu")["mfu"] is None
+
+
+def test_a_micro_batch_too_big_for_the_card_is_split_keeping_the_tokens_per_step() -> None:
+    # 16 rows of 2,048 need ~3.7 GiB even offloaded; 3.5 GiB free (2.8 GiB budget) takes 8 rows x 2 accumulated
+    plan = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=3.5, batch_size=16)
+    assert plan.micro_batch * plan.accumulation_factor == 16 and plan.micro_batch < 16
+    assert plan.tokens_per_step == plan.micro_batch * 2048
+    assert plan.estimate_gib[plan.mode] <= 3.5 * 0.8
+    assert f"16 -> {plan.micro_batch}" in plan.why
+    bigger = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=3.5, batch_size=16,
+                    forced="unsloth")
+    assert (bigger.micro_batch, bigger.accumulation_factor) == (16, 1)  # a forced mode keeps the micro-batch
+    fits = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139, batch_size=16)
+    assert (fits.micro_batch, fits.accumulation_factor) == (16, 1)

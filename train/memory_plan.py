@@ -12,8 +12,14 @@ fits with a safety margin:
   activations while recomputing;
 - ``offload``: Unsloth's checkpointing moves those layer inputs to CPU memory: almost nothing stays on the card.
 
-A config can force a mode (``gradient_checkpointing: unsloth | true | false``); ``auto`` asks this module. The
-training report records the choice, the estimate and why.
+When even offloading does not fit the configured micro-batch (``batch_size`` rows or chats), ``auto`` splits it:
+the largest divisor of ``batch_size`` that fits becomes the micro-batch and gradient accumulation grows by the same
+factor, so the tokens per optimiser step (and so the training) stay the same; only the memory and the speed change.
+A smaller micro-batch is not tried while a checkpointing mode fits the configured one: which of the two is faster
+was not measured (issue 17).
+
+A config can force a mode (``gradient_checkpointing: unsloth | true | false``); ``auto`` asks this module, and a
+forced mode keeps the configured micro-batch. The training report records the choice, the estimate and why.
 
 MFU counts model FLOPs for LoRA on a frozen base: about 4 per base parameter per token (2 forward, 2 for the
 backward pass through the frozen weights, which computes activation gradients but no weight gradients; the LoRA
@@ -47,6 +53,9 @@ class MemoryPlan:
     tokens_per_step: int
     estimate_gib: dict[str, float]
     free_gib: float | None
+    #: rows (packed) or chats per forward pass, and the factor the config's gradient accumulation is multiplied by
+    micro_batch: int = 0
+    accumulation_factor: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,24 +73,38 @@ def estimate(layers: int, hidden: int, params: float, tokens: int, weight_bytes:
 
 
 def choose(*, layers: int, hidden: int, params: float, tokens: int, quantization: str,
-           free_gib: float | None, forced: bool | str | None = None) -> MemoryPlan:
-    """The fastest mode whose estimate fits ``HEADROOM`` of the free memory; ``forced`` (the config) wins."""
+           free_gib: float | None, forced: bool | str | None = None, batch_size: int = 1) -> MemoryPlan:
+    """The fastest mode whose estimate fits ``HEADROOM`` of the free memory; ``forced`` (the config) wins.
+
+    ``tokens`` is one micro-batch of ``batch_size`` rows at most; when no mode fits it, the micro-batch is split
+    (see the module doc).
+    """
     weight_bytes = 0.56 if quantization == "4bit" else 2.0  # NF4 with its scales, or bf16
     est = estimate(layers, hidden, params, tokens, weight_bytes)
     if forced is not None and forced != "auto":
         mode: Mode = "offload" if forced == "unsloth" else "gpu" if forced is True else "none"
-        return MemoryPlan(mode, "set in the config", tokens, est, free_gib)
+        return MemoryPlan(mode, "set in the config", tokens, est, free_gib, batch_size)
     if free_gib is None:
-        return MemoryPlan("offload", "free memory unknown: the safest mode", tokens, est, None)
+        return MemoryPlan("offload", "free memory unknown: the safest mode", tokens, est, None, batch_size)
     budget = free_gib * HEADROOM
     for candidate in ("none", "gpu", "offload"):
         if est[candidate] <= budget:
             why = (f"{candidate}: needs ~{est[candidate]:.1f} GiB of {free_gib:.1f} GiB free "
                    f"(budget {HEADROOM:.0%}: {budget:.1f} GiB); faster modes do not fit" if candidate != "none"
                    else f"none: all activations fit (~{est['none']:.1f} GiB of a {budget:.1f} GiB budget)")
-            return MemoryPlan(candidate, why, tokens, est, free_gib)  # type: ignore[arg-type]
-    return MemoryPlan("offload", f"even offloaded (~{est['offload']:.1f} GiB) exceeds the budget; trying anyway",
-                      tokens, est, free_gib)
+            return MemoryPlan(candidate, why, tokens, est, free_gib, batch_size)  # type: ignore[arg-type]
+    for micro in sorted((d for d in range(1, batch_size) if batch_size % d == 0), reverse=True):
+        split_tokens = tokens * micro // batch_size
+        split = estimate(layers, hidden, params, split_tokens, weight_bytes)
+        for candidate in ("none", "gpu", "offload"):
+            if split[candidate] <= budget:
+                factor = batch_size // micro
+                why = (f"{candidate} with the micro-batch split {batch_size} -> {micro} and gradient accumulation "
+                       f"x{factor} (same tokens per optimiser step): {batch_size} at once needs ~{est['offload']:.1f}"
+                       f" GiB even offloaded; {micro} needs ~{split[candidate]:.1f} GiB of a {budget:.1f} GiB budget")
+                return MemoryPlan(candidate, why, split_tokens, split, free_gib, micro, factor)  # type: ignore[arg-type]
+    return MemoryPlan("offload", f"even offloaded with a micro-batch of 1 (~{est['offload']:.1f} GiB at "
+                      f"{batch_size}) exceeds the budget; trying anyway", tokens, est, free_gib, batch_size)
 
 
 def peak_tflops(device_name: str) -> float | None:

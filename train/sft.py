@@ -235,7 +235,7 @@ def memory_plan(config: TrainConfig, pre: Any) -> MemoryPlan:
         free = torch.cuda.mem_get_info()[0] / 2**30
     return choose(layers=layers, hidden=hidden, params=params, tokens=tokens, quantization=config.quantization,
                   free_gib=free, forced=None if config.gradient_checkpointing == "auto"
-                  else config.gradient_checkpointing)
+                  else config.gradient_checkpointing, batch_size=config.batch_size)
 
 
 def _param_count(model: Any) -> float:
@@ -287,7 +287,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
 
 
 def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, train_tok: Any, eval_tok: Any,
-                  resume_from: str | None) -> tuple[Any, CountingCollator]:
+                  resume_from: str | None, plan: MemoryPlan) -> tuple[Any, CountingCollator]:
     """TRL's SFTTrainer on pre-tokenized chats (labels already masked), with a collator that counts real tokens."""
     import torch
     from datasets import Dataset
@@ -301,8 +301,10 @@ def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, tra
     args = SFTConfig(
         output_dir=str(config.output_dir / CHECKPOINTS), max_length=config.max_seq_length, packing=config.packing,
         packing_strategy="bfd", padding_free=config.packing,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
+        # the plan may split the micro-batch (same tokens per optimiser step) when the card is too small for it
+        per_device_train_batch_size=plan.micro_batch or config.batch_size,
+        per_device_eval_batch_size=plan.micro_batch or config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation * plan.accumulation_factor,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, optim=config.optimizer,
         max_steps=config.max_steps or -1, num_train_epochs=config.num_epochs or 1.0,
@@ -418,8 +420,11 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     plan = memory_plan(config, pre)
+    if pre.device == "cuda":  # say what was picked before the long part starts (the report keeps it too)
+        print(f"memory plan: checkpointing {plan.mode}, micro-batch {plan.micro_batch} x gradient accumulation "
+              f"{config.gradient_accumulation * plan.accumulation_factor} ({plan.why})", file=sys.stderr, flush=True)
     model, tokenizer, train_tok, eval_tok, load_seconds = _load(config, pre, plan)
-    trainer, counter = _make_trainer(config, pre, model, tokenizer, train_tok, eval_tok, resume_from)
+    trainer, counter = _make_trainer(config, pre, model, tokenizer, train_tok, eval_tok, resume_from, plan)
     run = _Run(config=config, pre=pre, model=model, tokenizer=tokenizer, trainer=trainer, counter=counter,
                train_tok=train_tok, eval_tok=eval_tok, has_eval=bool(eval_tok.input_ids),
                flash_varlen_shim=flash_varlen_shim, load_seconds=load_seconds, plan=plan)
