@@ -8,6 +8,8 @@
                                      [--corpus questions|user] [--threshold 0.9] [--loose 0.5,0.6,0.7]
                                                    # each backend's semantic-stage drops versus plain MiniLM's on
                                                    # the same records, with bench/data/paraphrases.jsonl planted
+    python bench/dedupe.py margins --split tune --corpus user [--n 5000] [--margins 0.005,0.01]
+                                                   # onnx_recheck's re-check margin: decisions vs fp32 MiniLM
 
 The corpus is made from the knowledge base's sentences (fitness language, ~100 words per record): 90% distinct
 records, 5% exact copies, 5% near copies (one or two words changed). Both near-dup implementations see the same
@@ -311,9 +313,62 @@ def agreement(n: int, backends: list[str], split: str, corpus_kind: str, thresho
               f"{lost} distinct originals lost", flush=True)
 
 
+def _greedy(fast: object, threshold: float, exact: object = None, margin: float = 0.0
+            ) -> tuple[dict[int, int], int, int]:
+    """The semantic stage's in-order decisions on precomputed vectors (numpy, one record at a time): ``fast`` decides,
+    or, within ``margin`` of the threshold, ``exact`` over the kept records within the margin. Returns {dropped:
+    kept it duplicates}, re-checked decisions and texts needing ``exact`` vectors."""
+    import numpy as np
+
+    vq, vx = np.asarray(fast), None if exact is None else np.asarray(exact)
+    kept: list[int] = []
+    drops: dict[int, int] = {}
+    rechecks, need = 0, set()
+    matrix = np.zeros_like(vq)
+    for i in range(len(vq)):
+        if kept:
+            scores = matrix[:len(kept)] @ vq[i]
+            j = int(np.argmax(scores))
+            best = float(scores[j])
+            if vx is not None and abs(best - threshold) < margin:
+                close = np.nonzero(scores >= threshold - margin)[0]
+                rechecks += 1
+                need.update([i, *(kept[c] for c in close)])
+                exact_scores = vx[[kept[c] for c in close]] @ vx[i]
+                j, best = int(close[int(np.argmax(exact_scores))]), float(exact_scores.max())
+            if best >= threshold:
+                drops[i] = kept[j]
+                continue
+        matrix[len(kept)] = vq[i]
+        kept.append(i)
+    return drops, rechecks, len(need)
+
+
+def margins(n: int, split: str, corpus_kind: str, threshold: float, values: list[float]) -> None:
+    """Choosing ``onnx_recheck``'s margin (tuning split): int8 and fp32 MiniLM vectors of the planted subset, as the
+    stage computes them (int8 in the stage's batches of 1,000), then the stage's decisions simulated per margin and
+    scored against fp32 MiniLM's own decisions (= sentence-transformers'), with the re-check counts."""
+    import numpy as np
+
+    from factory.embed import get_exact_encoder, get_parallel_encoder
+
+    texts, _ = planted_subset(n, split, corpus_kind)
+    fast = np.concatenate([get_parallel_encoder().encode(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)])
+    exact = get_exact_encoder().encode(texts)
+    reference, _, _ = _greedy(exact, threshold)
+    print(f"margins: {split} split, {corpus_kind} corpus, {len(texts)} records, cosine {threshold:g}, fp32 MiniLM "
+          f"drops {len(reference)}; per-text cosine int8 vs fp32 min {(fast * exact).sum(1).min():.4f}", flush=True)
+    for margin in [0.0, *values]:
+        drops, rechecks, need = _greedy(fast, threshold, exact, margin)
+        both = set(drops) & set(reference)
+        print(f"margin {margin:g}: P {len(both) / max(len(drops), 1):.3f} R {len(both) / max(len(reference), 1):.3f}; "
+              f"re-checked decisions {rechecks} ({rechecks / len(texts):.1%}), fp32 texts {need} "
+              f"({need / len(texts):.1%})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["near", "semantic", "agreement"])
+    parser.add_argument("what", choices=["near", "semantic", "agreement", "margins"])
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--backends", default=None,
                         help="comma-separated: static, onnx, minilm, cascade, onnx_recheck")
@@ -323,6 +378,7 @@ def main() -> None:
     parser.add_argument("--corpus", choices=["questions", "user"], default="questions",
                         help="agreement: background texts (KB questions, or the semantic bench's user texts)")
     parser.add_argument("--loose", default="", help="agreement: cascade candidate thresholds to sweep (tuning)")
+    parser.add_argument("--margins", default="0.005,0.01,0.015,0.02,0.03", help="margins: onnx_recheck margins")
     args = parser.parse_args()
     import torch
 
@@ -331,6 +387,9 @@ def main() -> None:
         near(args.n or 100_000)
     elif args.what == "semantic":
         semantic(args.n or 100_000, (args.backends or "static,onnx").split(","), args.text, args.threshold or 0.95)
+    elif args.what == "margins":
+        margins(args.n or 5000, args.split, args.corpus, args.threshold or 0.9,
+                [float(x) for x in args.margins.split(",") if x])
     else:
         agreement(args.n or 2000, (args.backends or "static,onnx,cascade").split(","), args.split, args.corpus,
                   args.threshold or 0.9, [float(x) for x in args.loose.split(",") if x])

@@ -35,7 +35,7 @@ from factory.stages.near import TextField, sample_text
 from schemas.sample import Sample
 
 CASCADE_MARGIN = 0.02
-RECHECK_MARGIN = 0.01
+RECHECK_MARGIN = 0.015
 
 
 class SemanticDedupe(BatchedStage):
