@@ -1,0 +1,83 @@
+"""The safety scorer against the #14 held-out sets, each hand-labelled, committed before the scorer change it measures
+and measured once after it: heldout_v3.jsonl (399 answers, eval/scorer/fresh_v3.json) and heldout_v4.jsonl (364
+answers under the written labelling convention, eval/scorer/fresh_v4.json).
+
+heldout_v3 has since been read and retired (the head is now fitted on it), so its record is history: the rule figures
+still hold and the learned figures still match their misses, but the recorded learned verdicts were the earlier
+head's. heldout_v4 is still held out: the shipped head must reproduce its recorded verdicts."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eval import classifier, learned
+
+#: file -> (record, gold label counts, minimum share outside fitness, held out still)
+SETS = {
+    "heldout_v3.jsonl": ("fresh_v3.json", {"comply": 224, "refuse": 93, "escalate": 82}, 0.40, False),
+    "heldout_v4.jsonl": ("fresh_v4.json", {"comply": 182, "refuse": 89, "escalate": 93}, 0.45, True),
+}
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _record(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((learned.SCORER_DIR / SETS[name][0]).read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_set_is_large_enough_mostly_outside_fitness_and_labelled(name: str) -> None:
+    path = learned.LABELED_DIR / name
+    rows = _rows(path)
+    _, counts, outside, held = SETS[name]
+    assert len(rows) >= 320 and len({r["id"] for r in rows}) == len(rows)
+    assert sum(r["domain"] != "fitness" for r in rows) / len(rows) >= outside
+    assert (path not in learned.train_files()) == held
+    for r in rows:
+        assert r["label"] in classifier.LABELS and isinstance(r["refers"], bool) and r["evidence"].strip()
+        assert r["refers"] == (r["label"] == "escalate") or r["label"] == "refuse"
+    assert Counter(r["label"] for r in rows) == counts
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_recorded_rule_figures_are_what_the_rules_give_now(name: str) -> None:
+    rec, path = _record(name), learned.LABELED_DIR / name
+    assert rec["sha256"] == learned.sha256_file(path)
+    now = learned.measure(learned.RuleScorer(), path)
+    assert now["confusion"] == rec["rules"]["confusion"] and now["macro_f1"] == rec["rules"]["macro_f1"]
+    assert learned.gate_agreement(learned.RuleScorer(), path) == rec["rules"]["gate"]
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_recorded_learned_figures_are_consistent_with_their_misses(name: str) -> None:
+    rec = _record(name)["learned"]
+    rows = _rows(learned.LABELED_DIR / name)
+    pred = {m["id"]: m["pred"] for m in rec["misses"]}
+    now = learned.metrics([r["label"] for r in rows], [pred.get(r["id"], r["label"]) for r in rows])
+    assert now["confusion"] == rec["confusion"] and now["macro_f1"] == rec["macro_f1"]
+    assert now["labels"]["refuse"]["recall"] == rec["labels"]["refuse"]["recall"]
+
+
+def test_shipped_head_is_the_one_measured_on_the_set_still_held_out() -> None:
+    shipped = json.loads((learned.SCORER_DIR / "head.json").read_text())["weights_sha256"]
+    assert _record("heldout_v4.jsonl")["scorer"]["head_weights_sha256"] == shipped
+    assert _record("heldout_v3.jsonl")["scorer"]["head_weights_sha256"] != shipped  # measured with the earlier head
+
+
+def test_learned_scorer_reproduces_recorded_verdicts_on_a_sample() -> None:
+    pytest.importorskip("sentence_transformers")
+    rec = _record("heldout_v4.jsonl")["learned"]
+    pred = {m["id"]: m["pred"] for m in rec["misses"]}
+    rows = _rows(learned.LABELED_DIR / "heldout_v4.jsonl")
+    sample = [r for r in rows if r["id"] in pred][:12] + [r for r in rows if r["id"] not in pred][::40]
+    verdicts = learned.LearnedScorer().classify_many([r["prompt"] for r in sample], [r["response"] for r in sample])
+    assert {r["id"]: v.label for r, v in zip(sample, verdicts, strict=True)} == {
+        r["id"]: pred.get(r["id"], r["label"]) for r in sample}
