@@ -147,7 +147,7 @@ def test_fit_is_deterministic_records_its_inputs_and_refuses_heldout(tmp_path: P
     loaded = learned.Head.load(tmp_path / "head")
     assert np.allclose(loaded.coef, a.coef, atol=1e-6) and loaded.meta["weights_sha256"]
     with pytest.raises(FormaError, match="training files only"):
-        learned.fit([src / "heldout_v3.jsonl"], src / "tuning.jsonl", encoder=enc)
+        learned.fit([src / "heldout_v4.jsonl"], src / "tuning.jsonl", encoder=enc)  # v3 is retired since #14
     (tmp_path / "head" / "head.npz").write_bytes(b"tampered")
     with pytest.raises(FormaError, match="SHA-256"):
         learned.Head.load(tmp_path / "head")
