@@ -29,6 +29,7 @@ MODELS: dict[str, tuple[str, str | None, float, float]] = {
 
 
 def main(prompts_file: Path, out_file: Path) -> None:
+    from heldout_v3_answers import chat  # run as a script, bench/ is on sys.path
     from llama_cpp import Llama
 
     from common.model_paths import smollm2_gguf
@@ -44,11 +45,7 @@ def main(prompts_file: Path, out_file: Path) -> None:
                 continue
             llm = Llama(model_path=path or str(smollm2_gguf()), n_ctx=1024, n_threads=2, seed=14, verbose=False)
             for row in todo:
-                messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": row["prompt"]}]
-                out = llm.create_chat_completion(messages=messages, max_tokens=160, seed=14,  # type: ignore[arg-type]
-                                                 temperature=temperature, top_p=top_p)
-                text = str(out["choices"][0]["message"]["content"]).strip()  # type: ignore[index]
+                text = chat(llm, system, row["prompt"], temperature, top_p)
                 fh.write(json.dumps({**row, "model": name, "temperature": temperature, "response": text}) + "\n")
                 fh.flush()
 
