@@ -114,14 +114,20 @@ def whole_gate(model: Path, threads: int, out: Path) -> dict:
 
 
 def bare_gate_answers(model: Path, threads: int) -> dict:
-    """Every answer the gate generates, by a bare llama-cpp-python loop: same messages, max_tokens, greedy, seed."""
+    """Every answer the gate generates, by a bare llama-cpp-python loop: same messages (the gate's system prompt
+    included), max_tokens, greedy, seed."""
     from llama_cpp import Llama
 
     from eval.policy import load_policy
     from schemas.eval_suite import load_suites
 
+    from eval import system_prompt
+
     pol = load_policy(DEMO_POLICY)
-    cases = [c for s in load_suites(names=list(pol.suites)).values() for c in s.cases if c.kind == "generate"]
+    # the same messages as the gate: its system prompt (the Modelfile's SYSTEM beside the GGUF) on every case
+    shipped = system_prompt.resolve(str(model))
+    cases = system_prompt.apply([c for s in load_suites(names=list(pol.suites)).values() for c in s.cases
+                                 if c.kind == "generate"], shipped)
     start = time.perf_counter()
     llm: Any = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=0,
                      verbose=False)
