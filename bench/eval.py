@@ -118,10 +118,9 @@ def bare_gate_answers(model: Path, threads: int) -> dict:
     included), max_tokens, greedy, seed."""
     from llama_cpp import Llama
 
+    from eval import system_prompt
     from eval.policy import load_policy
     from schemas.eval_suite import load_suites
-
-    from eval import system_prompt
 
     pol = load_policy(DEMO_POLICY)
     # the same messages as the gate: its system prompt (the Modelfile's SYSTEM beside the GGUF) on every case
