@@ -454,15 +454,15 @@ def _mfu(arch: str, result: dict[str, Any]) -> dict[str, float]:
     over the steady window and at the median steady step."""
     import statistics
 
+    from train.memory_plan import PEAK_TFLOPS
+
+    peak = PEAK_TFLOPS["H200"] * 1e12  # the one peak figure of train/memory_plan.py
     flops = 4 * ARCH_PARAMS[arch]
     steps = result.get("step_s") or []
     steady = steps[max(1, int(len(steps) * 0.2)):]
     median_rate = statistics.median(tok / s for s, tok in steady) if steady else 0.0
-    return {"steady": round(flops * result["tokens_per_s_steady"] / PEAK_FLOPS, 4),
-            "median_step": round(flops * median_rate / PEAK_FLOPS, 4)}
-
-
-PEAK_FLOPS = 790e12  # bf16 dense matrix products measured on the H100/H200 (train/memory_plan.py's PEAK_TFLOPS)
+    return {"steady": round(flops * result["tokens_per_s_steady"] / peak, 4),
+            "median_step": round(flops * median_rate / peak, 4)}
 
 
 def run_all(data: Path, out: Path, model_dir: Path, rows: int, steps: int, optim: str = OPTIM,

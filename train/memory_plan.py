@@ -54,7 +54,7 @@ class MemoryPlan:
     estimate_gib: dict[str, float]
     free_gib: float | None
     #: rows (packed) or chats per forward pass, and the factor the config's gradient accumulation is multiplied by
-    micro_batch: int = 0
+    micro_batch: int = 1
     accumulation_factor: int = 1
 
     def as_dict(self) -> dict[str, Any]:

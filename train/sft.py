@@ -302,8 +302,7 @@ def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, tra
         output_dir=str(config.output_dir / CHECKPOINTS), max_length=config.max_seq_length, packing=config.packing,
         packing_strategy="bfd", padding_free=config.packing,
         # the plan may split the micro-batch (same tokens per optimiser step) when the card is too small for it
-        per_device_train_batch_size=plan.micro_batch or config.batch_size,
-        per_device_eval_batch_size=plan.micro_batch or config.batch_size,
+        per_device_train_batch_size=plan.micro_batch, per_device_eval_batch_size=plan.micro_batch,
         gradient_accumulation_steps=config.gradient_accumulation * plan.accumulation_factor,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, optim=config.optimizer,
