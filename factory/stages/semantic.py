@@ -18,11 +18,15 @@ reject names that kept sample, its MiniLM cosine (and which precision gave it) a
 record, exact search over the kept records' int8 vectors, fp32 MiniLM deciding within ``recheck_margin`` of the
 threshold. For data where every record has a static candidate (this project's user texts), so ``cascade`` would run
 MiniLM on everything anyway and pay its static search on top.
+
+``backend: openvino_recheck``: the same with the first pass on OpenVINO (int8 weights, activations quantised per
+token: ``factory/embed_openvino.py``), whose cosines sit ~3x closer to fp32 MiniLM's, so its margin is 0.006.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,6 +40,8 @@ from schemas.sample import Sample
 
 CASCADE_MARGIN = 0.02
 RECHECK_MARGIN = 0.015
+OPENVINO_RECHECK_MARGIN = 0.006
+RECHECKING = ("onnx_recheck", "openvino_recheck")
 
 
 class SemanticDedupe(BatchedStage):
@@ -52,18 +58,19 @@ class SemanticDedupe(BatchedStage):
     candidate_k: int = Field(default=32, ge=1, le=1024,
                              description="cascade: at most this many nearest kept samples are candidates.")
     recheck_margin: float | None = Field(default=None, ge=0, le=1,
-                                         description="cascade, onnx_recheck: an int8 MiniLM cosine this close to the "
+                                         description="cascade, *_recheck: an int8 MiniLM cosine this close to the "
                                                      "threshold is re-scored with fp32 MiniLM, which decides "
                                                      "(default: cascade 0.02, onnx_recheck "
-                                                     f"{RECHECK_MARGIN:g}, chosen on the tuning split).")
+                                                     f"{RECHECK_MARGIN:g}, openvino_recheck "
+                                                     f"{OPENVINO_RECHECK_MARGIN:g}, chosen on the tuning split).")
     record_similarity: bool = False
     best_similarity: list[float] = Field(default_factory=list, exclude=True,
                                          description="Nearest kept neighbour's cosine for each seen sample (cascade: "
                                                      "MiniLM cosine to the best candidate, 0 without one).")
     minilm_encoded: int = Field(default=0, exclude=True,
-                                description="cascade, onnx_recheck: samples MiniLM embedded so far.")
+                                description="cascade, *_recheck: samples MiniLM embedded so far.")
     rechecked: int = Field(default=0, exclude=True,
-                           description="cascade, onnx_recheck: decisions re-scored with fp32 MiniLM.")
+                           description="cascade, *_recheck: decisions re-scored with fp32 MiniLM.")
 
     _encoder: Any = PrivateAttr(default=None)
     _exact: Any = PrivateAttr(default=None)
@@ -80,16 +87,18 @@ class SemanticDedupe(BatchedStage):
         """The re-check margin in force: ``recheck_margin`` or the backend's default."""
         if self.recheck_margin is not None:
             return self.recheck_margin
-        return RECHECK_MARGIN if self.backend == "onnx_recheck" else CASCADE_MARGIN
+        return {"onnx_recheck": RECHECK_MARGIN, "openvino_recheck": OPENVINO_RECHECK_MARGIN}.get(self.backend,
+                                                                                                   CASCADE_MARGIN)
 
     def load(self) -> None:
-        if self.backend == "onnx_recheck":
+        if self.backend in RECHECKING:
             if self._recheck is None:
-                from factory.embed import get_parallel_encoder
+                from factory.embed import get_openvino_encoder, get_parallel_encoder
                 from factory.stages.semantic_recheck import RecheckIndex
 
-                self._recheck = RecheckIndex(get_parallel_encoder(self.model_path),
-                                             get_parallel_encoder(self.model_path, "fp32"), self.threshold,
+                fast = (get_openvino_encoder(self.model_path) if self.backend == "openvino_recheck"
+                        else get_parallel_encoder(self.model_path))
+                self._recheck = RecheckIndex(fast, get_parallel_encoder(self.model_path, "fp32"), self.threshold,
                                              self.margin)
             return
         if self._encoder is None:
@@ -112,11 +121,36 @@ class SemanticDedupe(BatchedStage):
             self._fp32_cache.update(zip(missing, get_exact_encoder(self.model_path).encode(missing), strict=True))
         return np.stack([self._fp32_cache[t] for t in texts])
 
+    def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        """The ``*_recheck`` backends encode one batch ahead: while batch k is searched, re-checked and decided on this
+        thread, batch k+1's first-pass vectors are computed on the encoder's threads, so the cores do not wait for
+        the (serial) search. Output order and decisions are those of one batch at a time."""
+        if self.backend not in RECHECKING:
+            yield from super().run(samples)
+            return
+        self.load()
+        pending: tuple[list[Sample], Future[np.ndarray]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="semantic-encode") as ahead:
+            batch: list[Sample] = []
+            for sample in samples:
+                batch.append(sample)
+                if len(batch) >= self.batch_size:
+                    if pending is not None:
+                        yield from self._recheck_batch(pending[0], pending[1].result())
+                    pending, batch = (batch, ahead.submit(self._encode_ahead, batch)), []
+            if pending is not None:
+                yield from self._recheck_batch(pending[0], pending[1].result())
+            if batch:
+                yield from self._recheck_batch(batch)
+
+    def _encode_ahead(self, batch: list[Sample]) -> np.ndarray:
+        return np.asarray(self._recheck.fast.encode([sample_text(s, self.text) for s in batch]))
+
     def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:
         if self.backend == "cascade":
             yield from self._cascade_batch(batch)
             return
-        if self.backend == "onnx_recheck":
+        if self.backend in RECHECKING:
             yield from self._recheck_batch(batch)
             return
         import faiss
@@ -150,10 +184,10 @@ class SemanticDedupe(BatchedStage):
             self._index.add(np.ascontiguousarray(vectors[kept]))
             self._ids.extend(batch[i].id for i in kept)
 
-    def _recheck_batch(self, batch: list[Sample]) -> Iterator[Sample]:
+    def _recheck_batch(self, batch: list[Sample], vectors: np.ndarray | None = None) -> Iterator[Sample]:
         """int8 MiniLM on every sample, fp32 near the threshold (``semantic_recheck.RecheckIndex``)."""
         index = self._recheck
-        decisions = index.decide([s.id for s in batch], [sample_text(s, self.text) for s in batch])
+        decisions = index.decide([s.id for s in batch], [sample_text(s, self.text) for s in batch], vectors)
         self.minilm_encoded, self.rechecked = index.encoded, index.rechecked
         for sample, decision in zip(batch, decisions, strict=True):
             if self.record_similarity:

@@ -66,9 +66,11 @@ class RecheckIndex:
     _texts: list[str] = field(default_factory=list)
     _fp32: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def decide(self, ids: Sequence[str], texts: Sequence[str]) -> list[Decision]:
-        """Decisions for one batch in input order; the batch's kept records join the index."""
-        vectors = self.fast.encode(list(texts))
+    def decide(self, ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray | None = None) -> list[Decision]:
+        """Decisions for one batch in input order; the batch's kept records join the index. ``vectors``: the batch's
+        ``fast`` vectors when the caller encoded them ahead (the stage overlaps the next batch's encoding with this
+        batch's search and re-checks)."""
+        vectors = self.fast.encode(list(texts)) if vectors is None else vectors
         self.encoded += len(texts)
         low = self.threshold - self.margin
         prior_best, prior_row, prior_close = self._search(vectors, low)
