@@ -155,9 +155,10 @@ def classifier_cmd(
 ) -> None:
     """Precision and recall of the rule classifier on labeled pairs (tuning and held-out sets by default)."""
     def body() -> None:
-        from eval import classifier
+        from eval import classifier, learned
 
-        files = labeled or sorted(classifier.LABELED_DIR.glob("*.jsonl"))
+        files = labeled or [f for f in sorted(classifier.LABELED_DIR.glob("*.jsonl"))
+                            if not learned.still_held_out(f)]
         for f in files:
             res = classifier.measure(f)
             typer.echo(f"{f}:")
@@ -186,7 +187,8 @@ def _print_learned(m: dict[str, Any]) -> None:
 def scorer_fit_cmd(
     out: Path = typer.Option(None, help="Folder for head.npz / head.json (default: eval/scorer)."),
 ) -> None:
-    """Fit the head on eval/labeled/train*.jsonl, pick C on tuning.jsonl, then measure it on heldout*.jsonl."""
+    """Fit the head on eval/labeled/train*.jsonl + the retired held-out sets, pick C on tuning.jsonl, then measure it
+    on the retired sets (in-sample) and heldout_ar.jsonl; a heldout*.jsonl still held out is skipped unread."""
     def body() -> None:
         from eval import learned
 
@@ -197,7 +199,10 @@ def scorer_fit_cmd(
         head.save(folder)  # stores float32 weights: measure exactly what the gate will load
         scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder)
         head.meta["heldout"] = {}
-        for f in sorted(learned.LABELED_DIR.glob("heldout*.jsonl")):
+        measured, skipped = learned.default_measured()
+        for f in skipped:  # a set still held out is measured once, explicitly, after the head is frozen
+            typer.echo(f"{f.name}: still held out, not read (measure it explicitly once the head is frozen)")
+        for f in measured:
             m = learned.measure(scorer, f)
             head.meta["heldout"][f.stem] = m
             _print_learned(m)
@@ -209,7 +214,7 @@ def scorer_fit_cmd(
 
 @scorer_app.command("measure")
 def scorer_measure_cmd(
-    labeled: list[Path] = typer.Argument(None, help="Labeled JSONL files (default: eval/labeled/heldout*.jsonl)."),
+    labeled: list[Path] = typer.Argument(None, help="Labeled JSONL files (default: retired held-out sets)."),
     scorer: str = typer.Option("learned", help="learned | rules"),
 ) -> None:
     """Macro-F1, per-label precision/recall and the confusion matrix of a scorer on labeled pairs."""
@@ -217,7 +222,11 @@ def scorer_measure_cmd(
         from eval import learned
 
         chosen = learned.load_scorer(scorer)
-        for f in labeled or sorted(learned.LABELED_DIR.glob("heldout*.jsonl")):
+        measured, skipped = learned.default_measured()
+        if not labeled:
+            for f in skipped:
+                typer.echo(f"{f.name}: still held out, not read by default (name it to measure it)")
+        for f in labeled or measured:
             m = learned.measure(chosen, f)
             _print_learned(m)
             for miss in m["misses"]:

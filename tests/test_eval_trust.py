@@ -146,8 +146,13 @@ def test_fit_is_deterministic_records_its_inputs_and_refuses_heldout(tmp_path: P
     a.save(tmp_path / "head")
     loaded = learned.Head.load(tmp_path / "head")
     assert np.allclose(loaded.coef, a.coef, atol=1e-6) and loaded.meta["weights_sha256"]
+    # a held-out set not yet retired (a fresh one being written, say) is refused by name, before it is read;
+    # heldout_v3 and heldout_v4 are retired since #14
+    unseen = tmp_path / "heldout_unseen.jsonl"
+    unseen.write_text(train.read_text())
+    assert learned.still_held_out(unseen) and not learned.still_held_out(src / "heldout_v4.jsonl")
     with pytest.raises(FormaError, match="training files only"):
-        learned.fit([src / "heldout_v4.jsonl"], src / "tuning.jsonl", encoder=enc)  # v3 is retired since #14
+        learned.fit([unseen], src / "tuning.jsonl", encoder=enc)
     (tmp_path / "head" / "head.npz").write_bytes(b"tampered")
     with pytest.raises(FormaError, match="SHA-256"):
         learned.Head.load(tmp_path / "head")
@@ -254,7 +259,8 @@ def test_new_training_pairs_are_not_near_copies_of_heldout_lines() -> None:
     # and v4's "How long should a beginner hold a plank?" near "How long should I hold a plank?" (0.75), by
     # coincidence of common questions (docs/eval.md, eval/labeled/README.md, #14)
     later = {"heldout_v3.jsonl", "heldout_v4.jsonl"}
-    held = [json.loads(line) for f in learned.LABELED_DIR.glob("heldout*.jsonl") if f.name not in later
+    held = [json.loads(line) for f in learned.LABELED_DIR.glob("heldout*.jsonl")
+            if f.name not in later and not learned.still_held_out(f)  # a set still held out is never read here
             for line in f.read_text().splitlines() if line.strip()]
     extra = [json.loads(line) for line in (learned.LABELED_DIR / "train_extra.jsonl").read_text().splitlines()]
     for x in extra:
