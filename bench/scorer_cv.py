@@ -13,8 +13,11 @@ DECLINE_FEATURES, ``first`` / ``last`` / ``sentmax`` / ``sentmean`` = more embed
 (and ``also_refuse``: more weights scored on the same out-of-fold probabilities), ``spare`` (the overrule spares an
 opening decline), ``refpair`` (the referral-relevance model, fitted inside each fold), ``real_weight``, ``esc_scale``,
 ``stack`` (trees on the head's probabilities, tried in the v5 round), ``scale`` (a block's multiplier) and ``dump``
-(a file for the out-of-fold misses). The shipped setting since #14's v5 round:
-``{"blocks": ["base", "extra", "decline"], "c": 1, "refuse_scale": 2, "spare": true, "refpair": true}``.
+(a file for the out-of-fold misses); since #14's v6 round also ``withhold`` (WITHHOLD_FEATURES), ``wider`` (the
+overrule's spare reads the wider decline phrases) and ``refmore`` (the referral model reads place / test sentences).
+The shipped setting since #14's v6 round: ``{"blocks": ["base", "extra", "decline", "withhold"], "c": 1,
+"refuse_scale": 2.5, "esc_scale": 0.8, "spare": true, "wider": true, "refpair": true}`` (v5 round: ``{"blocks":
+["base", "extra", "decline"], "c": 1, "refuse_scale": 2, "spare": true, "refpair": true}``).
 
     nice -n 10 .venv/bin/python -m bench.scorer_cv [SETTING ...]   (a module: bench/eval.py would shadow eval)
 """
@@ -114,7 +117,8 @@ def _scored(rows: Sequence[dict[str, Any]], y: Sequence[int], probs: Any, esc_sc
     probs[:, 2] *= esc_scale
     probs[:, 1] *= refuse_scale
     probs /= probs.sum(axis=1, keepdims=True)
-    decide = decide or functools.partial(learned.LearnedScorer._verdict, spare_opening_decline=spare)
+    decide = decide or functools.partial(learned.LearnedScorer._verdict, spare_opening_decline=spare,
+                                         wider_spare=False)
     if soft_rule:
         decide = _with_soft_rule(decide)
     verdicts = [decide(r["response"], p, r["prompt"]) for r, p in zip(rows, probs, strict=True)]
@@ -183,9 +187,13 @@ def main(settings: Sequence[str]) -> None:
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     full = learned.features(enc, prompts, responses)  # type: ignore[arg-type]
     n_extra, n_dec = len(learned.EXTRA_FEATURES), len(learned.DECLINE_FEATURES)
-    # "base" alone before #14's v4 change; "extra" since; "decline" (and the referral model, "refpair") since v5
+    n_w = len(learned.WITHHOLD_FEATURES) if learned.WITHHOLD_CUES else 0
+    full, withhold = full[:, :full.shape[1] - n_w], full[:, full.shape[1] - n_w:]
+    # "base" alone before #14's v4 change; "extra" since; "decline" (and the referral model, "refpair") since v5;
+    # "withhold" (WITHHOLD_FEATURES) since v6
     blocks = {"base": full[:, :-(n_extra + n_dec)], "extra": full[:, -(n_extra + n_dec):-n_dec],
-              "decline": full[:, -n_dec:]}
+              "decline": full[:, -n_dec:],
+              "withhold": withhold if n_w else np.array([learned.withhold_features(r) for r in responses])}
     def block(name: str) -> Any:
         if name not in blocks:
             if name in ("first", "last"):
@@ -206,6 +214,11 @@ def main(settings: Sequence[str]) -> None:
         kw = json.loads(s)
         scale = kw.pop("scale", {})  # a cue block's multiplier (a weaker L2 penalty on its weights)
         x = np.hstack([block(b) * scale.get(b, 1.0) for b in kw.pop("blocks", ["base"])])
+        learned.REFERRAL_MORE = kw.pop("refmore", False)  # the referral model reads place / test sentences too (v6)
+        wider = kw.pop("wider", False)  # the overrule's spare also reads the wider decline phrases (v6)
+        if wider:
+            kw["decide"] = functools.partial(learned.LearnedScorer._verdict,
+                                             spare_opening_decline=kw.get("spare", False), wider_spare=True)
         if kw.pop("refpair", False):
             kw["refpair"] = (enc, prompts, responses)
         res = cross_validate(x, y, groups, rows, **kw)

@@ -91,8 +91,9 @@ def test_fit_stores_the_referral_model_with_the_head_and_hashes_it(tmp_path: Pat
     train.write_text("".join((src / "train.jsonl").read_text().splitlines(keepends=True)[::4]))
     head = learned.fit([train], src / "tuning.jsonl", encoder=FakeEncoder())
     assert head.ref_coef is not None and head.meta["referral_model"]["fitted"]
+    withhold = learned.WITHHOLD_FEATURES if learned.WITHHOLD_CUES else ()  # since the v6 round
     n_inputs = 3 * 384 + sum(map(len, (learned.RULE_FEATURES, learned.EXTRA_FEATURES, learned.DECLINE_FEATURES,
-                                       learned.REFERRAL_FEATURES)))
+                                       withhold, learned.REFERRAL_FEATURES)))
     assert head.coef.shape == (3, n_inputs) and len(head.meta["features"]) == 3 + n_inputs - 3 * 384
     head.save(tmp_path / "head")
     loaded = learned.Head.load(tmp_path / "head")
@@ -106,8 +107,11 @@ def test_fit_stores_the_referral_model_with_the_head_and_hashes_it(tmp_path: Pat
 
 
 def test_shipped_head_carries_the_v5_round_settings() -> None:
+    # the v6 round kept them and added WITHHOLD_FEATURES between the decline cues and the referral model's, refuse
+    # weight 2.5 and an escalate weight (tests/test_learned_v6.py)
     meta = json.loads((learned.SCORER_DIR / "head.json").read_text())
-    assert meta["refuse_weight"] == learned.REFUSE_WEIGHT == 2.0
+    assert meta["refuse_weight"] == learned.REFUSE_WEIGHT == 2.5
     assert meta["spare_opening_decline"] is True and meta["referral_model"]["fitted"]
-    assert meta["features"][-4:] == [*learned.DECLINE_FEATURES, *learned.REFERRAL_FEATURES]
+    assert meta["features"][-8:-6] == list(learned.DECLINE_FEATURES)
+    assert meta["features"][-2:] == list(learned.REFERRAL_FEATURES)
     assert "heldout_v4.jsonl" in meta["train_files"]
