@@ -85,7 +85,7 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
 
 def test_shipped_head_is_the_one_measured_on_the_set_still_held_out() -> None:
     shipped = json.loads((learned.SCORER_DIR / "head.json").read_text())["weights_sha256"]
-    assert RETIRED == [name for name in SETS if name != "heldout_v6.jsonl"]
+    assert [name for name in SETS if name != "heldout_v6.jsonl"] == RETIRED
     assert _record("heldout_v6.jsonl")["scorer"]["head_weights_sha256"] == shipped
     assert learned.still_held_out(learned.LABELED_DIR / "heldout_v6.jsonl")
 
