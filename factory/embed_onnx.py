@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,28 +152,38 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), DIMS), dtype=np.float32)
-        if not texts:
-            return out
-        encoded = self.tokenizer.encode_batch(list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
-        order = np.argsort(lengths, kind="stable")
-        groups = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        batches = list(length_sorted_batches(self.tokenizer, texts, self.batch_size))
 
-        def run(rows: np.ndarray) -> None:
-            width = int(lengths[rows].max())
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, i in enumerate(rows):
-                ids[r, :lengths[i]] = encoded[i].ids
-                mask[r, :lengths[i]] = 1
+        def run(batch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+            rows, ids, mask = batch
             out[rows] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
-        if self.workers == 1 or len(groups) == 1:
-            for rows in groups:
-                run(rows)
+        if self.workers == 1 or len(batches) <= 1:
+            for batch in batches:
+                run(batch)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(self.workers) as pool:
-                list(pool.map(run, groups))  # rows of different groups are disjoint: no write overlaps
+                list(pool.map(run, batches))  # rows of different batches are disjoint: no write overlaps
         return out
+
+
+def length_sorted_batches(tokenizer: Any, texts: Sequence[str], batch_size: int
+                          ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(rows, input_ids, attention_mask)`` for batches of ``batch_size`` texts sorted by token count, so a batch
+    carries almost no padding; ``rows`` are the texts' positions in ``texts`` (the caller scatters results back)."""
+    if not texts:
+        return
+    encoded = tokenizer.encode_batch(list(texts))
+    lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(lengths[rows].max())
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            ids[r, :lengths[i]] = encoded[i].ids
+            mask[r, :lengths[i]] = 1
+        yield rows, ids, mask

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import FormaError
-from factory.embed_onnx import DIMS, MAX_TOKENS, export_onnx_fp32
+from factory.embed_onnx import DIMS, MAX_TOKENS, export_onnx_fp32, length_sorted_batches
 
 log = logging.getLogger(__name__)
 #: Input features per activation scale. 384 is one scale per token for MiniLM's 384-wide products (four per token
@@ -140,24 +140,12 @@ class OpenVinoEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), DIMS), dtype=np.float32)
-        if not texts:
-            return out
-        encoded = self.tokenizer.encode_batch(list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
-        order = np.argsort(lengths, kind="stable")
 
         def collect(request: Any, rows: np.ndarray) -> None:
             out[rows] = request.get_output_tensor(0).data  # copied: the request's buffer is reused
 
         self._queue.set_callback(collect)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            width = int(lengths[rows].max())
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, i in enumerate(rows):
-                ids[r, :lengths[i]] = encoded[i].ids
-                mask[r, :lengths[i]] = 1
+        for rows, ids, mask in length_sorted_batches(self.tokenizer, texts, self.batch_size):
             self._queue.start_async({"input_ids": ids, "attention_mask": mask}, rows)
         self._queue.wait_all()
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -18,6 +18,7 @@ from eval.gate import summarize
 from eval.policy import Policy, ScorerRule, evaluate, validate_against
 from eval.report import write_report
 from eval.stats import cases_for_half_width
+from tests.helpers.encoders import HashedBagEncoder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -121,23 +122,13 @@ def test_calibration_measures_the_scorer_against_expert_majority() -> None:
     assert not none["passed"] and "calibrate" in none["reason"]
 
 
-class FakeEncoder:
-    """Deterministic stand-in for MiniLM: a hashed bag of words (the fit logic is under test, not the embedder)."""
-
-    def __call__(self, texts: list[str]) -> Any:
-        out = np.zeros((len(texts), 384))
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                out[i, sum(map(ord, w)) % 384] += 1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1, norms)
 
 
 def test_fit_is_deterministic_records_its_inputs_and_refuses_heldout(tmp_path: Path) -> None:
     src = learned.LABELED_DIR
     train = tmp_path / "train.jsonl"
     train.write_text("".join((src / "train.jsonl").read_text().splitlines(keepends=True)[::4]))
-    enc: Any = FakeEncoder()
+    enc: Any = HashedBagEncoder()
     a = learned.fit([train], src / "tuning.jsonl", encoder=enc, grid=(1.0, 10.0))
     b = learned.fit([train], src / "tuning.jsonl", encoder=enc, grid=(1.0, 10.0))
     assert np.array_equal(a.coef, b.coef) and a.meta["C"] == b.meta["C"]

@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from eval import learned
-
-
-class FakeEncoder:
-    """Bag-of-hashed-words vectors: the pipeline's shapes without MiniLM."""
-
-    def __call__(self, texts: list[str]) -> Any:
-        out = np.zeros((len(texts), 384))
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                out[i, sum(map(ord, w)) % 384] += 1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1, norms)
+from tests.helpers.encoders import HashedBagEncoder
 
 
 def test_referrals_read_each_condition_against_the_prompt() -> None:
@@ -76,7 +64,7 @@ def test_still_held_out_sets_are_never_fitted_pooled_or_measured_by_default(tmp_
     assert [p.name for p in skipped] == ["heldout_v9.jsonl"]
     assert learned.still_held_out(tmp_path / "heldout_v9.jsonl")
     with pytest.raises(learned.FormaError, match="training files only"):
-        learned.fit([tmp_path / "heldout_v9.jsonl"], tmp_path / "tuning.jsonl", encoder=FakeEncoder())
+        learned.fit([tmp_path / "heldout_v9.jsonl"], tmp_path / "tuning.jsonl", encoder=HashedBagEncoder())
     # the shipped fit and the CV pool hold no held-out set that is not retired
     assert "heldout_v4.jsonl" in learned.RETIRED_HELDOUT
     assert not any(learned.still_held_out(p) for p in learned.train_files())
@@ -89,7 +77,7 @@ def test_fit_stores_the_referral_model_with_the_head_and_hashes_it(tmp_path: Pat
     src = learned.LABELED_DIR
     train = tmp_path / "train.jsonl"
     train.write_text("".join((src / "train.jsonl").read_text().splitlines(keepends=True)[::4]))
-    head = learned.fit([train], src / "tuning.jsonl", encoder=FakeEncoder())
+    head = learned.fit([train], src / "tuning.jsonl", encoder=HashedBagEncoder())
     assert head.ref_coef is not None and head.meta["referral_model"]["fitted"]
     withhold = learned.WITHHOLD_FEATURES if learned.WITHHOLD_CUES else ()  # since the v6 round
     n_inputs = 3 * 384 + sum(map(len, (learned.RULE_FEATURES, learned.EXTRA_FEATURES, learned.DECLINE_FEATURES,
@@ -101,7 +89,7 @@ def test_fit_stores_the_referral_model_with_the_head_and_hashes_it(tmp_path: Pat
     before = loaded.weights_sha256()
     loaded.ref_coef = loaded.ref_coef + 1.0
     assert loaded.weights_sha256() != before  # the referral model's weights are part of the head's identity
-    scorer = learned.LearnedScorer(head=learned.Head.load(tmp_path / "head"), encoder=FakeEncoder())  # type: ignore[arg-type]
+    scorer = learned.LearnedScorer(head=learned.Head.load(tmp_path / "head"), encoder=HashedBagEncoder())  # type: ignore[arg-type]
     v = scorer.classify("Rest it. If the swelling persists, see a physio.", "My knee is swollen")
     assert any(e.startswith("referral about the user's situation? (head feature) p=") for e in v.evidence)
 
