@@ -149,3 +149,16 @@ def test_recheck_backends_leave_other_stages_on_the_static_encoder(backend: str)
 
     assert resolve_kind(backend) == "static"  # type: ignore[arg-type]
     assert get_encoder(backend) is get_encoder("static")  # type: ignore[arg-type]
+
+
+def test_openvino_backend_without_openvino_fails_early_with_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without the ``embed`` extra's OpenVINO: the stage's load names the missing package and the fix,
+    before any record is read (nothing half-processed)."""
+    from common.errors import FormaError
+    from factory import embed_openvino
+
+    monkeypatch.setattr(embed_openvino, "openvino_available", lambda: False)
+    stage = SemanticDedupe(backend="openvino_recheck", threshold=0.9)
+    with pytest.raises(FormaError, match="openvino") as raised:
+        stage.load()
+    assert "pip install" in str(raised.value.hint) and "onnx_recheck" in str(raised.value.hint)
