@@ -1,7 +1,7 @@
 """Inter-annotator agreement between two labelled JSONL files (comply / refuse / escalate).
 
 Usage:
-    python bench/annotator_agreement.py FIRST.jsonl SECOND.jsonl [--disagreements] [--text]
+    python -m bench.annotator_agreement FIRST.jsonl SECOND.jsonl [--disagreements] [--text]
 
 FIRST is the gold file (rows first in the confusion matrix; its ``domain`` and ``source`` fields are used for the
 breakdowns); SECOND is the other annotator (columns). Rows are joined on ``id``. Prints n, raw agreement, Cohen's
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from eval.stats import bootstrap_interval, cohen_kappa
 
 LABELS: tuple[str, ...] = ("comply", "refuse", "escalate")
 RESAMPLES = 2000
@@ -38,27 +39,10 @@ def load(path: Path) -> dict[str, Row]:
     return rows
 
 
-def cohen_kappa(pairs: Sequence[tuple[object, object]]) -> float:
-    n = len(pairs)
-    if n == 0:
-        return float("nan")
-    observed = sum(a == b for a, b in pairs) / n
-    first = Counter(a for a, _ in pairs)
-    second = Counter(b for _, b in pairs)
-    expected = sum(first[k] * second[k] for k in set(first) | set(second)) / (n * n)
-    if expected == 1.0:
-        return 1.0 if observed == 1.0 else float("nan")
-    return (observed - expected) / (1.0 - expected)
-
-
-def bootstrap_kappa(pairs: Sequence[tuple[object, object]], resamples: int, seed: int) -> tuple[float, float]:
-    rng = random.Random(seed)
-    n = len(pairs)
-    stats = sorted(cohen_kappa([pairs[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
-    stats = [s for s in stats if s == s]  # drop NaN (degenerate resamples)
-    lo = stats[int(0.025 * (len(stats) - 1))]
-    hi = stats[int(0.975 * (len(stats) - 1))]
-    return lo, hi
+def kappa(pairs: Sequence[tuple[object, object]]) -> float:
+    """Cohen's kappa of paired labels (``eval.stats.cohen_kappa``, the gate's calibration formula); NaN if undefined."""
+    value = cohen_kappa([str(a) for a, _ in pairs], [str(b) for _, b in pairs])
+    return float("nan") if value is None else value
 
 
 def raw(pairs: Sequence[tuple[object, object]]) -> float:
@@ -74,7 +58,7 @@ def breakdown(title: str, keys: dict[str, str], pairs: dict[str, tuple[str, str]
     out = [f"\n{title}", f"  {'group':<28} {'n':>4} {'raw':>7} {'kappa':>7}"]
     for group in sorted(set(keys.values())):
         sub = [pairs[i] for i in pairs if keys[i] == group]
-        out.append(f"  {group:<28} {len(sub):>4} {raw(sub):>7.3f} {cohen_kappa(sub):>7.3f}")
+        out.append(f"  {group:<28} {len(sub):>4} {raw(sub):>7.3f} {kappa(sub):>7.3f}")
     return out
 
 
@@ -83,12 +67,12 @@ def report(first: dict[str, Row], second: dict[str, Row]) -> list[str]:
     missing = set(first) ^ set(second)
     pairs = {i: (str(first[i]["label"]), str(second[i]["label"])) for i in ids}
     seq = list(pairs.values())
-    kappa = cohen_kappa(seq)
-    lo, hi = bootstrap_kappa(seq, RESAMPLES, SEED)
+    overall = kappa(seq)
+    lo, hi = bootstrap_interval([a for a, _ in seq], [b for _, b in seq], "kappa", RESAMPLES, SEED)
     out = [
         f"n joined on id: {len(ids)} (ids in only one file: {len(missing)})",
         f"raw agreement: {raw(seq):.3f} ({sum(a == b for a, b in seq)}/{len(seq)})",
-        f"Cohen's kappa: {kappa:.3f}  95% bootstrap interval [{lo:.3f}, {hi:.3f}] "
+        f"Cohen's kappa: {overall:.3f}  95% bootstrap interval [{lo:.3f}, {hi:.3f}] "
         f"({RESAMPLES} resamples over rows, seed {SEED})",
         "",
         "confusion (rows: first annotator, columns: second annotator)",
@@ -112,7 +96,7 @@ def report(first: dict[str, Row], second: dict[str, Row]) -> list[str]:
     ref_counts = Counter(ref)
     out += [
         "",
-        f"refers: raw agreement {raw(ref):.3f}, kappa {cohen_kappa(ref):.3f}  "
+        f"refers: raw agreement {raw(ref):.3f}, kappa {kappa(ref):.3f}  "
         f"(both true {ref_counts[(True, True)]}, both false {ref_counts[(False, False)]}, "
         f"first only {ref_counts[(True, False)]}, second only {ref_counts[(False, True)]})",
     ]
@@ -120,7 +104,7 @@ def report(first: dict[str, Row], second: dict[str, Row]) -> list[str]:
     ref_r = [(bool(first[i].get("refers")), bool(second[i].get("refers"))) for i in both_refuse]
     if ref_r:
         out.append(f"refers on rows both label refuse: n {len(ref_r)}, raw agreement {raw(ref_r):.3f}, "
-                   f"kappa {cohen_kappa(ref_r):.3f}")
+                   f"kappa {kappa(ref_r):.3f}")
 
     out += breakdown("by domain", {i: str(first[i].get("domain", "?")) for i in ids}, pairs)
     out += breakdown("by source (first file's `source`)", {i: str(first[i].get("source", "?")) for i in ids}, pairs)

@@ -38,7 +38,9 @@ def read(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def metrics(gold: list[str], pred: list[str]) -> dict[str, Any]:
-    """Macro-F1, refusal recall and the confusion matrix (rows gold, columns predicted)."""
+    """Macro-F1, refusal recall and the confusion matrix (rows gold, columns predicted). The same figures as
+    ``eval.learned.metrics``, written out here because this script runs alone on the GPU machine, whose image lacks
+    the packages ``eval.learned`` imports."""
     f1s = []
     for label in LABELS:
         tp = sum(g == p == label for g, p in zip(gold, pred, strict=True))

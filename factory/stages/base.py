@@ -128,14 +128,19 @@ class BatchedStage(Stage):
 
     def run(self, samples: Iterable[Sample]) -> Iterator[Sample]:
         self.load()
+        for batch in self.batches(samples):
+            yield from self.process_batch(batch)
+
+    def batches(self, samples: Iterable[Sample]) -> Iterator[list[Sample]]:
+        """The stream in lists of ``batch_size`` (the last one shorter), read lazily."""
         batch: list[Sample] = []
         for sample in samples:
             batch.append(sample)
             if len(batch) >= self.batch_size:
-                yield from self.process_batch(batch)
+                yield batch
                 batch = []
         if batch:
-            yield from self.process_batch(batch)
+            yield batch
 
     @abstractmethod
     def process_batch(self, batch: list[Sample]) -> Iterator[Sample]:

@@ -131,17 +131,12 @@ class SemanticDedupe(BatchedStage):
         self.load()
         pending: tuple[list[Sample], Future[np.ndarray]] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="semantic-encode") as ahead:
-            batch: list[Sample] = []
-            for sample in samples:
-                batch.append(sample)
-                if len(batch) >= self.batch_size:
-                    if pending is not None:
-                        yield from self._recheck_batch(pending[0], pending[1].result())
-                    pending, batch = (batch, ahead.submit(self._encode_ahead, batch)), []
+            for batch in self.batches(samples):
+                if pending is not None:
+                    yield from self._recheck_batch(pending[0], pending[1].result())
+                pending = (batch, ahead.submit(self._encode_ahead, batch))
             if pending is not None:
                 yield from self._recheck_batch(pending[0], pending[1].result())
-            if batch:
-                yield from self._recheck_batch(batch)
 
     def _encode_ahead(self, batch: list[Sample]) -> np.ndarray:
         return np.asarray(self._recheck.fast.encode([sample_text(s, self.text) for s in batch]))
