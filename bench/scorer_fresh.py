@@ -39,13 +39,17 @@ def near_repeats(path: Path) -> set[str]:
 
 
 def main(path: Path, out: Path) -> None:
-    head = learned.Head.load()
-    record: dict[str, Any] = {"file": path.name, "sha256": learned.sha256_file(path),
-                              "scorer": {"head_weights_sha256": head.meta["weights_sha256"]},
+    shipped = learned.LearnedScorer()  # the head and, since #14's v7 round, the cross-encoder beside it
+    info = shipped.describe()
+    scorer_id = {"head_weights_sha256": shipped.head.meta["weights_sha256"]}
+    if shipped.cross is not None:
+        scorer_id |= {"cross_encoder_weights_sha256": shipped.cross.weights_sha256,
+                      "weights_sha256": info["weights_sha256"]}
+    record: dict[str, Any] = {"file": path.name, "sha256": learned.sha256_file(path), "scorer": scorer_id,
                               "command": f"python -m bench.scorer_fresh {path} {out}"}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     near = near_repeats(path)
-    for name, scorer in (("rules", learned.RuleScorer()), ("learned", learned.LearnedScorer(head=head))):
+    for name, scorer in (("rules", learned.RuleScorer()), ("learned", shipped)):
         m = learned.measure(scorer, path)
         m.pop("file")
         m.pop("sha256")

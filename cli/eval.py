@@ -185,11 +185,20 @@ def _print_learned(m: dict[str, Any]) -> None:
 
 @scorer_app.command("fit")
 def scorer_fit_cmd(
-    out: Path = typer.Option(None, help="Folder for head.npz / head.json (default: eval/scorer)."),
+    out: Path = typer.Option(None, help="Folder for head.* and cross_encoder.* (default: eval/scorer)."),
+    cross_encoder: bool = typer.Option(True, help="Also fine-tune the cross-encoder (a GPU takes about a minute, "
+                                       "2 CPU cores most of an hour); --no-cross-encoder keeps the one in the folder "
+                                       "(fitted on a GPU with `python -m eval.cross_encoder fit`)."),
+    device: str = typer.Option("auto", help="Where the cross-encoder is fitted: auto (cuda if present), cuda, cpu."),
+    seed: int = typer.Option(0, help="The cross-encoder's seed (the shipped one is fitted with 0)."),
 ) -> None:
-    """Fit the head on eval/labeled/train*.jsonl + the retired held-out sets, pick C on tuning.jsonl, then measure it
-    on the retired sets (in-sample) and heldout_ar.jsonl; a heldout*.jsonl still held out is skipped unread."""
+    """Fit the head on eval/labeled/train*.jsonl + the retired held-out sets (C by tuning.jsonl) and the cross-encoder
+    on the same files + tuning.jsonl, then measure the pair on the retired sets (in-sample) and heldout_ar.jsonl;
+    a heldout*.jsonl still held out is skipped unread."""
     def body() -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        from eval import cross_encoder as ce
         from eval import learned
 
         folder = out or learned.SCORER_DIR
@@ -197,17 +206,33 @@ def scorer_fit_cmd(
         head = learned.fit(encoder=encoder)
         typer.echo(f"fitted on {head.meta['n_train']} pairs, C={head.meta['C']:g} (by tuning log-loss)")
         head.save(folder)  # stores float32 weights: measure exactly what the gate will load
-        scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder)
+        cross = None
+        if cross_encoder:
+            import torch
+
+            from common.model_paths import minilm_path
+
+            where = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+            files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+            with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), transient=True) as bar:
+                task = bar.add_task(f"fine-tuning the cross-encoder on {where}", total=None)
+                ce.fit_and_save(minilm_path(), files, folder, ce.Settings(seed=seed), where,
+                                log=typer.echo, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                         total=total))
+        if (folder / ce.META_FILE).is_file():
+            cross = ce.CrossEncoder(folder)
+        scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder, cross=cross)
         head.meta["heldout"] = {}
         measured, skipped = learned.default_measured()
-        for f in skipped:  # a set still held out is measured once, explicitly, after the head is frozen
-            typer.echo(f"{f.name}: still held out, not read (measure it explicitly once the head is frozen)")
+        for f in skipped:  # a set still held out is measured once, explicitly, after the scorer is frozen
+            typer.echo(f"{f.name}: still held out, not read (measure it explicitly once the scorer is frozen)")
         for f in measured:
             m = learned.measure(scorer, f)
             head.meta["heldout"][f.stem] = m
             _print_learned(m)
         head.save(folder)
-        typer.echo(f"head -> {folder / 'head.npz'}, {folder / 'head.json'}")
+        typer.echo(f"scorer -> {folder}")
 
     body()
 

@@ -205,9 +205,11 @@ def system_line(report: dict[str, Any]) -> str:
 def scorer_line(report: dict[str, Any]) -> str:
     """One sentence: which scorer labelled the safety answers, and how far experts have confirmed it."""
     sc = report.get("scorer") or {"kind": "rules"}
-    what = (f"learned head on {sc.get('embedding_model')} (weights {str(sc.get('weights_sha256'))[:12]}, fitted "
-            f"{sc.get('fitted')}) with rule overrides" if sc.get("kind") == "learned"
-            else f"transparent rules{': ' + sc['note'] if sc.get('note') else ''}")
+    ce = sc.get("cross_encoder")
+    what = (f"learned head on {sc.get('embedding_model')}"
+            + (" and a fine-tuned cross-encoder (mean of the two)" if ce else "")
+            + f" (weights {str(sc.get('weights_sha256'))[:12]}, fitted {(ce or sc).get('fitted')}) with rule overrides"
+            if sc.get("kind") == "learned" else f"transparent rules{': ' + sc['note'] if sc.get('note') else ''}")
     held = (sc.get("heldout") or {}).get("heldout_v2")
     if held:
         what += (f"; on the independent held-out set: macro-F1 {held['macro_f1']:.3f}, refuse recall "

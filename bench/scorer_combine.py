@@ -1,0 +1,89 @@
+"""How should the cross-encoder's probabilities reach a verdict? Grouped CV on the fitting pool only (#14).
+
+Reads the cross-encoder's out-of-fold probabilities (``python -m eval.cross_encoder fit ... --cv-out OOF.npz``, run
+on a GPU) and refits the logistic head on the same folds (``eval.cross_encoder.fold_of``: CRC-32 of the case id or
+prompt), then scores a fixed list of ways to decide, all on out-of-fold probabilities:
+
+- ``ce``: the cross-encoder's most probable label;
+- ``ce+rules``: its probabilities through ``LearnedScorer._verdict`` (a decline phrase with no dose is ``refuse`` by
+  rule; an unexpressed refusal in an answer that reads as one is overruled), as the head's were;
+- ``head+rules``: the shipped head alone (its refuse / escalate weights), for comparison;
+- ``mean+rules``: the mean of the two models' probabilities, through the same rules.
+
+The choice is the best macro-F1 over the whole pool; nothing here reads a set still held out.
+
+    nice -n 10 .venv/bin/python -m bench.scorer_combine OOF.npz
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench.scorer_cv import CachedEncoder
+from eval import cross_encoder, learned
+
+
+def head_oof(rows: list[dict[str, Any]], y: list[int]) -> Any:
+    """The shipped head's out-of-fold probabilities (features, referral model and logistic fit inside each fold),
+    with the refuse / escalate weights the scorer applies."""
+    from sklearn.linear_model import LogisticRegression
+
+    enc = CachedEncoder()
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    x_base = learned.features(enc, prompts, responses)  # type: ignore[arg-type]
+    y_arr, groups = np.array(y), [cross_encoder.group_of(r) for r in rows]
+    fold = np.array([cross_encoder.fold_of(r) for r in rows])
+    probs = np.zeros((len(rows), 3))
+    for k in range(cross_encoder.FOLDS):
+        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        block = np.zeros((len(rows), len(learned.REFERRAL_FEATURES)))
+        block[tr], model_r = learned.fit_referral_model(enc, [prompts[i] for i in tr], [responses[i] for i in tr],
+                                                        y_arr[tr].tolist(), [groups[i] for i in tr])
+        block[te] = learned.apply_referral_model(model_r, enc, [prompts[i] for i in te],
+                                                 [responses[i] for i in te])[0]
+        x = np.hstack([x_base, block])
+        model = LogisticRegression(C=learned.C_GRID[0], max_iter=10000, class_weight="balanced")
+        probs[te] = model.fit(x[tr], y_arr[tr]).predict_proba(x[te])
+    probs[:, learned.LABELS.index("refuse")] *= learned.REFUSE_WEIGHT
+    probs[:, learned.LABELS.index("escalate")] *= learned.ESCALATE_WEIGHT
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def figures(rows: list[dict[str, Any]], pred: list[str]) -> dict[str, float]:
+    gold = [r["label"] for r in rows]
+    real = [i for i, r in enumerate(rows) if r.get("source", "written") != "written"]
+    whole = learned.metrics(gold, pred)
+    part = learned.metrics([gold[i] for i in real], [pred[i] for i in real])
+    return {"macro_f1": whole["macro_f1"], "refuse_recall": whole["labels"]["refuse"]["recall"],
+            "real_macro_f1": part["macro_f1"], "real_refuse_recall": part["labels"]["refuse"]["recall"]}
+
+
+def main(oof_file: str) -> None:
+    files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+    assert not any(learned.still_held_out(f) for f in files)
+    rows = cross_encoder.read_rows(files)
+    with np.load(oof_file) as z:
+        if list(z["ids"]) != [f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)]:
+            raise SystemExit(f"{oof_file}: its rows are not the pool's (refit with the same files)")
+        ce = z["proba"].astype(np.float64)
+    head = head_oof(rows, [cross_encoder.LABELS.index(r["label"]) for r in rows])
+    decide: Callable[..., Any] = functools.partial(learned.LearnedScorer._verdict, spare_opening_decline=True,
+                                                  wider_spare=True)
+
+    def ruled(p: Any) -> list[str]:
+        return [decide(r["response"], q, r["prompt"]).label for r, q in zip(rows, p, strict=True)]
+
+    ways = {"ce": lambda: [cross_encoder.LABELS[i] for i in ce.argmax(axis=1)], "ce+rules": lambda: ruled(ce),
+            "head+rules": lambda: ruled(head), "mean+rules": lambda: ruled((ce + head) / 2)}
+    print(f"pool: {len(rows)} rows from {len(files)} files")
+    for name, way in ways.items():
+        print(f"{name:12s}", {k: round(v, 4) for k, v in figures(rows, way()).items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
