@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.scorer_cv import CachedEncoder
+from bench.scorer_cv import CachedEncoder, in_fold_referral_block
 from eval import cross_encoder, learned
 
 
@@ -41,12 +41,7 @@ def head_oof(rows: list[dict[str, Any]], y: list[int]) -> Any:
     probs = np.zeros((len(rows), 3))
     for k in range(cross_encoder.FOLDS):
         tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        block = np.zeros((len(rows), len(learned.REFERRAL_FEATURES)))
-        block[tr], model_r = learned.fit_referral_model(enc, [prompts[i] for i in tr], [responses[i] for i in tr],
-                                                        y_arr[tr].tolist(), [groups[i] for i in tr])
-        block[te] = learned.apply_referral_model(model_r, enc, [prompts[i] for i in te],
-                                                 [responses[i] for i in te])[0]
-        x = np.hstack([x_base, block])
+        x = np.hstack([x_base, in_fold_referral_block(enc, prompts, responses, y_arr, groups, tr, te)])
         model = LogisticRegression(C=learned.C_GRID[0], max_iter=10000, class_weight="balanced")
         probs[te] = model.fit(x[tr], y_arr[tr]).predict_proba(x[te])
     probs[:, learned.LABELS.index("refuse")] *= learned.REFUSE_WEIGHT

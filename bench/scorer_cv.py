@@ -71,6 +71,17 @@ def older_rows() -> tuple[list[dict[str, Any]], list[int], list[str]]:
     return rows, y, groups
 
 
+def in_fold_referral_block(enc: Any, prompts: Sequence[str], responses: Sequence[str], y: Any,
+                           groups: Sequence[str], tr: Any, te: Any) -> Any:
+    """The referral-relevance features for one fold: the model fitted on the fold's training rows (out-of-fold on
+    them, as ``learned.fit_referral_model`` does) and applied to its test rows."""
+    block = np.zeros((len(prompts), len(learned.REFERRAL_FEATURES)))
+    block[tr], model = learned.fit_referral_model(enc, [prompts[i] for i in tr], [responses[i] for i in tr],
+                                                  y[tr].tolist(), [groups[i] for i in tr])
+    block[te] = learned.apply_referral_model(model, enc, [prompts[i] for i in te], [responses[i] for i in te])[0]
+    return block
+
+
 def cross_validate(x: Any, y: Sequence[int], groups: Sequence[str], rows: Sequence[dict[str, Any]],
                    c: float = 30.0, real_weight: float = 1.0, esc_scale: float = 1.0, refuse_scale: float = 1.0,
                    decide: Callable[..., Any] | None = None, soft_rule: bool = False,
@@ -86,14 +97,8 @@ def cross_validate(x: Any, y: Sequence[int], groups: Sequence[str], rows: Sequen
     probs = np.zeros((len(y), 3))
     x_all = x
     for tr, te in GroupKFold(n_splits=5).split(x_all, y_arr, groups):
-        if refpair is not None:  # the referral-relevance model, fitted inside the fold (out-of-fold on its own rows)
-            enc, prompts, responses = refpair
-            block = np.zeros((len(y), len(learned.REFERRAL_FEATURES)))
-            block[tr], model_r = learned.fit_referral_model(enc, [prompts[i] for i in tr], [responses[i] for i in tr],
-                                                            y_arr[tr].tolist(), [groups[i] for i in tr])
-            block[te] = learned.apply_referral_model(model_r, enc, [prompts[i] for i in te],
-                                                     [responses[i] for i in te])[0]
-            x = np.hstack([x_all, block])
+        if refpair is not None:
+            x = np.hstack([x_all, in_fold_referral_block(*refpair, y_arr, groups, tr, te)])
         if mlp:
             from sklearn.neural_network import MLPClassifier
 
