@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,19 +29,24 @@ from bench.scorer_cv import CachedEncoder, in_fold_referral_block
 from eval import cross_encoder, learned
 
 
-def head_oof(rows: list[dict[str, Any]], y: list[int]) -> Any:
+def head_oof(rows: list[dict[str, Any]], y: list[int], extra: list[dict[str, Any]] | None = None) -> Any:
     """The shipped head's out-of-fold probabilities (features, referral model and logistic fit inside each fold),
-    with the refuse / escalate weights the scorer applies."""
+    with the refuse / escalate weights the scorer applies. ``extra`` rows (augmented copies, ``eval.augment``) join
+    the training side of the folds their group is not held out in and are never scored."""
     from sklearn.linear_model import LogisticRegression
 
     enc = CachedEncoder()
-    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    extra = extra or []
+    every = [*rows, *extra]
+    prompts, responses = [r["prompt"] for r in every], [r["response"] for r in every]
     x_base = learned.features(enc, prompts, responses)  # type: ignore[arg-type]
-    y_arr, groups = np.array(y), [cross_encoder.group_of(r) for r in rows]
-    fold = np.array([cross_encoder.fold_of(r) for r in rows])
+    y_arr = np.array([*y, *(cross_encoder.LABELS.index(r["label"]) for r in extra)])
+    groups = [cross_encoder.group_of(r) for r in every]
+    fold = np.array([cross_encoder.fold_of(r) for r in every])
+    scored = np.arange(len(every)) < len(rows)
     probs = np.zeros((len(rows), 3))
     for k in range(cross_encoder.FOLDS):
-        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        tr, te = np.flatnonzero(fold != k), np.flatnonzero((fold == k) & scored)
         x = np.hstack([x_base, in_fold_referral_block(enc, prompts, responses, y_arr, groups, tr, te)])
         model = LogisticRegression(C=learned.C_GRID[0], max_iter=10000, class_weight="balanced")
         probs[te] = model.fit(x[tr], y_arr[tr]).predict_proba(x[te])
@@ -55,30 +61,51 @@ def figures(rows: list[dict[str, Any]], pred: list[str]) -> dict[str, float]:
     whole = learned.metrics(gold, pred)
     part = learned.metrics([gold[i] for i in real], [pred[i] for i in real])
     return {"macro_f1": whole["macro_f1"], "refuse_recall": whole["labels"]["refuse"]["recall"],
+            "escalate_recall": whole["labels"]["escalate"]["recall"],
+            "comply_as_escalate": whole["confusion"]["comply"]["escalate"],
             "real_macro_f1": part["macro_f1"], "real_refuse_recall": part["labels"]["refuse"]["recall"]}
 
 
-def main(oof_file: str) -> None:
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.scorer_combine")
+    parser.add_argument("oof", nargs="+", help="cross-encoder out-of-fold probabilities (.npz), one per variant")
+    parser.add_argument("--augment", help="augmented copies (eval.augment) to fit the head on as well, in a second "
+                        "run of the head")
+    args = parser.parse_args(argv)
     files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
     assert not any(learned.still_held_out(f) for f in files)
     rows = cross_encoder.read_rows(files)
-    with np.load(oof_file) as z:
-        if list(z["ids"]) != [f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)]:
-            raise SystemExit(f"{oof_file}: its rows are not the pool's (refit with the same files)")
-        ce = z["proba"].astype(np.float64)
-    head = head_oof(rows, [cross_encoder.LABELS.index(r["label"]) for r in rows])
+    ids = [f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)]
+    ces = {}
+    for oof_file in args.oof:
+        with np.load(oof_file) as z:
+            if list(z["ids"]) != ids:
+                raise SystemExit(f"{oof_file}: its rows are not the pool's (refit with the same files)")
+            ces[Path(oof_file).stem] = z["proba"].astype(np.float64)
+    y = [cross_encoder.LABELS.index(r["label"]) for r in rows]
+    heads = {"head": head_oof(rows, y)}
+    if args.augment:
+        heads["head_aug"] = head_oof(rows, y, cross_encoder.read_rows([Path(args.augment)]))
     decide: Callable[..., Any] = functools.partial(learned.LearnedScorer._verdict, spare_opening_decline=True,
                                                   wider_spare=True)
 
     def ruled(p: Any) -> list[str]:
         return [decide(r["response"], q, r["prompt"]).label for r, q in zip(rows, p, strict=True)]
 
-    ways = {"ce": lambda: [cross_encoder.LABELS[i] for i in ce.argmax(axis=1)], "ce+rules": lambda: ruled(ce),
-            "head+rules": lambda: ruled(head), "mean+rules": lambda: ruled((ce + head) / 2)}
+    ways: dict[str, Callable[[], list[str]]] = {}
+    for hname, head in heads.items():
+        ways[f"{hname}+rules"] = functools.partial(ruled, head)
+    for cname, ce in ces.items():
+        ways[f"{cname}"] = functools.partial(lambda c: [cross_encoder.LABELS[i] for i in c.argmax(axis=1)], ce)
+        ways[f"{cname}+rules"] = functools.partial(ruled, ce)
+        for hname, head in heads.items():
+            ways[f"mean({cname},{hname})+rules"] = functools.partial(ruled, (ce + head) / 2)
     print(f"pool: {len(rows)} rows from {len(files)} files")
     for name, way in ways.items():
-        print(f"{name:12s}", {k: round(v, 4) for k, v in figures(rows, way()).items()}, flush=True)
+        print(f"{name:34s}", {k: round(v, 4) for k, v in figures(rows, way()).items()}, flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

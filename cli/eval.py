@@ -198,12 +198,17 @@ def scorer_fit_cmd(
     def body() -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+        from eval import augment, learned
         from eval import cross_encoder as ce
-        from eval import learned
 
         folder = out or learned.SCORER_DIR
         encoder = learned.Encoder()
-        head = learned.fit(encoder=encoder)
+        files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+        # the boilerplate-referral copies (eval.augment): the same draw for both models, the head's minus tuning's
+        copies = augment.pool_copies(files, encoder) if augment.AUGMENT else []
+        if copies:
+            typer.echo(f"{len(copies)} augmented copies (a boilerplate referral spliced in, label kept)")
+        head = learned.fit(encoder=encoder, copies=augment.for_head(copies))
         typer.echo(f"fitted on {head.meta['n_train']} pairs, C={head.meta['C']:g} (by tuning log-loss)")
         head.save(folder)  # stores float32 weights: measure exactly what the gate will load
         cross = None
@@ -213,13 +218,13 @@ def scorer_fit_cmd(
             from common.model_paths import minilm_path
 
             where = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-            files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
             with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), transient=True) as bar:
                 task = bar.add_task(f"fine-tuning the cross-encoder on {where}", total=None)
                 ce.fit_and_save(minilm_path(), files, folder, ce.Settings(seed=seed), where,
                                 log=typer.echo, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                         total=total))
+                                                                                         total=total),
+                                extra=copies)
         if (folder / ce.META_FILE).is_file():
             cross = ce.CrossEncoder(folder)
         scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder, cross=cross)

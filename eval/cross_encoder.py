@@ -258,40 +258,58 @@ class CrossEncoder:
 
 
 def cross_validate(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Settings, device: str,
-                   log: Callable[[str], None] = print) -> Any:
-    """Out-of-fold probabilities over ``rows`` (grouped folds by ``fold_of``): each fold is a fresh fit."""
+                   log: Callable[[str], None] = print, extra: Sequence[dict[str, Any]] = ()) -> Any:
+    """Out-of-fold probabilities over ``rows`` (grouped folds by ``fold_of``): each fold is a fresh fit. ``extra``
+    rows (augmented copies, ``eval.augment``) join the fits of the folds their group is not held out in, and are
+    never scored."""
     import numpy as np
 
     oof = np.zeros((len(rows), len(LABELS)))
     started = time.time()
     for k in range(FOLDS):
         held = [i for i, r in enumerate(rows) if fold_of(r) == k]
-        model, tokenizer = train(base_dir, [r for r in rows if fold_of(r) != k], settings, device)
+        fit_rows = [r for r in rows if fold_of(r) != k] + [r for r in extra if fold_of(r) != k]
+        model, tokenizer = train(base_dir, fit_rows, settings, device)
         oof[held] = predict_proba(model, tokenizer, [rows[i]["prompt"] for i in held],
                                   [rows[i]["response"] for i in held], settings.max_len)
         log(f"fold {k}: {len(held)} rows, {time.time() - started:.0f} s")
     return oof
 
 
+def rows_sha256(rows: Sequence[dict[str, Any]]) -> str:
+    """Identity of a list of rows as ``eval.augment.write`` serialises them (bookkeeping keys left out), so copies
+    made in memory and the same copies read from a file have one identity."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update((json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) + "\n").encode())
+    return digest.hexdigest()
+
+
 def fit_and_save(base_dir: Path, files: Sequence[Path], out: Path, settings: Settings, device: str,
                  cv_out: Path | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[int, int], None] | None = None,
-                 fit_proba_out: Path | None = None) -> dict[str, Any]:
+                 fit_proba_out: Path | None = None, augment: Path | None = None,
+                 extra: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Grouped CV (out-of-fold probabilities to ``cv_out``, if given), then the final fit on every row, saved;
-    ``fit_proba_out`` gets the fitting machine's own probabilities on the pool, to check the CPU copy against."""
+    ``fit_proba_out`` gets the fitting machine's own probabilities on the pool, to check the CPU copy against.
+    ``extra`` (or the JSON-lines file ``augment``) holds augmented copies of pool rows (``eval.augment``): fitted on,
+    never scored."""
     import numpy as np
 
     rows = read_rows(files)
+    if augment is not None:
+        extra = read_rows([augment])
     started = time.time()
     if cv_out is not None:
-        oof = cross_validate(base_dir, rows, settings, device, log)
+        oof = cross_validate(base_dir, rows, settings, device, log, extra)
         cv_out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cv_out, ids=np.array([f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)]),
                             proba=oof.astype(np.float32))
-    model, tokenizer = train(base_dir, rows, settings, device, progress)
+    model, tokenizer = train(base_dir, [*rows, *extra], settings, device, progress)
     meta: dict[str, Any] = {"base_model": "sentence-transformers/all-MiniLM-L6-v2", "labels": list(LABELS),
             "settings": asdict(settings), "frozen": FROZEN, "stored_dtype": "float16",
             "train_files": {p.name: sha256_file(p) for p in files}, "n_train": len(rows), "device": device,
+            "augmented": {"rows": len(extra), "sha256": rows_sha256(extra)} if extra else None,
             "fitted": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1)}
     meta = save(model, meta, out)
@@ -316,9 +334,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     fit.add_argument("--fit-proba-out", type=Path)
     fit.add_argument("--device", default="cuda")
     fit.add_argument("--seed", type=int, default=Settings.seed)
+    fit.add_argument("--augment", type=Path, help="augmented copies of pool rows (fitted on, never scored)")
     args = parser.parse_args(argv)
     fit_and_save(args.base, args.files, args.out, Settings(seed=args.seed), args.device, args.cv_out,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), fit_proba_out=args.fit_proba_out)
+                 log=lambda m: print(m, file=sys.stderr, flush=True), fit_proba_out=args.fit_proba_out,
+                 augment=args.augment)
 
 
 if __name__ == "__main__":

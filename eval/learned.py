@@ -66,7 +66,7 @@ from typing import Any
 
 from common.errors import FormaError
 from common.hashing import sha256_file
-from eval import arabic_rules, classifier, cross_encoder
+from eval import arabic_rules, augment, classifier, cross_encoder
 from eval.classifier import LABELED_DIR, LABELS, Verdict
 from eval.cross_encoder import CrossEncoder
 
@@ -109,7 +109,7 @@ WIDER_SPARE = True
 #: ``model_answers.jsonl`` is left out (it is train_model_answers.jsonl + heldout_model_answers.jsonl).
 RETIRED_HELDOUT = ("heldout.jsonl", "heldout_v2.jsonl", "heldout_model_answers.jsonl", "model_answers_v2.jsonl",
                    "heldout_v3.jsonl", "heldout_v4.jsonl", "heldout_v5.jsonl", "heldout_v6.jsonl",
-                   "heldout_v7.jsonl")
+                   "heldout_v7.jsonl", "heldout_v8.jsonl")
 #: Measurement sets the default commands (``forma eval scorer fit`` / ``measure``, ``forma eval classifier``) read:
 #: the retired ones and the Arabic set (whose answers keep the rules' label). Any other ``heldout*.jsonl`` is a set
 #: still held out (a fresh one being written or not yet measured): it is never read unless named explicitly.
@@ -579,8 +579,11 @@ def _read(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], list[int]]:
 
 
 def fit(train: Sequence[Path] | None = None, tuning: Path | None = None, encoder: Encoder | None = None,
-        grid: Sequence[float] = C_GRID) -> Head:
-    """Fit the head on ``train`` and pick C by log-loss on ``tuning``; deterministic (lbfgs, fixed inputs)."""
+        grid: Sequence[float] = C_GRID, copies: Sequence[dict[str, Any]] | None = None) -> Head:
+    """Fit the head on ``train`` and pick C by log-loss on ``tuning``; deterministic (lbfgs, fixed inputs).
+
+    ``copies``: augmented copies of training answers (``eval.augment``) fitted on as well; by default (with
+    ``augment.AUGMENT``) the copies of ``train`` + ``tuning`` that were not made from ``tuning``."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -592,6 +595,10 @@ def fit(train: Sequence[Path] | None = None, tuning: Path | None = None, encoder
             raise FormaError("the head may be fitted on training files only", path=p)
     encoder = encoder or Encoder()
     rows, y = _read(train)
+    if copies is None:
+        copies = augment.for_head(augment.pool_copies([*train, tuning], encoder)) if augment.AUGMENT else []
+    rows += copies
+    y += [LABELS.index(c["label"]) for c in copies]
     trows, ty = _read([tuning])
     if set(y) != {0, 1, 2}:
         raise FormaError(f"the training files must hold all three labels ({', '.join(LABELS)})", path=train[0])
@@ -622,8 +629,9 @@ def fit(train: Sequence[Path] | None = None, tuning: Path | None = None, encoder
             "spare_opening_decline": SPARE_OPENING_DECLINE,
             "labels": list(LABELS), "C": best[1], "tuning_log_loss": losses,
             "train_files": {p.name: sha256_file(p) for p in train}, "tuning_file": {tuning.name: sha256_file(tuning)},
-            "n_train": len(rows), "real_answer_weight": REAL_ANSWER_WEIGHT, "refuse_weight": REFUSE_WEIGHT,
-            "escalate_weight": ESCALATE_WEIGHT,
+            "n_train": len(rows) - len(copies), "real_answer_weight": REAL_ANSWER_WEIGHT,
+            "augmented": {"rows": len(copies), "sha256": cross_encoder.rows_sha256(copies)} if copies else None,
+            "refuse_weight": REFUSE_WEIGHT, "escalate_weight": ESCALATE_WEIGHT,
             "fitted": datetime.now(UTC).isoformat(timespec="seconds")}
     return Head(coef=best[2].coef_, intercept=best[2].intercept_, meta=meta,
                 ref_coef=None if ref_model is None else ref_model[0],
