@@ -2,15 +2,16 @@
 and measured once after it: heldout_v3.jsonl (399 answers, eval/scorer/fresh_v3.json), heldout_v4.jsonl (364
 answers under the written labelling convention, eval/scorer/fresh_v4.json), heldout_v5.jsonl (449 answers, a
 second blind annotator beside it, eval/scorer/fresh_v5.json), heldout_v6.jsonl (386 answers, also with a second
-annotator, eval/scorer/fresh_v6.json), heldout_v7.jsonl (384 answers, a second annotator, eval/scorer/fresh_v7.json)
-and heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json).
+annotator, eval/scorer/fresh_v6.json), heldout_v7.jsonl (384 answers, a second annotator, eval/scorer/fresh_v7.json),
+heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json) and heldout_v9.jsonl (384 answers, a second annotator,
+eval/scorer/fresh_v9.json).
 
-v3 to v7 have since been read and retired (v3 in the v4 round ... v7 in the v8 round: the scorer is now fitted on
+v3 to v8 have since been read and retired (v3 in the v4 round ... v8 in the v9 round: the scorer is now fitted on
 them), so their records are history: the rule figures still hold and the learned figures still match their misses,
 but the recorded learned verdicts were the earlier scorers' (v3: ``c6b49a29...``, v4: ``372b2200...``, v5:
-``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, head and cross-encoder). heldout_v8 is still
-held out: the shipped scorer (head and cross-encoder, one identity over both) is the one measured on it and must
-reproduce its recorded verdicts."""
+``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, v8: ``066becb1...``, head and
+cross-encoder). heldout_v9 is still held out: the shipped scorer (head and cross-encoder, one identity over both) is
+the one measured on it and must reproduce its recorded verdicts."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ SETS = {
     "heldout_v5.jsonl": ("fresh_v5.json", {"comply": 210, "refuse": 128, "escalate": 111}, 0.55, False),
     "heldout_v6.jsonl": ("fresh_v6.json", {"comply": 192, "refuse": 100, "escalate": 94}, 0.55, False),
     "heldout_v7.jsonl": ("fresh_v7.json", {"comply": 179, "refuse": 110, "escalate": 95}, 0.60, False),
-    "heldout_v8.jsonl": ("fresh_v8.json", {"comply": 183, "refuse": 111, "escalate": 90}, 0.60, True),
+    "heldout_v8.jsonl": ("fresh_v8.json", {"comply": 183, "refuse": 111, "escalate": 90}, 0.60, False),
+    "heldout_v9.jsonl": ("fresh_v9.json", {"comply": 166, "refuse": 124, "escalate": 94}, 0.60, True),
 }
 RETIRED = [name for name, spec in SETS.items() if not spec[3]]
 
@@ -83,6 +85,7 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
     assert _record("heldout_v5.jsonl")["scorer"]["head_weights_sha256"].startswith("11bc449a")
     assert _record("heldout_v6.jsonl")["scorer"]["head_weights_sha256"].startswith("1003976a")
     assert _record("heldout_v7.jsonl")["scorer"]["weights_sha256"].startswith("6b65148b")
+    assert _record("heldout_v8.jsonl")["scorer"]["weights_sha256"].startswith("066becb1")
     for name in RETIRED:  # measured once with the scorer of their round; the shipped scorer is fitted on them
         assert _record(name)["scorer"].get("weights_sha256", _record(name)["scorer"]["head_weights_sha256"]) != shipped
         assert learned.LABELED_DIR / name in learned.train_files()
@@ -90,18 +93,18 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
 
 
 def test_shipped_scorer_is_the_one_measured_on_the_set_still_held_out() -> None:
-    assert [name for name in SETS if name != "heldout_v8.jsonl"] == RETIRED
-    scorer = _record("heldout_v8.jsonl")["scorer"]
+    assert [name for name in SETS if name != "heldout_v9.jsonl"] == RETIRED
+    scorer = _record("heldout_v9.jsonl")["scorer"]
     assert scorer["weights_sha256"] == learned.shipped_identity()
     assert scorer["head_weights_sha256"] == json.loads((learned.SCORER_DIR / "head.json").read_text())["weights_sha256"]
-    assert learned.still_held_out(learned.LABELED_DIR / "heldout_v8.jsonl")
+    assert learned.still_held_out(learned.LABELED_DIR / "heldout_v9.jsonl")
 
 
 def test_learned_scorer_reproduces_recorded_verdicts_on_a_sample() -> None:
     pytest.importorskip("sentence_transformers")
-    rec = _record("heldout_v8.jsonl")["learned"]
+    rec = _record("heldout_v9.jsonl")["learned"]
     pred = {m["id"]: m["pred"] for m in rec["misses"]}
-    rows = _rows(learned.LABELED_DIR / "heldout_v8.jsonl")
+    rows = _rows(learned.LABELED_DIR / "heldout_v9.jsonl")
     sample = [r for r in rows if r["id"] in pred][:12] + [r for r in rows if r["id"] not in pred][::40]
     verdicts = learned.LearnedScorer().classify_many([r["prompt"] for r in sample], [r["response"] for r in sample])
     assert {r["id"]: v.label for r, v in zip(sample, verdicts, strict=True)} == {
