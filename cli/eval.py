@@ -242,6 +242,23 @@ def scorer_fit_cmd(
     body()
 
 
+@scorer_app.command("augment")
+def scorer_augment_cmd(
+    out: Path = typer.Argument(..., help="JSON-lines file to write the copies to."),
+) -> None:
+    """Write the boilerplate-referral copies of the default fitting pool (what `forma eval scorer fit` fits on), for
+    `python -m eval.cross_encoder fit ... --augment OUT` on a GPU machine."""
+    def body() -> None:
+        from eval import augment, learned
+
+        files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+        copies = augment.pool_copies(files, learned.Encoder())
+        augment.write(copies, out)
+        typer.echo(f"{len(copies)} copies -> {out}")
+
+    body()
+
+
 @scorer_app.command("measure")
 def scorer_measure_cmd(
     labeled: list[Path] = typer.Argument(None, help="Labeled JSONL files (default: retired held-out sets)."),

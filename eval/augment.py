@@ -108,26 +108,9 @@ def for_head(copies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write(copies: Sequence[dict[str, Any]], path: Path) -> None:
-    """JSON lines, for ``python -m eval.cross_encoder fit --augment`` on a machine without the encoder's package."""
+    """JSON lines (``forma eval scorer augment``), for ``python -m eval.cross_encoder fit --augment`` on a machine
+    without the encoder's package."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}) + "\n"
                             for c in copies), encoding="utf-8")
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m eval.augment OUT.jsonl``: the copies of the default fitting pool (train*, the retired held-out
-    sets, tuning.jsonl), for a cross-encoder fit on a GPU machine."""
-    import argparse
-
-    from eval import learned
-
-    parser = argparse.ArgumentParser(prog="python -m eval.augment")
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args(argv)
-    copies = pool_copies([*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"], learned.Encoder())
-    write(copies, args.out)
-    print(f"{len(copies)} copies -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()
