@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--augment", help="augmented copies (eval.augment) to fit the head on as well, in a second "
                         "run of the head")
     args = parser.parse_args(argv)
-    files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+    files = learned.pool_files()
     assert not any(learned.still_held_out(f) for f in files)
     rows = cross_encoder.read_rows(files)
     ids = [f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)]

@@ -203,7 +203,7 @@ def scorer_fit_cmd(
 
         folder = out or learned.SCORER_DIR
         encoder = learned.Encoder()
-        files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+        files = learned.pool_files()
         # the boilerplate-referral copies (eval.augment): the same draw for both models, the head's minus tuning's
         copies = augment.pool_copies(files, encoder) if augment.AUGMENT else []
         if copies:
@@ -249,9 +249,14 @@ def scorer_augment_cmd(
     """Write the boilerplate-referral copies of the default fitting pool (what `forma eval scorer fit` fits on), for
     `python -m eval.cross_encoder fit ... --augment OUT` on a GPU machine."""
     def body() -> None:
+        from common.errors import FormaError
         from eval import augment, learned
 
-        files = [*learned.train_files(), learned.LABELED_DIR / "tuning.jsonl"]
+        try:  # before a minute of encoding, not after it
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FormaError(f"cannot create the output folder ({exc.strerror})", path=out.parent) from None
+        files = learned.pool_files()
         copies = augment.pool_copies(files, learned.Encoder())
         augment.write(copies, out)
         typer.echo(f"{len(copies)} copies -> {out}")

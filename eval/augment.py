@@ -19,12 +19,12 @@ The copies are for fitting only: in grouped CV they go to the fold of the answer
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.jsonl import atomic_write_text, iter_jsonl
 from eval import classifier
 
 TUNING_PREFIX = "tuning.jsonl:"
@@ -43,12 +43,11 @@ AUGMENT = True
 def read_bank(path: Path = BANK) -> list[dict[str, str]]:
     """The bank's sentences and their conditions ("" for a generic closing)."""
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if not isinstance(row.get("sentence"), str) or not isinstance(row.get("condition"), str):
-                raise ValueError(f"{path}:{n}: needs 'sentence' and 'condition' strings")
-            out.append(row)
+    for n, row in iter_jsonl(path, what="referral bank"):
+        if not isinstance(row, dict) or not isinstance(row.get("sentence"), str) \
+                or not isinstance(row.get("condition"), str):
+            raise ValueError(f"{path}:{n}: needs 'sentence' and 'condition' strings")
+        out.append(row)
     return out
 
 
@@ -109,8 +108,8 @@ def for_head(copies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write(copies: Sequence[dict[str, Any]], path: Path) -> None:
     """JSON lines (``forma eval scorer augment``), for ``python -m eval.cross_encoder fit --augment`` on a machine
-    without the encoder's package."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}) + "\n"
-                            for c in copies), encoding="utf-8")
+    without the encoder's package; atomic, so a killed run leaves no half file."""
+    from eval import cross_encoder
+
+    atomic_write_text(path, "".join(cross_encoder.row_line(c) for c in copies))
 

@@ -276,12 +276,17 @@ def cross_validate(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Set
     return oof
 
 
+def row_line(row: dict[str, Any]) -> str:
+    """One row as a JSON line, bookkeeping keys (``_file``) left out: how copies are written and identified."""
+    return json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) + "\n"
+
+
 def rows_sha256(rows: Sequence[dict[str, Any]]) -> str:
-    """Identity of a list of rows as ``eval.augment.write`` serialises them (bookkeeping keys left out), so copies
-    made in memory and the same copies read from a file have one identity."""
+    """Identity of a list of rows as ``eval.augment.write`` writes them, so copies made in memory and the same copies
+    read from a file have one identity."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update((json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) + "\n").encode())
+        digest.update(row_line(row).encode())
     return digest.hexdigest()
 
 

@@ -125,6 +125,11 @@ def train_files(folder: Path = LABELED_DIR) -> list[Path]:
     return sorted(folder.glob("train*.jsonl")) + [folder / f for f in RETIRED_HELDOUT if (folder / f).is_file()]
 
 
+def pool_files(folder: Path = LABELED_DIR) -> list[Path]:
+    """The cross-encoder's fitting pool and the CV pool: ``train_files`` plus ``tuning.jsonl``."""
+    return [*train_files(folder), folder / "tuning.jsonl"]
+
+
 def still_held_out(path: Path) -> bool:
     """A ``heldout*`` file that is neither retired nor the Arabic set: read only when named explicitly, never fitted."""
     return path.name.startswith("heldout") and path.name not in DEFAULT_MEASURED
