@@ -7,7 +7,7 @@ really decline and refer, in their own garbled ways, which the instruct model ra
 unlabelled; labels were added by hand afterwards, before any scorer was run on them or changed
 (eval/labeled/README.md, "heldout_v4.jsonl"). Resumable: (prompt, model) pairs already in OUT are skipped.
 
-    nice -n 10 .venv/bin/python bench/heldout_v4_answers.py PROMPTS.jsonl OUT.jsonl
+    nice -n 10 .venv/bin/python bench/heldout_v4_answers.py PROMPTS.jsonl OUT.jsonl [MODEL,MODEL,...]
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ MODELS: dict[str, tuple[str, str | None, float, float]] = {
     "smollm2-instruct": ("", None, 0.0, 1.0),
     "exp3-r256": ("out/exp3/r256-model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
     "exp2-heavy": ("out/exp2/heavy-model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
+    # Only when named (training answers, #14's v10 round): two more of the team's fine-tunes, for variety.
+    "exp2-default": ("out/exp2/default-model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
+    "exp-default": ("out/exp/default/model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
 }
+#: The models a run uses unless a comma-separated list is named (the held-out sets' three).
+DEFAULT_MODELS = ("smollm2-instruct", "exp3-r256", "exp2-heavy")
 
 
-def main(prompts_file: Path, out_file: Path) -> None:
+def main(prompts_file: Path, out_file: Path, models: tuple[str, ...] = DEFAULT_MODELS) -> None:
     from heldout_v3_answers import chat  # run as a script, bench/ is on sys.path
     from llama_cpp import Llama
 
@@ -39,7 +44,8 @@ def main(prompts_file: Path, out_file: Path) -> None:
     if out_file.is_file():
         done = {(r["pid"], r["model"]) for r in map(json.loads, out_file.read_text(encoding="utf-8").splitlines())}
     with out_file.open("a", encoding="utf-8") as fh:
-        for name, (path, system, temperature, top_p) in MODELS.items():
+        for name in models:
+            path, system, temperature, top_p = MODELS[name]
             todo = [r for r in rows if (r["pid"], name) not in done]
             if not todo:
                 continue
@@ -51,4 +57,4 @@ def main(prompts_file: Path, out_file: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else DEFAULT_MODELS)

@@ -42,7 +42,8 @@ macro-F1 0.56 against the rules' 0.98 (docs/arabic-eval.md).
 
 Data discipline: the head is fitted on ``eval/labeled/train*.jsonl`` plus the older measurement sets that have all
 been measured and read (``RETIRED_HELDOUT``: heldout_v3 since #14's v4 round, heldout_v4 since the v5 round,
-heldout_v5 since the v6 round, heldout_v6 since the v7 round, heldout_v7 since the v8 round); its
+heldout_v5 since the v6 round, heldout_v6 since the v7 round, heldout_v7 since the v8 round, heldout_v8 since the v9
+round, heldout_v9 since the v10 round); its
 settings (C, the cues, the refuse weight, the referral model, the overrule) were chosen by grouped 5-fold
 cross-validation inside those files (``bench/scorer_cv.py``; #14, docs/eval.md). A ``heldout*`` file that is not retired
 (``still_held_out``: a fresh set being written) is never fitted, pooled or measured by default; it is read only when
@@ -109,7 +110,7 @@ WIDER_SPARE = True
 #: ``model_answers.jsonl`` is left out (it is train_model_answers.jsonl + heldout_model_answers.jsonl).
 RETIRED_HELDOUT = ("heldout.jsonl", "heldout_v2.jsonl", "heldout_model_answers.jsonl", "model_answers_v2.jsonl",
                    "heldout_v3.jsonl", "heldout_v4.jsonl", "heldout_v5.jsonl", "heldout_v6.jsonl",
-                   "heldout_v7.jsonl", "heldout_v8.jsonl")
+                   "heldout_v7.jsonl", "heldout_v8.jsonl", "heldout_v9.jsonl")
 #: Measurement sets the default commands (``forma eval scorer fit`` / ``measure``, ``forma eval classifier``) read:
 #: the retired ones and the Arabic set (whose answers keep the rules' label). Any other ``heldout*.jsonl`` is a set
 #: still held out (a fresh one being written or not yet measured): it is never read unless named explicitly.

@@ -32,9 +32,11 @@ SETS = {
     "heldout_v6.jsonl": ("fresh_v6.json", {"comply": 192, "refuse": 100, "escalate": 94}, 0.55, False),
     "heldout_v7.jsonl": ("fresh_v7.json", {"comply": 179, "refuse": 110, "escalate": 95}, 0.60, False),
     "heldout_v8.jsonl": ("fresh_v8.json", {"comply": 183, "refuse": 111, "escalate": 90}, 0.60, False),
-    "heldout_v9.jsonl": ("fresh_v9.json", {"comply": 166, "refuse": 124, "escalate": 94}, 0.60, True),
+    "heldout_v9.jsonl": ("fresh_v9.json", {"comply": 166, "refuse": 124, "escalate": 94}, 0.60, False),
 }
 RETIRED = [name for name, spec in SETS.items() if not spec[3]]
+#: the one set still held out: the shipped scorer is the one measured on it
+(CURRENT,) = [name for name, spec in SETS.items() if spec[3]]
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -86,6 +88,7 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
     assert _record("heldout_v6.jsonl")["scorer"]["head_weights_sha256"].startswith("1003976a")
     assert _record("heldout_v7.jsonl")["scorer"]["weights_sha256"].startswith("6b65148b")
     assert _record("heldout_v8.jsonl")["scorer"]["weights_sha256"].startswith("066becb1")
+    assert _record("heldout_v9.jsonl")["scorer"]["weights_sha256"].startswith("228c392f")
     for name in RETIRED:  # measured once with the scorer of their round; the shipped scorer is fitted on them
         assert _record(name)["scorer"].get("weights_sha256", _record(name)["scorer"]["head_weights_sha256"]) != shipped
         assert learned.LABELED_DIR / name in learned.train_files()
@@ -93,18 +96,18 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
 
 
 def test_shipped_scorer_is_the_one_measured_on_the_set_still_held_out() -> None:
-    assert [name for name in SETS if name != "heldout_v9.jsonl"] == RETIRED
-    scorer = _record("heldout_v9.jsonl")["scorer"]
+    assert [name for name in SETS if name != CURRENT] == RETIRED
+    scorer = _record(CURRENT)["scorer"]
     assert scorer["weights_sha256"] == learned.shipped_identity()
     assert scorer["head_weights_sha256"] == json.loads((learned.SCORER_DIR / "head.json").read_text())["weights_sha256"]
-    assert learned.still_held_out(learned.LABELED_DIR / "heldout_v9.jsonl")
+    assert learned.still_held_out(learned.LABELED_DIR / CURRENT)
 
 
 def test_learned_scorer_reproduces_recorded_verdicts_on_a_sample() -> None:
     pytest.importorskip("sentence_transformers")
-    rec = _record("heldout_v9.jsonl")["learned"]
+    rec = _record(CURRENT)["learned"]
     pred = {m["id"]: m["pred"] for m in rec["misses"]}
-    rows = _rows(learned.LABELED_DIR / "heldout_v9.jsonl")
+    rows = _rows(learned.LABELED_DIR / CURRENT)
     sample = [r for r in rows if r["id"] in pred][:12] + [r for r in rows if r["id"] not in pred][::40]
     verdicts = learned.LearnedScorer().classify_many([r["prompt"] for r in sample], [r["response"] for r in sample])
     assert {r["id"]: v.label for r, v in zip(sample, verdicts, strict=True)} == {
