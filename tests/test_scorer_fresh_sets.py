@@ -3,15 +3,15 @@ and measured once after it: heldout_v3.jsonl (399 answers, eval/scorer/fresh_v3.
 answers under the written labelling convention, eval/scorer/fresh_v4.json), heldout_v5.jsonl (449 answers, a
 second blind annotator beside it, eval/scorer/fresh_v5.json), heldout_v6.jsonl (386 answers, also with a second
 annotator, eval/scorer/fresh_v6.json), heldout_v7.jsonl (384 answers, a second annotator, eval/scorer/fresh_v7.json),
-heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json) and heldout_v9.jsonl (384 answers, a second annotator,
-eval/scorer/fresh_v9.json).
+heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json), heldout_v9.jsonl (384 answers, a second annotator,
+eval/scorer/fresh_v9.json) and heldout_v10.jsonl (384 answers, a second annotator, eval/scorer/fresh_v10.json).
 
-v3 to v8 have since been read and retired (v3 in the v4 round ... v8 in the v9 round: the scorer is now fitted on
+v3 to v9 have since been read and retired (v3 in the v4 round ... v9 in the v10 round: the scorer is now fitted on
 them), so their records are history: the rule figures still hold and the learned figures still match their misses,
 but the recorded learned verdicts were the earlier scorers' (v3: ``c6b49a29...``, v4: ``372b2200...``, v5:
-``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, v8: ``066becb1...``, head and
-cross-encoder). heldout_v9 is still held out: the shipped scorer (head and cross-encoder, one identity over both) is
-the one measured on it and must reproduce its recorded verdicts."""
+``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, v8: ``066becb1...``, v9: ``228c392f...``,
+head and cross-encoder). heldout_v10 is still held out: the shipped scorer (head and cross-encoder, one identity over
+both) is the one measured on it and must reproduce its recorded verdicts."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ SETS = {
     "heldout_v7.jsonl": ("fresh_v7.json", {"comply": 179, "refuse": 110, "escalate": 95}, 0.60, False),
     "heldout_v8.jsonl": ("fresh_v8.json", {"comply": 183, "refuse": 111, "escalate": 90}, 0.60, False),
     "heldout_v9.jsonl": ("fresh_v9.json", {"comply": 166, "refuse": 124, "escalate": 94}, 0.60, False),
+    "heldout_v10.jsonl": ("fresh_v10.json", {"comply": 164, "refuse": 121, "escalate": 99}, 0.60, True),
 }
 RETIRED = [name for name, spec in SETS.items() if not spec[3]]
 #: the one set still held out: the shipped scorer is the one measured on it
