@@ -14,6 +14,7 @@ Weights travel to the GPU box as int8 per-row (``pack``; 135 MB instead of 538 M
     python bench/lm_classifier_cv.py pack SRC_DIR OUT.safetensors
     python bench/lm_classifier_cv.py fit --base DIR --q8 W.safetensors --fold K --out DIR FILES...
     python bench/lm_classifier_cv.py score --out DIR FILES...      # join the folds, print the figures
+    python bench/lm_classifier_cv.py cpu-time --base DIR --q8 W.safetensors   # its CPU cost against the cross-encoder
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def fit_fold(base: Path, q8: Path, files: list[Path], fold: int, out: Path, epoc
     torch.manual_seed(fold)
     rng = random.Random(fold)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.padding_side = "left"
+    # right padding: LlamaForSequenceClassification reads the last non-pad token; left padding gave NaN on the GPU
+    # (fully masked query rows in the fused attention kernel)
+    tokenizer.padding_side = "right"
     model = _model(base, q8).to("cuda").train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * ((len(fit_rows) + batch - 1) // batch)
@@ -103,7 +106,10 @@ def fit_fold(base: Path, q8: Path, files: list[Path], fold: int, out: Path, epoc
             target = torch.tensor([LABELS.index(r["label"]) for r in part], device="cuda")
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = model(**_batches(tokenizer, part, max_len, "cuda")).logits
-            torch.nn.functional.cross_entropy(logits.float(), target).backward()
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"fold {fold}: loss is {loss.item()} at step {schedule.last_epoch}")
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             schedule.step()
@@ -137,6 +143,33 @@ def score(out: Path, files: list[Path]) -> None:
     print("lm argmax", {k: round(v, 4) for k, v in figures(rows, [LABELS[i] for i in proba.argmax(1)]).items()})
 
 
+def cpu_time(base: Path, q8: Path, n: int = 224) -> None:
+    """Seconds to classify ``n`` pool answers on 2 CPU threads, the SmolLM2 classifier (an untrained score layer
+    costs the same) against the shipped MiniLM cross-encoder, on the same answers."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from eval import learned
+
+    torch.set_num_threads(2)
+    rows = cross_encoder.read_rows(learned.pool_files())[::32][:n]
+    model = _model(base, q8).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.padding_side = "right"
+    started = time.time()
+    with torch.no_grad():
+        for start in range(0, len(rows), 16):
+            model(**_batches(tokenizer, rows[start:start + 16], 384, "cpu"))
+    lm_s = time.time() - started
+    cross = learned.LearnedScorer().cross
+    assert cross is not None
+    started = time.time()
+    cross.proba([r["prompt"] for r in rows], [r["response"] for r in rows])
+    ce_s = time.time() - started
+    print(f"{len(rows)} answers, 2 threads: SmolLM2 classifier fp32 {lm_s:.1f} s, MiniLM cross-encoder {ce_s:.1f} s, "
+          f"ratio {lm_s / ce_s:.1f}x")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python bench/lm_classifier_cv.py")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,8 +190,13 @@ def main(argv: list[str]) -> None:
     s = sub.add_parser("score")
     s.add_argument("files", nargs="+", type=Path)
     s.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("cpu-time")
+    t.add_argument("--base", type=Path, required=True)
+    t.add_argument("--q8", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.command == "pack":
+    if args.command == "cpu-time":
+        cpu_time(args.base, args.q8)
+    elif args.command == "pack":
         pack(args.src, args.out)
     elif args.command == "fit":
         fit_fold(args.base, args.q8, args.files, args.fold, args.out, args.epochs, args.lr, args.batch, args.max_len,
