@@ -34,6 +34,9 @@ DEFAULT_MODELS = ("smollm2-instruct", "exp3-r256", "exp2-heavy")
 
 
 def main(prompts_file: Path, out_file: Path, models: tuple[str, ...] = DEFAULT_MODELS) -> None:
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     from heldout_v3_answers import chat  # run as a script, bench/ is on sys.path
     from llama_cpp import Llama
 

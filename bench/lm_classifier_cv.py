@@ -13,7 +13,7 @@ Weights travel to the GPU box as int8 per-row (``pack``; 135 MB instead of 538 M
 
     python bench/lm_classifier_cv.py pack SRC_DIR OUT.safetensors
     python bench/lm_classifier_cv.py fit --base DIR --q8 W.safetensors --fold K --out DIR FILES...
-    python bench/lm_classifier_cv.py score --out DIR FILES...      # join the folds, print the figures
+    python -m bench.scorer_lm_compare CE_OOF.npz AUG.jsonl DIR...   # join the folds, compare with the shipped pair
     python bench/lm_classifier_cv.py cpu-time --base DIR --q8 W.safetensors   # its CPU cost against the cross-encoder
 """
 
@@ -139,21 +139,6 @@ def fit_fold(base: Path, q8: Path, files: list[Path], fold: int, out: Path, epoc
                       "seconds": round(time.time() - started, 1)}), flush=True)
 
 
-def score(out: Path, files: list[Path]) -> None:
-    import numpy as np
-
-    from bench.scorer_combine import figures
-
-    rows = cross_encoder.read_rows(files)
-    proba = np.zeros((len(rows), len(LABELS)))
-    for k in range(cross_encoder.FOLDS):
-        with np.load(out / f"oof_fold{k}.npz") as z:
-            proba[z["held"]] = z["proba"]
-    ids = np.array([f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)])
-    np.savez_compressed(out / "oof.npz", ids=ids, proba=proba.astype(np.float32))
-    print("lm argmax", {k: round(v, 4) for k, v in figures(rows, [LABELS[i] for i in proba.argmax(1)]).items()})
-
-
 def cpu_time(base: Path, q8: Path, n: int = 224) -> None:
     """Seconds to classify ``n`` pool answers on 2 CPU threads, the SmolLM2 classifier (an untrained score layer
     costs the same) against the shipped MiniLM cross-encoder, on the same answers."""
@@ -199,9 +184,6 @@ def main(argv: list[str]) -> None:
     f.add_argument("--max-len", type=int, default=384)
     f.add_argument("--augment", type=Path)
     f.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tune)")
-    s = sub.add_parser("score")
-    s.add_argument("files", nargs="+", type=Path)
-    s.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("cpu-time")
     t.add_argument("--base", type=Path, required=True)
     t.add_argument("--q8", type=Path, required=True)
@@ -210,11 +192,9 @@ def main(argv: list[str]) -> None:
         cpu_time(args.base, args.q8)
     elif args.command == "pack":
         pack(args.src, args.out)
-    elif args.command == "fit":
+    else:
         fit_fold(args.base, args.q8, args.files, args.fold, args.out, args.epochs, args.lr, args.batch, args.max_len,
                  args.augment, args.lora)
-    else:
-        score(args.out, args.files)
 
 
 if __name__ == "__main__":
