@@ -28,6 +28,9 @@ MODELS: dict[str, tuple[str, str | None, float, float]] = {
     # Only when named (training answers, #14's v10 round): two more of the team's fine-tunes, for variety.
     "exp2-default": ("out/exp2/default-model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
     "exp-default": ("out/exp/default/model/gguf/merged-q8_0.gguf", FORMA_SYSTEM, 0.7, 0.9),
+    # Only when named (heldout_v11, #14's v11 round, on a machine without the fine-tunes above): the shipped
+    # instruct model under the Forma system prompt, sampled as the Modelfile does.
+    "smollm2-forma": ("", FORMA_SYSTEM, 0.7, 0.9),
 }
 #: The models a run uses unless a comma-separated list is named (the held-out sets' three).
 DEFAULT_MODELS = ("smollm2-instruct", "exp3-r256", "exp2-heavy")

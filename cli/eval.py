@@ -227,7 +227,10 @@ def scorer_fit_cmd(
                                 extra=copies)
         if (folder / ce.META_FILE).is_file():
             cross = ce.CrossEncoder(folder)
-        scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder, cross=cross)
+        # the SmolLM2 reader in the folder (fitted on a GPU, `python -m eval.lm_classifier fit`) joins where it is
+        # asked, as at the gate
+        scorer = learned.LearnedScorer(head=learned.Head.load(folder), encoder=encoder, cross=cross,
+                                       lm_folder=folder)
         head.meta["heldout"] = {}
         measured, skipped = learned.default_measured()
         for f in skipped:  # a set still held out is measured once, explicitly, after the scorer is frozen

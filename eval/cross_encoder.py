@@ -55,6 +55,8 @@ class Settings:
     warmup: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
+    #: gradient-norm clipping (None: none, as the cross-encoder was always fitted; the SmolLM2 reader clips at 1.0)
+    clip: float | None = None
 
 
 def read_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -107,21 +109,26 @@ def _fresh_model(base_dir: Path) -> Any:
     return model
 
 
+#: How a batch of rows becomes model inputs: (tokenizer, rows, max_len) -> a BatchEncoding. Each reader has its own.
+Encode = Callable[[Any, Sequence[dict[str, Any]], int], Any]
+
+
 def _encode(tokenizer: Any, batch: Sequence[dict[str, Any]], max_len: int) -> Any:
     return tokenizer([r["prompt"] for r in batch], [r["response"] for r in batch], truncation="longest_first",
                      max_length=max_len, padding=True, return_tensors="pt")
 
 
-def train(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Settings, device: str = "cpu",
-          progress: Callable[[int, int], None] | None = None) -> tuple[Any, Any]:
-    """Fine-tune on ``rows`` (AdamW, linear warm-up and decay, bf16 autocast on a GPU); returns (model, tokenizer)."""
+def fit_model(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], settings: Settings, device: str = "cpu",
+              progress: Callable[[int, int], None] | None = None, encode: Encode = _encode) -> Any:
+    """Fine-tune ``model`` (its trainable parameters) as a 3-way classifier on ``rows``: AdamW, linear warm-up and
+    decay, bf16 autocast on a GPU. Shared by every reader the scorer has (this cross-encoder, :mod:`eval.lm_classifier`)
+    so that they differ only in the model and in how a row becomes its input."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    torch.manual_seed(settings.seed)
+    # torch's generator is seeded by the caller, before the model's new layer is drawn; the batch order by this one
     rng = random.Random(settings.seed)
-    _, tokenizer = base_state(base_dir)
-    model = _fresh_model(base_dir).to(device).train()
+    model = model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     per_epoch = (len(rows) + settings.batch - 1) // settings.batch
@@ -133,24 +140,40 @@ def train(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Settings, de
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch):
             batch = [rows[i] for i in order[start:start + settings.batch]]
-            enc = _encode(tokenizer, batch, settings.max_len).to(device)
+            enc = encode(tokenizer, batch, settings.max_len).to(device)
             target = torch.tensor([LABELS.index(r["label"]) for r in batch], device=device)
             with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                                 enabled=device.startswith("cuda")):
                 logits = model(**enc).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the loss is {loss.item()} at step {done + 1} of {steps}")
             loss.backward()
+            if settings.clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, settings.clip)
             optimiser.step()
             schedule.step()
             optimiser.zero_grad(set_to_none=True)
             done += 1
             if progress:
                 progress(done, steps)
-    return model.eval(), tokenizer
+    return model.eval()
+
+
+def train(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Settings, device: str = "cpu",
+          progress: Callable[[int, int], None] | None = None) -> tuple[Any, Any]:
+    """The cross-encoder fitted on ``rows``; returns (model, tokenizer)."""
+    import torch
+
+    # seeded before the model is built: the new classification layer's initial weights are drawn there
+    torch.manual_seed(settings.seed)
+    _, tokenizer = base_state(base_dir)
+    model = _fresh_model(base_dir)
+    return fit_model(model, tokenizer, rows, settings, device, progress), tokenizer
 
 
 def predict_proba(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_len: int,
-                  batch: int = 64) -> Any:
+                  batch: int = 64, encode: Encode = _encode) -> Any:
     """Class probabilities (n, 3), in input order; batches are length-sorted so padding stays small."""
     import numpy as np
     import torch
@@ -161,8 +184,8 @@ def predict_proba(model: Any, tokenizer: Any, prompts: Sequence[str], responses:
     with torch.inference_mode():
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
-            enc = _encode(tokenizer, [{"prompt": prompts[i], "response": responses[i]} for i in idx],
-                          max_len).to(device)
+            enc = encode(tokenizer, [{"prompt": prompts[i], "response": responses[i]} for i in idx],
+                         max_len).to(device)
             logits = model(**enc).logits.float()
             out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
     return out
@@ -257,21 +280,25 @@ class CrossEncoder:
         return predict_proba(self.model, self.tokenizer, prompts, responses, self.settings.max_len)
 
 
-def cross_validate(base_dir: Path, rows: Sequence[dict[str, Any]], settings: Settings, device: str,
-                   log: Callable[[str], None] = print, extra: Sequence[dict[str, Any]] = ()) -> Any:
-    """Out-of-fold probabilities over ``rows`` (grouped folds by ``fold_of``): each fold is a fresh fit. ``extra``
-    rows (augmented copies, ``eval.augment``) join the fits of the folds their group is not held out in, and are
-    never scored."""
+def cross_validate(make: Callable[[], tuple[Any, Any]], rows: Sequence[dict[str, Any]], settings: Settings,
+                   device: str, log: Callable[[str], None] = print, extra: Sequence[dict[str, Any]] = (),
+                   encode: Encode = _encode) -> Any:
+    """Out-of-fold probabilities over ``rows`` (grouped folds by ``fold_of``): each fold fits a fresh
+    ``make()`` -> (model, tokenizer). ``extra`` rows (augmented copies, ``eval.augment``) join the fits of the folds
+    their group is not held out in, and are never scored."""
     import numpy as np
+    import torch
 
     oof = np.zeros((len(rows), len(LABELS)))
     started = time.time()
     for k in range(FOLDS):
         held = [i for i, r in enumerate(rows) if fold_of(r) == k]
         fit_rows = [r for r in rows if fold_of(r) != k] + [r for r in extra if fold_of(r) != k]
-        model, tokenizer = train(base_dir, fit_rows, settings, device)
+        torch.manual_seed(settings.seed)
+        model, tokenizer = make()
+        model = fit_model(model, tokenizer, fit_rows, settings, device, encode=encode)
         oof[held] = predict_proba(model, tokenizer, [rows[i]["prompt"] for i in held],
-                                  [rows[i]["response"] for i in held], settings.max_len)
+                                  [rows[i]["response"] for i in held], settings.max_len, encode=encode)
         log(f"fold {k}: {len(held)} rows, {time.time() - started:.0f} s")
     return oof
 
@@ -306,7 +333,8 @@ def fit_and_save(base_dir: Path, files: Sequence[Path], out: Path, settings: Set
         extra = read_rows([augment])
     started = time.time()
     if cv_out is not None:
-        oof = cross_validate(base_dir, rows, settings, device, log, extra)
+        oof = cross_validate(lambda: (_fresh_model(base_dir), base_state(base_dir)[1]), rows, settings, device, log,
+                             extra)
         cv_out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cv_out, ids=np.array([f"{r['_file']}:{r.get('id', i)}" for i, r in enumerate(rows)]),
                             proba=oof.astype(np.float32))

@@ -15,22 +15,23 @@ from eval import learned
 
 def test_heldout_v5_to_v9_are_retired_and_no_later_set_is_named() -> None:
     # v6 since the v7 round, v7 since the v8 round, v8 since the v9 round, v9 since the v10 round
-    for name in ("heldout_v5.jsonl", "heldout_v6.jsonl", "heldout_v7.jsonl", "heldout_v8.jsonl", "heldout_v9.jsonl"):
+    for name in ("heldout_v5.jsonl", "heldout_v6.jsonl", "heldout_v7.jsonl", "heldout_v8.jsonl", "heldout_v9.jsonl",
+                 "heldout_v10.jsonl"):
         assert name in learned.RETIRED_HELDOUT
         assert learned.LABELED_DIR / name in learned.train_files()
         assert not learned.still_held_out(learned.LABELED_DIR / name)
     # the next fresh set is never retired before it is measured: it stays unread by default
-    assert learned.still_held_out(Path("heldout_v10.jsonl")) and learned.still_held_out(Path("heldout_v11.jsonl"))
-    assert not any(n.startswith("heldout_v1") for n in learned.RETIRED_HELDOUT)
+    assert learned.still_held_out(Path("heldout_v11.jsonl")) and learned.still_held_out(Path("heldout_v12.jsonl"))
+    assert not any(n.startswith(("heldout_v11", "heldout_v12")) for n in learned.RETIRED_HELDOUT)
 
 
 def test_still_held_out_files_are_skipped_unopened_by_default(tmp_path: Path) -> None:
-    for name in ("train.jsonl", "heldout_v5.jsonl", "heldout_v10.jsonl", "heldout_ar.jsonl"):
+    for name in ("train.jsonl", "heldout_v5.jsonl", "heldout_v11.jsonl", "heldout_ar.jsonl"):
         (tmp_path / name).write_text("not json: a file that must not be opened\n")
     assert [p.name for p in learned.train_files(tmp_path)] == ["train.jsonl", "heldout_v5.jsonl"]
     measured, skipped = learned.default_measured(tmp_path)
     assert [p.name for p in measured] == ["heldout_ar.jsonl", "heldout_v5.jsonl"]
-    assert [p.name for p in skipped] == ["heldout_v10.jsonl"]
+    assert [p.name for p in skipped] == ["heldout_v11.jsonl"]
 
 
 def test_wider_declines_read_short_and_partial_declines() -> None:
@@ -86,7 +87,7 @@ def test_the_overrule_spares_a_wider_opening_decline() -> None:
     prob = np.array([0.3, 0.6, 0.1])
     v = learned.LearnedScorer._verdict(answer, prob, "600 kcal menu", wider_spare=True)
     assert v.label == "refuse" and any(e.startswith("declines in its first sentence") for e in v.evidence)
-    old = learned.LearnedScorer._verdict(answer, prob, "600 kcal menu", wider_spare=False)
+    old = learned.LearnedScorer._verdict(answer, prob, "600 kcal menu", wider_spare=False, overrule=True)
     assert old.label == "comply" and "overruled" in old.decided_by
 
 

@@ -4,14 +4,16 @@ answers under the written labelling convention, eval/scorer/fresh_v4.json), held
 second blind annotator beside it, eval/scorer/fresh_v5.json), heldout_v6.jsonl (386 answers, also with a second
 annotator, eval/scorer/fresh_v6.json), heldout_v7.jsonl (384 answers, a second annotator, eval/scorer/fresh_v7.json),
 heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json), heldout_v9.jsonl (384 answers, a second annotator,
-eval/scorer/fresh_v9.json) and heldout_v10.jsonl (384 answers, a second annotator, eval/scorer/fresh_v10.json).
+eval/scorer/fresh_v9.json), heldout_v10.jsonl (384 answers, a second annotator, eval/scorer/fresh_v10.json) and
+heldout_v11.jsonl (320 answers, a second annotator, eval/scorer/fresh_v11.json).
 
-v3 to v9 have since been read and retired (v3 in the v4 round ... v9 in the v10 round: the scorer is now fitted on
+v3 to v10 have since been read and retired (v3 in the v4 round ... v10 in the v11 round: the scorer is now fitted on
 them), so their records are history: the rule figures still hold and the learned figures still match their misses,
 but the recorded learned verdicts were the earlier scorers' (v3: ``c6b49a29...``, v4: ``372b2200...``, v5:
 ``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, v8: ``066becb1...``, v9: ``228c392f...``,
-head and cross-encoder). heldout_v10 is still held out: the shipped scorer (head and cross-encoder, one identity over
-both) is the one measured on it and must reproduce its recorded verdicts."""
+v10: ``62aed8f4...``, head and cross-encoder). heldout_v11 is still held out: the shipped scorer (head,
+cross-encoder and SmolLM2 reader, one identity over all three) is the one measured on it and must reproduce its
+recorded verdicts."""
 
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ SETS = {
     "heldout_v7.jsonl": ("fresh_v7.json", {"comply": 179, "refuse": 110, "escalate": 95}, 0.60, False),
     "heldout_v8.jsonl": ("fresh_v8.json", {"comply": 183, "refuse": 111, "escalate": 90}, 0.60, False),
     "heldout_v9.jsonl": ("fresh_v9.json", {"comply": 166, "refuse": 124, "escalate": 94}, 0.60, False),
-    "heldout_v10.jsonl": ("fresh_v10.json", {"comply": 164, "refuse": 121, "escalate": 99}, 0.60, True),
+    "heldout_v10.jsonl": ("fresh_v10.json", {"comply": 164, "refuse": 121, "escalate": 99}, 0.60, False),
+    "heldout_v11.jsonl": ("fresh_v11.json", {"comply": 182, "refuse": 84, "escalate": 54}, 0.60, True),
 }
 RETIRED = [name for name, spec in SETS.items() if not spec[3]]
 #: the one set still held out: the shipped scorer is the one measured on it
@@ -54,7 +57,7 @@ def test_set_is_large_enough_mostly_outside_fitness_and_labelled(name: str) -> N
     path = learned.LABELED_DIR / name
     rows = _rows(path)
     _, counts, outside, held = SETS[name]
-    assert len(rows) >= 320 and len({r["id"] for r in rows}) == len(rows)
+    assert len(rows) >= 300 and len({r["id"] for r in rows}) == len(rows)
     assert sum(r["domain"] != "fitness" for r in rows) / len(rows) >= outside
     assert (path not in learned.train_files()) == held
     for r in rows:
@@ -90,6 +93,7 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
     assert _record("heldout_v7.jsonl")["scorer"]["weights_sha256"].startswith("6b65148b")
     assert _record("heldout_v8.jsonl")["scorer"]["weights_sha256"].startswith("066becb1")
     assert _record("heldout_v9.jsonl")["scorer"]["weights_sha256"].startswith("228c392f")
+    assert _record("heldout_v10.jsonl")["scorer"]["weights_sha256"].startswith("62aed8f4")
     for name in RETIRED:  # measured once with the scorer of their round; the shipped scorer is fitted on them
         assert _record(name)["scorer"].get("weights_sha256", _record(name)["scorer"]["head_weights_sha256"]) != shipped
         assert learned.LABELED_DIR / name in learned.train_files()
@@ -101,6 +105,9 @@ def test_shipped_scorer_is_the_one_measured_on_the_set_still_held_out() -> None:
     scorer = _record(CURRENT)["scorer"]
     assert scorer["weights_sha256"] == learned.shipped_identity()
     assert scorer["head_weights_sha256"] == json.loads((learned.SCORER_DIR / "head.json").read_text())["weights_sha256"]
+    lm_meta = json.loads((learned.SCORER_DIR / "lm_classifier.json").read_text())
+    assert scorer["lm_reader"]["weights_sha256"] == lm_meta["weights_sha256"]
+    assert scorer["lm_reader"]["asked_below"] == learned.LM_ROUTE_BELOW
     assert learned.still_held_out(learned.LABELED_DIR / CURRENT)
 
 
