@@ -205,24 +205,29 @@ def state_sha256(state: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def save(model: Any, meta: dict[str, Any], folder: Path = SCORER_DIR) -> dict[str, Any]:
-    """Write ``cross_encoder.safetensors`` and ``cross_encoder.json`` (meta plus the weights' SHA-256)."""
+def save_checked(state: dict[str, Any], meta: dict[str, Any], folder: Path, weights_file: str,
+                 meta_file: str) -> dict[str, Any]:
+    """Write a reader's weights and its meta file (plus the weights' SHA-256, what ``load_checked`` verifies)."""
     import os
 
     from safetensors.torch import save
 
-    state = stored_state(model)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "weights_sha256": state_sha256(state)}
     # written beside the targets, then renamed: a kill mid-write never leaves a half file in place, and a kill
     # between the two renames leaves a pair whose SHA-256 check refuses to load (common.jsonl's atomic writers would
     # do the same, but that module needs pydantic, which the GPU image this runs on lacks)
-    parts = {WEIGHTS_FILE: save(state), META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
+    parts = {weights_file: save(state), meta_file: (json.dumps(meta, indent=2) + "\n").encode()}
     for name, data in parts.items():
         (folder / f".{name}.tmp").write_bytes(data)
     for name in parts:
         os.replace(folder / f".{name}.tmp", folder / name)
     return meta
+
+
+def save(model: Any, meta: dict[str, Any], folder: Path = SCORER_DIR) -> dict[str, Any]:
+    """Write ``cross_encoder.safetensors`` and ``cross_encoder.json`` (meta plus the weights' SHA-256)."""
+    return save_checked(stored_state(model), meta, folder, WEIGHTS_FILE, META_FILE)
 
 
 def load_checked(folder: Path, weights_file: str, meta_file: str, what: str, hint: str) -> tuple[dict[str, Any],

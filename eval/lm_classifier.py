@@ -150,19 +150,7 @@ def stored_state(model: Any) -> dict[str, Any]:
 
 def save(model: Any, meta: dict[str, Any], folder: Path = SCORER_DIR) -> dict[str, Any]:
     """Write the adapter and its meta file (plus the weights' SHA-256), each beside its target and then renamed."""
-    import os
-
-    from safetensors.torch import save
-
-    state = stored_state(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "weights_sha256": cross_encoder.state_sha256(state)}
-    parts = {WEIGHTS_FILE: save(state), META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
-    for name, data in parts.items():
-        (folder / f".{name}.tmp").write_bytes(data)
-    for name in parts:
-        os.replace(folder / f".{name}.tmp", folder / name)
-    return meta
+    return cross_encoder.save_checked(stored_state(model), meta, folder, WEIGHTS_FILE, META_FILE)
 
 
 def merged_state(packed: dict[str, Any], adapter: dict[str, Any], rank: int) -> dict[str, Any]:
