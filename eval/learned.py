@@ -703,15 +703,14 @@ class LearnedScorer:
         # (``lm_folder``: a refit's folder, whose reader is used when it has one)
         folder = lm_folder or (SCORER_DIR if shipped else None)
         self._lm_folder = folder if lm is None and folder and (folder / lm_classifier.META_FILE).is_file() else None
+        # read once: describe() and every classify_many() consult it
+        self._lm_meta: dict[str, Any] | None = lm.meta if lm is not None else (
+            json.loads((self._lm_folder / lm_classifier.META_FILE).read_text(encoding="utf-8"))
+            if self._lm_folder is not None else None)
 
     @property
     def lm_meta(self) -> dict[str, Any] | None:
-        if self._lm is not None:
-            return self._lm.meta
-        if self._lm_folder is not None:
-            meta: dict[str, Any] = json.loads((self._lm_folder / lm_classifier.META_FILE).read_text(encoding="utf-8"))
-            return meta
-        return None
+        return self._lm_meta
 
     @property
     def lm(self) -> lm_classifier.LMClassifier | None:
@@ -844,8 +843,10 @@ def _rules_decide(response: str, prompt: str) -> bool:
     dose while ``DECLINE_RULE`` holds): the SmolLM2 reader is not asked about it (its time would change nothing)."""
     if arabic_rules.is_arabic_answer(response):
         return True
+    if not DECLINE_RULE:
+        return False
     v = classifier.classify(response, prompt)
-    return DECLINE_RULE and v.declines and not v.gives_dose and not v.retracts
+    return v.declines and not v.gives_dose and not v.retracts
 
 
 def _reads_as_answer(response: str, v: Verdict) -> bool:

