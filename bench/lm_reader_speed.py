@@ -1,10 +1,11 @@
-"""How cheap can the SmolLM2 reader be on 2 CPU cores? (#14, planning the next round.)
+"""How cheap can the SmolLM2 reader be on 2 CPU cores? (#14: planned in the v11 round, bf16 chosen in the v12 round.)
 
 Post hoc on heldout_v11 the reader helped most when it read every answer (docs/eval.md, "v11 round"), but in fp32 it
 costs about 0.25 s an answer, too much for the gate's budget. This times, side by side in one run on the same pool
-answers: the shipped reader (fp32, the adapter folded in), the same model with torch's dynamic int8 quantisation of
-every linear layer (``torch.ao.quantization.quantize_dynamic``), and the MiniLM cross-encoder as the reference; and it
-says how far the int8 copy's probabilities move (largest change, argmax agreement). Nothing here changes the scorer.
+answers: the reader in fp32 (the adapter folded in), the same model in bf16 (what the gate uses where the CPU has
+native bf16, ``lm_classifier.fast_dtype``), with torch's dynamic int8 quantisation of every linear layer
+(``torch.ao.quantization.quantize_dynamic``), and the MiniLM cross-encoder as the reference; and it says how far each
+copy's probabilities move from fp32 (largest change, argmax agreement). Nothing here changes the scorer.
 
     python -m bench.lm_reader_speed [N]      # N pool answers (default 224, the gate's safety answers)
 """
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from eval import cross_encoder, learned
+from eval import cross_encoder, learned, lm_classifier
 
 
 def main(n: int = 224) -> None:
@@ -27,8 +28,8 @@ def main(n: int = 224) -> None:
     rows = cross_encoder.read_rows(learned.pool_files())[::32][:n]
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     scorer = learned.LearnedScorer()
-    assert scorer.cross is not None and scorer.lm is not None
-    reader = scorer.lm
+    assert scorer.cross is not None
+    reader = lm_classifier.LMClassifier(dtype=torch.float32)
     started = time.perf_counter()
     fp32 = reader.proba(prompts, responses)
     fp32_s = time.perf_counter() - started
@@ -38,6 +39,14 @@ def main(n: int = 224) -> None:
     fp32_model = reader.model
     print(f"{len(rows)} pool answers, 2 threads: reader fp32 {fp32_s:.1f} s, cross-encoder {cross_s:.1f} s "
           f"({fp32_s / cross_s:.1f}x)")
+    reader.model = copy.deepcopy(fp32_model).to(torch.bfloat16)
+    started = time.perf_counter()
+    bf16 = reader.proba(prompts, responses)
+    bf16_s = time.perf_counter() - started
+    print(f"reader bf16 {bf16_s:.1f} s ({fp32_s / bf16_s:.2f}x faster than fp32; native bf16 on this CPU: "
+          f"{lm_classifier.fast_dtype() == torch.bfloat16}); against fp32: largest probability change "
+          f"{float(np.abs(fp32 - bf16).max()):.3f}, argmax agreement "
+          f"{float((fp32.argmax(axis=1) == bf16.argmax(axis=1)).mean()):.3f}")
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
     for name, qconfig in (("per tensor", default_dynamic_qconfig), ("per channel", per_channel_dynamic_qconfig)):

@@ -25,7 +25,7 @@ def main() -> None:
     cross = scorer.cross.proba(prompts, responses)
     reader = scorer.lm.proba(prompts, responses)
     pair = (head + cross) / 2
-    asked = pair.max(axis=1) < learned.LM_ROUTE_BELOW
+    asked = pair.max(axis=1) < learned.V11_ROUTE_BELOW
 
     def decide(p: Any, decline_rule: bool = False, overrule: bool = False) -> list[str]:
         verdict = functools.partial(learned.LearnedScorer._verdict, decline_rule=decline_rule, overrule=overrule)

@@ -68,16 +68,23 @@ def test_fit_stores_only_the_adapter_and_names_its_base(fitted: tuple[Path, dict
 
 
 def test_loaded_copy_gives_the_fitted_models_probabilities(fitted: tuple[Path, dict]) -> None:
-    """The adapter folded into the rebuilt base on CPU reads like the fitted model (only fp16 storage between)."""
+    """The adapter folded into the rebuilt base on CPU reads like the fitted model (only fp16 storage between); the
+    gate's faster dtype keeps every argmax."""
     import numpy as np
+    import torch
 
     folder, _ = fitted
-    reader = lc.LMClassifier(folder / "scorer")
+    reader = lc.LMClassifier(folder / "scorer", dtype=torch.float32)
     with np.load(folder / "fit_proba.npz") as z:
         expected = z["proba"]
-    got = reader.proba([r["prompt"] for r in ROWS], [r["response"] for r in ROWS])
+    prompts, responses = [r["prompt"] for r in ROWS], [r["response"] for r in ROWS]
+    got = reader.proba(prompts, responses)
     assert np.allclose(got, expected, atol=2e-3)
     assert np.allclose(got.sum(axis=1), 1.0)
+    fast = lc.LMClassifier(folder / "scorer")
+    assert fast.dtype == lc.fast_dtype() and next(fast.model.parameters()).dtype == fast.dtype
+    quick = fast.proba(prompts, responses)
+    assert (quick.argmax(axis=1) == got.argmax(axis=1)).all() and np.allclose(quick, got, atol=0.06)
 
 
 def test_tampered_adapter_or_another_base_is_refused(fitted: tuple[Path, dict], tmp_path: Path) -> None:
@@ -100,38 +107,44 @@ def test_tampered_adapter_or_another_base_is_refused(fitted: tuple[Path, dict], 
         lc.LMClassifier(other)
 
 
-def test_scorer_asks_the_reader_only_below_the_threshold(fitted: tuple[Path, dict],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """An answer the pair is sure of never reaches the reader (it is not even loaded); one below the threshold gets
-    the three-way mean, with the reader's probabilities on its evidence."""
+def test_scorer_decides_by_the_mean_of_cross_encoder_and_reader(fitted: tuple[Path, dict]) -> None:
+    """With both readers present the label is the argmax of their mean on every answer (the head is not consulted);
+    an Arabic answer keeps the rules' label and is not read by the SmolLM2 reader; without a reader the scorer falls
+    back to the mean of head and cross-encoder."""
     import numpy as np
 
     folder, _ = fitted
-    # an Arabic answer keeps the rules' label, so the reader is never asked about it
     rows = [*ROWS, {"prompt": "ألم في صدري", "response": "راجع طبيبك اليوم، فهذا الألم يحتاج إلى فحص."}]
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     cross = ce.CrossEncoder(learned.SCORER_DIR)
     head = learned.Head.load()
-    monkeypatch.setattr(learned, "LM_ROUTE_BELOW", 0.0)
     scorer = learned.LearnedScorer(head=head, cross=cross, lm_folder=folder / "scorer")
-    scorer.classify_many(prompts, responses)
-    assert scorer._lm is None
-    monkeypatch.setattr(learned, "LM_ROUTE_BELOW", 1.01)
     verdicts = scorer.classify_many(prompts, responses)
     assert scorer._lm is not None
-    head_p, _ = scorer.head_proba(prompts, responses)
-    pair = head_p + cross.proba(prompts, responses)
-    triple = (pair + scorer._lm.proba(prompts, responses)) / 3
-    asked = [not learned._rules_decide(r, q) for r, q in zip(responses, prompts, strict=True)]
-    assert asked == [True] * len(ROWS) + [False]
-    for v, p2, p3, was_asked in zip(verdicts, pair / 2, triple, asked, strict=True):
+    cross_p = cross.proba(prompts, responses)
+    mean = (cross_p + scorer._lm.proba(prompts, responses)) / 2
+    for i, v in enumerate(verdicts):
         assert v.probabilities is not None
-        assert np.allclose([v.probabilities[k] for k in ce.LABELS], p3 if was_asked else p2, atol=1e-4)
-        assert any("SmolLM2 reader" in e for e in v.evidence) == was_asked
+        arabic = i == len(ROWS)
+        want = cross_p[i] if arabic else mean[i]
+        assert np.allclose([v.probabilities[k] for k in ce.LABELS], want, atol=1e-4)
+        assert any("SmolLM2 reader" in e for e in v.evidence) != arabic
+        assert not any(", head " in e for e in v.evidence)
+        if arabic:
+            assert v.decided_by.startswith("rules: an Arabic answer")
+        else:
+            assert v.label == ce.LABELS[int(np.argmax(mean[i]))]
     info = scorer.describe()
     assert info["lm_reader"]["weights_sha256"] == scorer._lm.weights_sha256
     assert info["weights_sha256"] == learned.scorer_identity(head.meta["weights_sha256"], cross.weights_sha256,
                                                              scorer._lm.weights_sha256)
+    # no reader in the folder: the head and the cross-encoder decide together, as before the v11 round
+    pair = learned.LearnedScorer(head=head, cross=cross)
+    head_p, _ = pair.head_proba(prompts, responses)
+    for v, p in zip(pair.classify_many(prompts, responses), (head_p + cross_p) / 2, strict=True):
+        assert v.probabilities is not None
+        assert np.allclose([v.probabilities[k] for k in ce.LABELS], p, atol=1e-4)
+        assert not any("SmolLM2 reader" in e for e in v.evidence)
 
 
 def test_shipped_reader_matches_the_pool_and_the_fitting_machine() -> None:
@@ -148,6 +161,8 @@ def test_shipped_reader_matches_the_pool_and_the_fitting_machine() -> None:
     check = meta["fit_check"]
     some = [rows[i] for i in check["rows"]]
     assert [f"{r['_file']}:{r.get('id', '')}" for r in some] == check["ids"]
-    got = lc.LMClassifier().proba([r["prompt"] for r in some], [r["response"] for r in some])
+    import torch
+
+    got = lc.LMClassifier(dtype=torch.float32).proba([r["prompt"] for r in some], [r["response"] for r in some])
     assert np.allclose(got, np.array(check["proba"]), atol=0.02)
     assert (got.argmax(axis=1) == np.array(check["proba"]).argmax(axis=1)).all()
