@@ -47,7 +47,7 @@ def main(path: Path, out: Path) -> None:
                       "weights_sha256": info["weights_sha256"]}
     if "lm_reader" in info:  # since the v11 round (heldout_v11's record names it only through weights_sha256)
         scorer_id |= {"lm_reader_weights_sha256": info["lm_reader"]["weights_sha256"],
-                      "lm_asked_below": info["lm_reader"]["asked_below"]}
+                      "lm_reads": info["lm_reader"]["reads"]}
     record: dict[str, Any] = {"file": path.name, "sha256": learned.sha256_file(path), "scorer": scorer_id,
                               "command": f"python -m bench.scorer_fresh {path} {out}"}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
