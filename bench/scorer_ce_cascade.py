@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.scorer_lm_compare import load_lm_oof
 from eval import cross_encoder, learned
 
 THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99, 1.01)
@@ -23,10 +24,7 @@ def main(ce_oof: Path, lm_dir: Path) -> None:
     rows = cross_encoder.read_rows(learned.pool_files())
     with np.load(ce_oof) as z:
         ce = z["proba"].astype(np.float64)
-    lm = np.zeros_like(ce)
-    for k in range(5):
-        with np.load(lm_dir / f"oof_fold{k}.npz") as z:
-            lm[z["held"]] = z["proba"]
+    lm = load_lm_oof(lm_dir, len(rows))
     gold = [r["label"] for r in rows]
     for t in THRESHOLDS:
         ask = ce.max(axis=1) < t

@@ -30,6 +30,17 @@ RULES = {"rules": (True, True), "decline rule only": (True, False), "no rules": 
 THRESHOLDS = (0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.01)
 
 
+def load_lm_oof(lm_dir: Path, n: int) -> Any:
+    """The SmolLM2 reader's out-of-fold probabilities (n, 3) from its per-fold files (``oof_fold{K}.npz``)."""
+    lm = np.full((n, len(cross_encoder.LABELS)), np.nan)
+    for k in range(cross_encoder.FOLDS):
+        with np.load(lm_dir / f"oof_fold{k}.npz") as z:
+            lm[z["held"]] = z["proba"]
+    if np.isnan(lm).any():
+        raise SystemExit(f"{lm_dir}: a fold is missing")
+    return lm
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scorer_lm_compare")
     parser.add_argument("ce_oof", type=Path)
@@ -71,11 +82,7 @@ def main(argv: list[str]) -> None:
     for rules in RULES:
         show(f"mean(head, cross-encoder), {rules}", ruled(pair, rules))
     for lm_dir in args.lm_dirs:
-        lm = np.full_like(ce, np.nan)
-        for k in range(cross_encoder.FOLDS):
-            with np.load(lm_dir / f"oof_fold{k}.npz") as z:
-                lm[z["held"]] = z["proba"]
-        assert not np.isnan(lm).any(), f"{lm_dir}: a fold is missing"
+        lm = load_lm_oof(lm_dir, len(rows))
         name = lm_dir.name
         show(f"{name} alone", ruled(lm, "no rules"))
         show(f"mean(cross-encoder, {name})", ruled((ce + lm) / 2, "no rules"))
