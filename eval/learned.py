@@ -700,9 +700,7 @@ class LearnedScorer:
         # test's, a refit's before its other models exist) is used alone unless the others are passed too
         shipped = head is None
         self.head = head or Head.load()
-        # MiniLM for the head's features is loaded on first use: since the v12 round the shipped decision does not
-        # consult the head, so the gate never needs it
-        self._encoder = encoder
+        self.encoder = encoder or Encoder()
         self.cross = cross
         if shipped and cross is None and (SCORER_DIR / cross_encoder.META_FILE).is_file():
             self.cross = CrossEncoder(SCORER_DIR)
@@ -715,12 +713,6 @@ class LearnedScorer:
         self._lm_meta: dict[str, Any] | None = lm.meta if lm is not None else (
             json.loads((self._lm_folder / lm_classifier.META_FILE).read_text(encoding="utf-8"))
             if self._lm_folder is not None else None)
-
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = Encoder()
-        return self._encoder
 
     @property
     def lm_meta(self) -> dict[str, Any] | None:
