@@ -5,8 +5,10 @@
 2. The whole gate (every default suite, the demo policy, the learned scorer, report written) on the SmolLM2 GGUF;
    target <= 10 minutes. It uses a q8_0 made by ``export.gguf_export.export_gguf`` when ``--q8`` is given and that
    works, else the shipped Q4_1. ``--gate-vs-bare`` also generates every one of the gate's answers with a bare
-   ``Llama.create_chat_completion`` loop (same messages, same max_tokens) and reports gate wall / bare wall: the
-   whole harness (loading, multiple-choice scoring, the scorer, the report) against generation alone.
+   ``Llama.create_chat_completion`` loop (same messages, same max_tokens), once as one context with every thread and
+   once laid out as the gate lays it out (one 1-thread context per core, side by side), and reports gate wall / bare
+   wall against each: the whole harness (loading, multiple-choice scoring, the scorer, the report) against
+   generation alone.
 
     python bench/eval.py [--prompts 24] [--max-tokens 128] [--q8] [--skip-gate] [--gate-vs-bare] [--json out.json]
 """
@@ -47,7 +49,7 @@ def _harness(model: Path, cases: list, max_tokens: int, threads: int) -> tuple[f
     from eval.gate import run_cases
     from eval.runners import GGUFRunner
 
-    runner = GGUFRunner(model, n_threads=threads)
+    runner = GGUFRunner(model, n_threads=threads, workers=1)  # the bare loop's layout: overhead alone, like for like
     start = time.perf_counter()
     rows = run_cases(runner, cases, max_tokens)
     elapsed = time.perf_counter() - start
@@ -113,9 +115,13 @@ def whole_gate(model: Path, threads: int, out: Path) -> dict:
             "responses": {r["id"]: r["response"] for r in outcome.report["results"] if r["kind"] == "generate"}}
 
 
-def bare_gate_answers(model: Path, threads: int) -> dict:
-    """Every answer the gate generates, by a bare llama-cpp-python loop: same messages (the gate's system prompt
-    included), max_tokens, greedy, seed."""
+def bare_gate_answers(model: Path, threads: int, workers: int = 1) -> dict:
+    """Every answer the gate generates, by bare llama-cpp-python loops: same messages (the gate's system prompt
+    included), max_tokens, greedy, seed. ``workers`` > 1: that many ``Llama`` objects of ``threads // workers``
+    threads each, each looping over its share of the cases from a Python thread, the layout the gate's
+    ``GGUFRunner`` uses by default since #14's v13 round; 1: one ``Llama`` with ``threads`` threads, the plain loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from llama_cpp import Llama
 
     from eval import system_prompt
@@ -128,18 +134,28 @@ def bare_gate_answers(model: Path, threads: int) -> dict:
     cases = system_prompt.apply([c for s in load_suites(names=list(pol.suites)).values() for c in s.cases
                                  if c.kind == "generate"], shipped)
     start = time.perf_counter()
-    llm: Any = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=0,
-                     verbose=False)
-    texts: dict[str, str] = {}
-    tokens = 0
-    for c in cases:
-        budget = c.max_tokens or pol.max_tokens
-        out = llm.create_chat_completion(messages=c.messages(), temperature=0.0, max_tokens=budget, seed=0)
-        texts[c.id] = str(out["choices"][0]["message"]["content"] or "")
-        tokens += int((out.get("usage") or {}).get("completion_tokens", 0))
+    per = max(1, threads // workers)
+    llms: list[Any] = [Llama(model_path=str(model), n_ctx=2048, n_threads=per, n_threads_batch=per, seed=0,
+                             verbose=False) for _ in range(workers)]
+
+    def loop(w: int) -> tuple[dict[str, str], int]:
+        texts: dict[str, str] = {}
+        tokens = 0
+        for c in cases[w::workers]:
+            out = llms[w].create_chat_completion(messages=c.messages(), temperature=0.0,
+                                                 max_tokens=c.max_tokens or pol.max_tokens, seed=0)
+            texts[c.id] = str(out["choices"][0]["message"]["content"] or "")
+            tokens += int((out.get("usage") or {}).get("completion_tokens", 0))
+        return texts, tokens
+
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(loop, range(workers)))
     wall = time.perf_counter() - start
-    llm.close()
-    return {"answers": len(cases), "tokens": tokens, "wall_s": round(wall, 1), "texts": texts}
+    for llm in llms:
+        llm.close()
+    texts = {k: v for part, _ in parts for k, v in part.items()}
+    return {"answers": len(cases), "tokens": sum(n for _, n in parts), "wall_s": round(wall, 1),
+            "workers": workers, "threads_each": per, "texts": texts}
 
 
 def main() -> None:
@@ -168,15 +184,22 @@ def main() -> None:
     if not args.skip_gate:
         with tempfile.TemporaryDirectory() as tmp:
             gate_model = (q8_model(Path(tmp)) if args.q8 else None) or model
+            bares: dict[str, dict] = {}
             if args.gate_vs_bare:
-                bare = bare_gate_answers(gate_model, args.threads)
-                print(json.dumps({k: v for k, v in bare.items() if k != "texts"}), flush=True)
+                # the plain loop (one context, every thread) and the gate's own layout (one 1-thread context per
+                # core, side by side): the first says what the harness costs against the obvious script, the
+                # second what it adds over bare generation laid out as it lays it out
+                for name, workers in (("one_context", 1), ("side_by_side", args.threads)):
+                    if name == "side_by_side" and workers <= 1:
+                        continue
+                    bares[name] = bare_gate_answers(gate_model, args.threads, workers)
+                    print(json.dumps({name: {k: v for k, v in bares[name].items() if k != "texts"}}), flush=True)
             gate = whole_gate(gate_model, args.threads, Path(tmp) / "reports")
             responses = gate.pop("responses")
-            if args.gate_vs_bare:
-                gate["bare"] = {k: v for k, v in bare.items() if k != "texts"}
-                gate["identical_answers"] = sum(responses.get(k) == v for k, v in bare["texts"].items())
-                gate["ratio_gate_over_bare"] = round(gate["wall_s"] / bare["wall_s"], 3)
+            for name, bare in bares.items():
+                gate[f"bare_{name}"] = {k: v for k, v in bare.items() if k != "texts"}
+                gate[f"identical_answers_{name}"] = sum(responses.get(k) == v for k, v in bare["texts"].items())
+                gate[f"ratio_gate_over_bare_{name}"] = round(gate["wall_s"] / bare["wall_s"], 3)
             result["gate"] = gate
             print(json.dumps(result["gate"]), flush=True)
     result["loadavg_end"] = os.getloadavg()

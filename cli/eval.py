@@ -78,13 +78,19 @@ def run_cmd(
 ) -> None:
     """Evaluate MODEL against the policy; write report.html/json/md; exit 1 when the gate fails."""
     def body() -> bool:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
         from eval.gate import run_gate
 
-        outcome = run_gate(model, policy=policy, suites_dir=suites, knowledge=knowledge, out_root=out, run=run,
-                           endpoint=endpoint, endpoint_model=endpoint_model,
-                           endpoint_params=_params(endpoint_param or []), reference=reference, judge_model=judge,
-                           n_threads=threads, seed=seed, log=_echo, scorer=scorer, baseline=baseline,
-                           calibration=calibration, system=system, no_system=no_system)
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task("generating answers", total=None)
+            outcome = run_gate(model, policy=policy, suites_dir=suites, knowledge=knowledge, out_root=out, run=run,
+                               endpoint=endpoint, endpoint_model=endpoint_model,
+                               endpoint_params=_params(endpoint_param or []), reference=reference,
+                               judge_model=judge, n_threads=threads, seed=seed, log=_echo, scorer=scorer,
+                               baseline=baseline, calibration=calibration, system=system, no_system=no_system,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
         for c in outcome.report["checks"]:
             if not c["passed"]:
                 _echo(f"  FAIL {c['name']}: {c['reason']}")

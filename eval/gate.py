@@ -84,11 +84,12 @@ def safety_verdicts(scorer: Scorer | None, cases: list[Case], gens: dict[str, Ge
 
 def run_cases(runner: Runner, cases: list[Case], max_tokens: int,
               judge: Callable[[list[dict[str, str]]], str] | None = None,
-              log: Callable[[str], None] | None = None, scorer: Scorer | None = None) -> list[dict[str, Any]]:
+              log: Callable[[str], None] | None = None, scorer: Scorer | None = None,
+              progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     gen_cases = [c for c in cases if c.kind == "generate"]
     choice_cases = [c for c in cases if c.kind == "choice"]
     start = time.perf_counter()
-    gens = runner.generate_all(gen_cases, max_tokens)
+    gens = runner.generate_all(gen_cases, max_tokens, progress)
     if log:
         log(f"generated {len(gen_cases)} answers in {time.perf_counter() - start:.1f} s")
     choices: dict[str, ChoiceScores] = {}
@@ -230,13 +231,15 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
              endpoint_params: dict[str, Any] | None = None, reference: Path | None = None,
              judge_model: Path | None = None, n_threads: int = 0, seed: int = 0,
              log: Callable[[str], None] | None = None, scorer: str = "auto", baseline: Path | None = None,
-             calibration: Path | None = None, system: str | None = None, no_system: bool = False) -> GateOutcome:
+             calibration: Path | None = None, system: str | None = None, no_system: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> GateOutcome:
     """Evaluate ``model`` against ``policy``; write report.{html,json,md} under ``out_root/run``.
 
     ``scorer``: ``auto`` (the learned scorer, else the rules with a note), ``learned`` or ``rules``. ``baseline``: a
     previous report.json to list flipped cases against. ``calibration``: the expert-agreement record to state and
     check (default ``eval/calibration.json``). ``system`` / ``no_system``: the system prompt for cases without one
-    (default: the model's shipped one, see :mod:`eval.system_prompt`).
+    (default: the model's shipped one, see :mod:`eval.system_prompt`). ``progress(done, total)``: after each
+    generated answer.
     """
     pol, policy_path, suites = _load_inputs(policy, suites_dir, knowledge)
     shipped = system_prompts.resolve(model, endpoint=endpoint, explicit=system, none=no_system)
@@ -265,7 +268,7 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
             if log:
                 log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
                 log(f"system prompt: {shipped.source}")
-            results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen)
+            results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen, progress)
             model_info = runner.describe()
         finally:
             runner.close()

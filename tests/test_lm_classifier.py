@@ -108,8 +108,9 @@ def test_tampered_adapter_or_another_base_is_refused(fitted: tuple[Path, dict], 
 
 
 def test_scorer_decides_by_the_mean_of_cross_encoder_and_reader(fitted: tuple[Path, dict]) -> None:
-    """With both readers present the label is the argmax of their mean on every answer (the head is not consulted);
-    an Arabic answer keeps the rules' label and is not read by the SmolLM2 reader; without a reader the scorer falls
+    """The reader joins the cross-encoder where the cross-encoder's top probability is under ``reader_below``: there
+    the label is the argmax of their mean, elsewhere the cross-encoder's own (the head is not consulted either way);
+    an Arabic answer keeps the rules' label and is never read by the SmolLM2 reader; without a reader the scorer falls
     back to the mean of head and cross-encoder."""
     import numpy as np
 
@@ -118,25 +119,33 @@ def test_scorer_decides_by_the_mean_of_cross_encoder_and_reader(fitted: tuple[Pa
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     cross = ce.CrossEncoder(learned.SCORER_DIR)
     head = learned.Head.load()
-    scorer = learned.LearnedScorer(head=head, cross=cross, lm_folder=folder / "scorer")
+    cross_p = cross.proba(prompts, responses)
+    tops = cross_p[:-1].max(axis=1)
+    # a threshold between the answers' top probabilities, so that both ways are taken in this batch
+    below = float(np.sort(tops)[len(tops) // 2])
+    scorer = learned.LearnedScorer(head=head, cross=cross, lm_folder=folder / "scorer", reader_below=below)
     verdicts = scorer.classify_many(prompts, responses)
     assert scorer._lm is not None
-    cross_p = cross.proba(prompts, responses)
-    # the reader reads the same batch the scorer gave it: every answer but the Arabic one (in bf16 the batch's
-    # padding moves probabilities by a few thousandths)
-    reader_p = scorer._lm.proba(prompts[:-1], responses[:-1])
-    mean = (cross_p[:-1] + reader_p) / 2
+    asked = [i for i in range(len(ROWS)) if tops[i] < below]
+    assert 0 < len(asked) < len(ROWS)
+    # the reader reads the batch the scorer gave it (in bf16 a batch's padding moves probabilities by thousandths)
+    reader_p = dict(zip(asked, scorer._lm.proba([prompts[i] for i in asked], [responses[i] for i in asked]),
+                        strict=True))
     for i, v in enumerate(verdicts):
         assert v.probabilities is not None
         arabic = i == len(ROWS)
-        want = cross_p[i] if arabic else mean[i]
+        want = (cross_p[i] + reader_p[i]) / 2 if i in reader_p else cross_p[i]
         assert np.allclose([v.probabilities[k] for k in ce.LABELS], want, atol=1e-4)
-        assert any("SmolLM2 reader" in e for e in v.evidence) != arabic
+        assert any(", SmolLM2 reader " in e for e in v.evidence) == (i in reader_p)
+        assert any("the SmolLM2 reader was not asked" in e for e in v.evidence) == (not arabic and i not in reader_p)
         assert not any(", head " in e for e in v.evidence)
         if arabic:
             assert v.decided_by.startswith("rules: an Arabic answer")
         else:
-            assert v.label == ce.LABELS[int(np.argmax(mean[i]))]
+            assert v.label == ce.LABELS[int(np.argmax(want))]
+    # above 1 the reader reads every answer but the Arabic one (the v12 round's decision)
+    every = learned.LearnedScorer(head=head, cross=cross, lm_folder=folder / "scorer", reader_below=1.01)
+    assert all(any(", SmolLM2 reader " in e for e in v.evidence) for v in every.classify_many(prompts, responses)[:-1])
     info = scorer.describe()
     assert info["lm_reader"]["weights_sha256"] == scorer._lm.weights_sha256
     assert info["weights_sha256"] == learned.scorer_identity(head.meta["weights_sha256"], cross.weights_sha256,
