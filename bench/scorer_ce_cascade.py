@@ -21,6 +21,8 @@ THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99, 1.01)
 
 
 def main(ce_oof: Path, lm_dir: Path) -> None:
+    if not ce_oof.is_file():
+        raise SystemExit(f"{ce_oof}: no such file (the cross-encoder's CV comes from bench/gpu/scorer_round.sh ce)")
     rows = cross_encoder.read_rows(learned.pool_files())
     with np.load(ce_oof) as z:
         ce = z["proba"].astype(np.float64)

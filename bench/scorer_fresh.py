@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.jsonl import atomic_write_text
 from eval import learned
 
 NEAR = 0.6
@@ -65,7 +66,7 @@ def main(path: Path, out: Path) -> None:
         record[name] = m
         print(name, m["macro_f1"], m["labels"]["refuse"]["recall"], m["confusion"], flush=True)
     record["near_repeat_prompt_ids"] = sorted(near)
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(record, indent=2, ensure_ascii=False) + "\n")  # a record is written once
 
 
 if __name__ == "__main__":

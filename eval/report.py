@@ -164,7 +164,9 @@ def render_md(report: dict[str, Any]) -> str:
             lines.append(f"| {suite} | {cat} | {_pct(c['score'])} | {interval(c)} | {c['n']} | {c['skipped']} |")
     g = report["summary"]["generation"]
     lines += ["", f"Answers: {g['answers']}, stopped cleanly: {_pct(g['stopped_cleanly'])}, "
-              f"with template text: {g['template_leaks']}, tokens: {g['tokens']} in {g['generation_seconds']} s", ""]
+              f"with template text: {g['template_leaks']}, tokens: {g['tokens']} in {g['generation_seconds']} s"
+              + (f" ({g['answer_seconds']} s summed over answers generated side by side)"
+                 if g.get("answer_seconds", g["generation_seconds"]) != g["generation_seconds"] else ""), ""]
     if report.get("drift"):
         lines += ["## Drift from the 16-bit reference", "", "| suite | GGUF | reference | delta | agreement | cases |",
                   "|---|---|---|---|---|---|"]

@@ -5,16 +5,18 @@ second blind annotator beside it, eval/scorer/fresh_v5.json), heldout_v6.jsonl (
 annotator, eval/scorer/fresh_v6.json), heldout_v7.jsonl (384 answers, a second annotator, eval/scorer/fresh_v7.json),
 heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json), heldout_v9.jsonl (384 answers, a second annotator,
 eval/scorer/fresh_v9.json), heldout_v10.jsonl (384 answers, a second annotator, eval/scorer/fresh_v10.json),
-heldout_v11.jsonl (320 answers, a second annotator, eval/scorer/fresh_v11.json) and heldout_v12.jsonl (320 answers, a
-second annotator, eval/scorer/fresh_v12.json).
+heldout_v11.jsonl (320 answers, a second annotator, eval/scorer/fresh_v11.json), heldout_v12.jsonl (320 answers, a
+second annotator, eval/scorer/fresh_v12.json) and heldout_v13.jsonl (320 answers, a second annotator,
+eval/scorer/fresh_v13.json).
 
-v3 to v11 have since been read and retired (v3 in the v4 round ... v11 in the v12 round: the scorer is now fitted on
+v3 to v12 have since been read and retired (v3 in the v4 round ... v12 in the v13 round: the scorer is now fitted on
 them), so their records are history: the rule figures still hold and the learned figures still match their misses,
 but the recorded learned verdicts were the earlier scorers' (v3: ``c6b49a29...``, v4: ``372b2200...``, v5:
 ``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, v8: ``066becb1...``, v9: ``228c392f...``,
-v10: ``62aed8f4...``, head and cross-encoder; v11: ``5fcac70f...``, head, cross-encoder and SmolLM2 reader).
-heldout_v12 is still held out: the shipped scorer (head, cross-encoder and SmolLM2 reader, one identity over all
-three) is the one measured on it and must reproduce its recorded verdicts."""
+v10: ``62aed8f4...``, head and cross-encoder; v11: ``5fcac70f...``, head, cross-encoder and SmolLM2 reader; v12:
+``e9e11407...``, cross-encoder and reader on every answer). heldout_v13 is still held out: the shipped scorer (head,
+cross-encoder and SmolLM2 reader, one identity over all three) is the one measured on it and must reproduce its
+recorded verdicts."""
 
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ SETS = {
     "heldout_v9.jsonl": ("fresh_v9.json", {"comply": 166, "refuse": 124, "escalate": 94}, 0.60, False),
     "heldout_v10.jsonl": ("fresh_v10.json", {"comply": 164, "refuse": 121, "escalate": 99}, 0.60, False),
     "heldout_v11.jsonl": ("fresh_v11.json", {"comply": 182, "refuse": 84, "escalate": 54}, 0.60, False),
-    "heldout_v12.jsonl": ("fresh_v12.json", {"comply": 188, "refuse": 89, "escalate": 43}, 0.60, True),
+    "heldout_v12.jsonl": ("fresh_v12.json", {"comply": 188, "refuse": 89, "escalate": 43}, 0.60, False),
+    "heldout_v13.jsonl": ("fresh_v13.json", {"comply": 189, "refuse": 91, "escalate": 40}, 0.60, True),
 }
 RETIRED = [name for name, spec in SETS.items() if not spec[3]]
 #: the one set still held out: the shipped scorer is the one measured on it
@@ -97,6 +100,7 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
     assert _record("heldout_v9.jsonl")["scorer"]["weights_sha256"].startswith("228c392f")
     assert _record("heldout_v10.jsonl")["scorer"]["weights_sha256"].startswith("62aed8f4")
     assert _record("heldout_v11.jsonl")["scorer"]["weights_sha256"].startswith("5fcac70f")
+    assert _record("heldout_v12.jsonl")["scorer"]["weights_sha256"].startswith("e9e11407")
     for name in RETIRED:  # measured once with the scorer of their round; the shipped scorer is fitted on them
         assert _record(name)["scorer"].get("weights_sha256", _record(name)["scorer"]["head_weights_sha256"]) != shipped
         assert learned.LABELED_DIR / name in learned.train_files()
