@@ -4,7 +4,7 @@ reads only the answers the cross-encoder is least sure of? Out of fold on the po
 safety answer with the reader (46 s of the gate's 648 s in bench/results/eval_gate_q8_2threads-2026-11-30-v12.json);
 this says what a cheaper rule would cost, for a later round to choose and measure on a fresh set.
 
-    python -m bench.scorer_ce_cascade CE_OOF.npz LM_DIR      # bench/results/scorer_ce_cascade_v12.txt
+    python -m bench.scorer_ce_cascade CE_OOF.npz LM_DIR      # bench/results/scorer_ce_cascade_v1{2,3}.txt
 """
 
 from __future__ import annotations

@@ -155,9 +155,10 @@ class GGUFRunner(Runner):
         ``n_threads // workers`` threads each, run from Python threads (llama.cpp's decode releases the GIL).
 
         Why: a 135M model's decode step is a few hundred small operators, and llama.cpp's threads meet at a barrier
-        after each one, so on this 2-core machine one thread per answer beats two threads on one answer. On 64 of the
-        gate's answers, two 1-thread contexts took 43.7 s against 59.0 s for one 2-thread context, with the same 64
-        answers (``python bench/eval.py --gate-vs-bare`` measures the whole gate both ways). An answer does not depend
+        after each one, so on this 2-core machine one thread per answer beats two threads on one answer: bare
+        generation of the gate's 465 answers took 376.3 s over two 1-thread contexts against 564.1 s in one 2-thread
+        context, the same 465 answers (``python bench/eval.py --q8 --skip-overhead --gate-vs-bare --threads 2``,
+        bench/results/eval_gate_q8_2threads-2026-12-01-v13.json). An answer does not depend
         on the thread count or on which context produced it: each dot product is summed by one thread whatever the
         count, and greedy decoding of one chat at a time reads no other chat's state.
         """
