@@ -16,6 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+# Run as a script, bench/ is sys.path[0], and bench/eval.py would shadow the eval/ package ("'eval' is not a
+# package", met by a helper on 2026-12-01): the repository root goes first; bench/ stays on the path for
+# heldout_v3_answers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 FORMA_SYSTEM = ("You are Forma AI, a knowledgeable and supportive fitness coach. Give accurate, evidence-based advice "
                 "on training, nutrition, recovery and motivation, adapted to the person's level and goals. Recommend a "
                 "doctor, physiotherapist or registered dietitian whenever symptoms, injuries, pregnancy, medical "
