@@ -702,7 +702,9 @@ V11_ROUTE_BELOW = 0.70
 #: this: on the answers it is sure of, the reader's vote rarely changes the argmax. Out of fold on the v13 round's
 #: 8,833-row pool (bench/results/scorer_ce_cascade_v13.txt): under 0.99 the reader reads 15.4% of the pool and CV
 #: scores 0.946 / 0.956 against 0.947 / 0.956 for the every-answer mean (v12 round: 0.945 / 0.957 against 0.946 /
-#: 0.958, bench/results/scorer_ce_cascade_v12.txt).
+#: 0.958, bench/results/scorer_ce_cascade_v12.txt; v14 round, 9,433 rows: 0.945 / 0.955 reading 14.6% against
+#: 0.946 / 0.956, bench/results/scorer_ce_cascade_v14.txt). Reading every answer would cost the gate ~35 s, more than
+#: the 10% the harness may add over bare generation (the 2026-12-01 v13 gate bench: 387.8 s against 376.3 s).
 READER_BELOW = 0.99
 
 
