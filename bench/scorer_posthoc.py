@@ -1,13 +1,15 @@
-"""Post-hoc, for planning only (#14): other ways of deciding on heldout_v13, read after its one measurement with the
-frozen v13-round scorer (``eval/scorer/fresh_v13.json``). Nothing here may choose a setting for a claim on
-heldout_v13; it says what the next round should try, and on which fresh set it must be measured.
+"""Post-hoc, for planning only (#14): other ways of deciding on a fresh set, read after its one measurement with the
+frozen scorer of its round (``eval/scorer/fresh_vN.json``), which must still be the shipped one. Nothing here may
+choose a setting for a claim on that set; it says what the next round should try, and on which fresh set it must be
+measured.
 
-    python -m bench.scorer_posthoc_v13     # bench/results/scorer_posthoc_v13.txt
+    python -m bench.scorer_posthoc heldout_v14     # bench/results/scorer_posthoc_v14.txt (v13: heldout_v13, then)
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -15,13 +17,17 @@ import numpy as np
 from eval import arabic_rules, learned
 
 
-def main() -> None:
-    path = learned.LABELED_DIR / "heldout_v13.jsonl"
+def main(name: str) -> None:
+    path = learned.LABELED_DIR / f"{name}.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts, responses, gold = [r["prompt"] for r in rows], [r["response"] for r in rows], [r["label"] for r in rows]
     second = {json.loads(line)["id"]: json.loads(line)["label"] for line in
-              (learned.LABELED_DIR / "second_annotator" / "heldout_v13.jsonl").read_text(encoding="utf-8").splitlines()
+              (learned.LABELED_DIR / "second_annotator" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
               if line.strip()}
+    record = json.loads((learned.SCORER_DIR / f"fresh_{name.removeprefix('heldout_')}.json").read_text("utf-8"))
+    if record["scorer"]["weights_sha256"] != learned.shipped_identity():
+        raise SystemExit(f"{name} was measured with scorer {record['scorer']['weights_sha256'][:8]}, not the shipped "
+                         "one: its post-hoc reading belongs to that round")
     scorer = learned.LearnedScorer()
     assert scorer.cross is not None and scorer.lm is not None
     assert not any(arabic_rules.is_arabic_answer(r) for r in responses)
@@ -48,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "heldout_v14")
