@@ -127,7 +127,8 @@ OVERRULE_ANSWERS = False
 RETIRED_HELDOUT = ("heldout.jsonl", "heldout_v2.jsonl", "heldout_model_answers.jsonl", "model_answers_v2.jsonl",
                    "heldout_v3.jsonl", "heldout_v4.jsonl", "heldout_v5.jsonl", "heldout_v6.jsonl",
                    "heldout_v7.jsonl", "heldout_v8.jsonl", "heldout_v9.jsonl", "heldout_v10.jsonl",
-                   "heldout_v11.jsonl", "heldout_v12.jsonl", "heldout_v13.jsonl")
+                   "heldout_v11.jsonl", "heldout_v12.jsonl", "heldout_v13.jsonl",
+                   "heldout_v14.jsonl")
 #: Measurement sets the default commands (``forma eval scorer fit`` / ``measure``, ``forma eval classifier``) read:
 #: the retired ones and the Arabic set (whose answers keep the rules' label). Any other ``heldout*.jsonl`` is a set
 #: still held out (a fresh one being written or not yet measured): it is never read unless named explicitly.

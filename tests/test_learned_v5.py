@@ -57,16 +57,16 @@ def test_a_head_refuse_is_kept_when_the_answer_declines_in_its_first_sentence() 
 
 
 def test_still_held_out_sets_are_never_fitted_pooled_or_measured_by_default(tmp_path: Path) -> None:
-    for name in ("train.jsonl", "heldout_v4.jsonl", "heldout_ar.jsonl", "heldout_v14.jsonl", "tuning.jsonl"):
+    for name in ("train.jsonl", "heldout_v4.jsonl", "heldout_ar.jsonl", "heldout_v15.jsonl", "tuning.jsonl"):
         (tmp_path / name).write_text("not json: a file that must not be opened\n")
     names = [p.name for p in learned.train_files(tmp_path)]
     assert names == ["train.jsonl", "heldout_v4.jsonl"]  # v4 is retired since the v5 round
     measured, skipped = learned.default_measured(tmp_path)
     assert [p.name for p in measured] == ["heldout_ar.jsonl", "heldout_v4.jsonl"]
-    assert [p.name for p in skipped] == ["heldout_v14.jsonl"]
-    assert learned.still_held_out(tmp_path / "heldout_v14.jsonl")
+    assert [p.name for p in skipped] == ["heldout_v15.jsonl"]
+    assert learned.still_held_out(tmp_path / "heldout_v15.jsonl")
     with pytest.raises(learned.FormaError, match="training files only"):
-        learned.fit([tmp_path / "heldout_v14.jsonl"], tmp_path / "tuning.jsonl", encoder=HashedBagEncoder())
+        learned.fit([tmp_path / "heldout_v15.jsonl"], tmp_path / "tuning.jsonl", encoder=HashedBagEncoder())
     # the shipped fit and the CV pool hold no held-out set that is not retired
     assert "heldout_v4.jsonl" in learned.RETIRED_HELDOUT
     assert not any(learned.still_held_out(p) for p in learned.train_files())

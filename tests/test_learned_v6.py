@@ -13,25 +13,26 @@ import pytest
 from eval import learned
 
 
-def test_heldout_v5_to_v13_are_retired_and_no_later_set_is_named() -> None:
-    # v6 since the v7 round, ..., v11 since the v12 round, v12 since the v13 round, v13 since the v14 round
+def test_heldout_v5_to_v14_are_retired_and_no_later_set_is_named() -> None:
+    # v6 since the v7 round, ..., v11 since the v12 round, v12 since the v13 round, v13 since the v14 round, v14 since the v15 round
     for name in ("heldout_v5.jsonl", "heldout_v6.jsonl", "heldout_v7.jsonl", "heldout_v8.jsonl", "heldout_v9.jsonl",
-                 "heldout_v10.jsonl", "heldout_v11.jsonl", "heldout_v12.jsonl", "heldout_v13.jsonl"):
+                 "heldout_v10.jsonl", "heldout_v11.jsonl", "heldout_v12.jsonl", "heldout_v13.jsonl",
+                 "heldout_v14.jsonl"):
         assert name in learned.RETIRED_HELDOUT
         assert learned.LABELED_DIR / name in learned.train_files()
         assert not learned.still_held_out(learned.LABELED_DIR / name)
     # the next fresh set is never retired before it is measured: it stays unread by default
-    assert learned.still_held_out(Path("heldout_v14.jsonl")) and learned.still_held_out(Path("heldout_v15.jsonl"))
-    assert not any(n.startswith(("heldout_v14", "heldout_v15")) for n in learned.RETIRED_HELDOUT)
+    assert learned.still_held_out(Path("heldout_v15.jsonl")) and learned.still_held_out(Path("heldout_v16.jsonl"))
+    assert not any(n.startswith(("heldout_v15", "heldout_v16")) for n in learned.RETIRED_HELDOUT)
 
 
 def test_still_held_out_files_are_skipped_unopened_by_default(tmp_path: Path) -> None:
-    for name in ("train.jsonl", "heldout_v5.jsonl", "heldout_v14.jsonl", "heldout_ar.jsonl"):
+    for name in ("train.jsonl", "heldout_v5.jsonl", "heldout_v15.jsonl", "heldout_ar.jsonl"):
         (tmp_path / name).write_text("not json: a file that must not be opened\n")
     assert [p.name for p in learned.train_files(tmp_path)] == ["train.jsonl", "heldout_v5.jsonl"]
     measured, skipped = learned.default_measured(tmp_path)
     assert [p.name for p in measured] == ["heldout_ar.jsonl", "heldout_v5.jsonl"]
-    assert [p.name for p in skipped] == ["heldout_v14.jsonl"]
+    assert [p.name for p in skipped] == ["heldout_v15.jsonl"]
 
 
 def test_wider_declines_read_short_and_partial_declines() -> None:

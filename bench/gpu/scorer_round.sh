@@ -7,7 +7,9 @@
 #   $W/pool_files.txt (learned.pool_files(), space-separated, in order).
 # Outputs under $OUT (at most 8 files come back): lm_oof/oof_fold{0..4}.npz, lm/lm_classifier.{safetensors,json},
 # lm/fit_proba.npz; or ce/oof.npz, ce/cross_encoder.{json,safetensors.part_a*}, ce/fit_proba.npz.
-#   W=DIR bash bench/gpu/scorer_round.sh lm|ce
+# `fits` runs only the two final fits, side by side, without CV (lm/ and ce/ as above, no OOF files): for a round
+# whose device time cannot pay for both CVs (~19 of a session's 30 minutes); its CV is then not measured.
+#   W=DIR bash bench/gpu/scorer_round.sh lm|ce|fits
 set -euo pipefail
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 read -r -a FILES < "$W/pool_files.txt"
@@ -29,5 +31,15 @@ case "$1" in
     python -m eval.cross_encoder fit --base "$W/minilm" --out "$OUT/ce" --cv-out "$OUT/ce/oof.npz" \
       --fit-proba-out "$OUT/ce/fit_proba.npz" --augment "$W/pool_aug.jsonl" "${FILES[@]}" 2>&1 | grep -v -i warn | tail -12
     (cd "$OUT/ce" && split -b 15M cross_encoder.safetensors cross_encoder.safetensors.part_ && rm cross_encoder.safetensors) ;;
-  *) echo "usage: W=DIR bash bench/gpu/scorer_round.sh lm|ce" >&2; exit 2 ;;
+  fits)
+    mkdir -p "$OUT/lm" "$OUT/ce"
+    python -m eval.lm_classifier fit --base "$W/smollm2" --packed "$W/lm_packed.safetensors" --out "$OUT/lm" \
+      --fit-proba-out "$OUT/lm/fit_proba.npz" --augment "$W/pool_aug.jsonl" "${FILES[@]}" > "$logs/lm.log" 2>&1 &
+    python -m eval.cross_encoder fit --base "$W/minilm" --out "$OUT/ce" --fit-proba-out "$OUT/ce/fit_proba.npz" \
+      --augment "$W/pool_aug.jsonl" "${FILES[@]}" > "$logs/ce.log" 2>&1 &
+    status=0; for job in $(jobs -p); do wait "$job" || status=1; done
+    for f in "$logs"/*.log; do echo "== $f"; grep -v -i warn "$f" | tail -4; done
+    (cd "$OUT/ce" && split -b 15M cross_encoder.safetensors cross_encoder.safetensors.part_ && rm cross_encoder.safetensors)
+    exit $status ;;
+  *) echo "usage: W=DIR bash bench/gpu/scorer_round.sh lm|ce|fits" >&2; exit 2 ;;
 esac
