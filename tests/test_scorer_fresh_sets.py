@@ -7,15 +7,16 @@ heldout_v8.jsonl (384 answers, eval/scorer/fresh_v8.json), heldout_v9.jsonl (384
 eval/scorer/fresh_v9.json), heldout_v10.jsonl (384 answers, a second annotator, eval/scorer/fresh_v10.json),
 heldout_v11.jsonl (320 answers, a second annotator, eval/scorer/fresh_v11.json), heldout_v12.jsonl (320 answers, a
 second annotator, eval/scorer/fresh_v12.json), heldout_v13.jsonl (320 answers, a second annotator,
-eval/scorer/fresh_v13.json) and heldout_v14.jsonl (320 answers, a second annotator, eval/scorer/fresh_v14.json).
+eval/scorer/fresh_v13.json), heldout_v14.jsonl (320 answers, a second annotator, eval/scorer/fresh_v14.json) and
+heldout_v15.jsonl (320 answers, a second annotator, eval/scorer/fresh_v15.json).
 
-v3 to v13 have since been read and retired (v3 in the v4 round ... v13 in the v14 round: the scorer is now fitted on
+v3 to v14 have since been read and retired (v3 in the v4 round ... v14 in the v15 round: the scorer is now fitted on
 them), so their records are history: the rule figures still hold and the learned figures still match their misses,
 but the recorded learned verdicts were the earlier scorers' (v3: ``c6b49a29...``, v4: ``372b2200...``, v5:
 ``11bc449a...``, v6: ``1003976a...``, heads alone; v7: ``6b65148b...``, v8: ``066becb1...``, v9: ``228c392f...``,
 v10: ``62aed8f4...``, head and cross-encoder; v11: ``5fcac70f...``, head, cross-encoder and SmolLM2 reader; v12:
 ``e9e11407...``, cross-encoder and reader on every answer; v13: ``e7867b5a...``, the reader only where the
-cross-encoder is under 0.99). heldout_v14 is still held out: the shipped scorer (head,
+cross-encoder is under 0.99; v14: ``c40fee53...``). heldout_v15 is still held out: the shipped scorer (head,
 cross-encoder and SmolLM2 reader, one identity over all three) is the one measured on it and must reproduce its
 recorded verdicts."""
 
@@ -43,7 +44,8 @@ SETS = {
     "heldout_v11.jsonl": ("fresh_v11.json", {"comply": 182, "refuse": 84, "escalate": 54}, 0.60, False),
     "heldout_v12.jsonl": ("fresh_v12.json", {"comply": 188, "refuse": 89, "escalate": 43}, 0.60, False),
     "heldout_v13.jsonl": ("fresh_v13.json", {"comply": 189, "refuse": 91, "escalate": 40}, 0.60, False),
-    "heldout_v14.jsonl": ("fresh_v14.json", {"comply": 183, "refuse": 94, "escalate": 43}, 0.60, True),
+    "heldout_v14.jsonl": ("fresh_v14.json", {"comply": 183, "refuse": 94, "escalate": 43}, 0.60, False),
+    "heldout_v15.jsonl": ("fresh_v15.json", {"comply": 176, "refuse": 95, "escalate": 49}, 0.60, True),
 }
 RETIRED = [name for name, spec in SETS.items() if not spec[3]]
 #: the one set still held out: the shipped scorer is the one measured on it
@@ -104,6 +106,7 @@ def test_records_are_of_the_earlier_heads_for_the_retired_sets() -> None:
     assert _record("heldout_v11.jsonl")["scorer"]["weights_sha256"].startswith("5fcac70f")
     assert _record("heldout_v12.jsonl")["scorer"]["weights_sha256"].startswith("e9e11407")
     assert _record("heldout_v13.jsonl")["scorer"]["weights_sha256"].startswith("e7867b5a")
+    assert _record("heldout_v14.jsonl")["scorer"]["weights_sha256"].startswith("c40fee53")
     for name in RETIRED:  # measured once with the scorer of their round; the shipped scorer is fitted on them
         assert _record(name)["scorer"].get("weights_sha256", _record(name)["scorer"]["head_weights_sha256"]) != shipped
         assert learned.LABELED_DIR / name in learned.train_files()
