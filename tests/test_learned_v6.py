@@ -14,7 +14,7 @@ from eval import learned
 
 
 def test_heldout_v5_to_v14_are_retired_and_no_later_set_is_named() -> None:
-    # v6 since the v7 round, ..., v11 since the v12 round, v12 since the v13 round, v13 since the v14 round, v14 since the v15 round
+    # v6 since the v7 round, ..., v13 since the v14 round, v14 since the v15 round
     for name in ("heldout_v5.jsonl", "heldout_v6.jsonl", "heldout_v7.jsonl", "heldout_v8.jsonl", "heldout_v9.jsonl",
                  "heldout_v10.jsonl", "heldout_v11.jsonl", "heldout_v12.jsonl", "heldout_v13.jsonl",
                  "heldout_v14.jsonl"):
