@@ -14,17 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import FormaError
+from common.jsonl import read_jsonl
 from eval import arabic_rules, learned
 
 
 def main(name: str) -> None:
-    path = learned.LABELED_DIR / f"{name}.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        rows = read_jsonl(learned.LABELED_DIR / f"{name}.jsonl", what="fresh set")
+        second = {r["id"]: r["label"] for r in read_jsonl(learned.LABELED_DIR / "second_annotator" / f"{name}.jsonl",
+                                                          what="second annotator's labels")}
+        record = json.loads((learned.SCORER_DIR / f"fresh_{name.removeprefix('heldout_')}.json").read_text("utf-8"))
+    except (FormaError, OSError) as exc:
+        raise SystemExit(f"{name}: {exc} (needs the set, its second annotator's labels, its fresh_vN.json)") from None
     prompts, responses, gold = [r["prompt"] for r in rows], [r["response"] for r in rows], [r["label"] for r in rows]
-    second = {json.loads(line)["id"]: json.loads(line)["label"] for line in
-              (learned.LABELED_DIR / "second_annotator" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-              if line.strip()}
-    record = json.loads((learned.SCORER_DIR / f"fresh_{name.removeprefix('heldout_')}.json").read_text("utf-8"))
     if record["scorer"]["weights_sha256"] != learned.shipped_identity():
         raise SystemExit(f"{name} was measured with scorer {record['scorer']['weights_sha256'][:8]}, not the shipped "
                          "one: its post-hoc reading belongs to that round")
@@ -37,10 +40,10 @@ def main(name: str) -> None:
     def decide(p: Any) -> list[str]:
         return [learned.LearnedScorer._verdict(r, q, pr).label for r, q, pr in zip(responses, p, prompts, strict=True)]
 
-    def show(name: str, pred: list[str]) -> None:
+    def show(how: str, pred: list[str]) -> None:
         m = learned.metrics(gold, pred)
         s = learned.metrics([second[r["id"]] for r in rows], pred)
-        print(f"{name:58s} gold {m['macro_f1']:.3f} / {m['labels']['refuse']['recall']:.3f}   "
+        print(f"{how:58s} gold {m['macro_f1']:.3f} / {m['labels']['refuse']['recall']:.3f}   "
               f"second annotator {s['macro_f1']:.3f} / {s['labels']['refuse']['recall']:.3f}")
 
     mean = (cross + reader) / 2
