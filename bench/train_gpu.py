@@ -229,11 +229,13 @@ def check(data: Path, arch: str, layers: int, work: Path) -> None:
     shutil.rmtree(model_dir)
 
 
-def _phase_clock(counter: Any) -> Any:
-    """`train.sft.step_clock` plus CUDA-synchronised marks at step begin, before and after optimizer.step.
+def _phase_clock(counter: Any, phases: bool = True) -> Any:
+    """`train.sft.step_clock` plus, with ``phases``, CUDA-synchronised marks at step begin, before and after
+    optimizer.step.
 
     Splits each optimiser step into: gap (data loading, logging and callbacks between steps), forward+backward (with
-    gradient clipping), optimizer.step, and the rest (scheduler, zero_grad). Four syncs per step cost well under 1%.
+    gradient clipping), optimizer.step, and the rest (scheduler, zero_grad). The four syncs per step stop the host
+    from running ahead of the GPU, so they hide what a sync-free step loop gains: off unless the variant asks.
     """
     import torch
 
@@ -241,6 +243,10 @@ def _phase_clock(counter: Any) -> Any:
 
     clock = sft._bench_step_clock(counter)  # type: ignore[attr-defined]  # the original, saved by run_forma
     marks: dict[str, list[float]] = {"begin": [], "pre_opt": [], "opt": [], "end": []}
+    if not phases:
+        clock.marks = {}
+        _PHASE_CLOCKS.append(clock)
+        return clock
 
     def mark(name: str) -> None:
         if torch.cuda.is_available():
@@ -269,6 +275,8 @@ def _phases(marks: dict[str, list[float]], skip: float = 0.2) -> dict[str, float
     """Median seconds per phase over the steps after the first ``skip`` share (as the steady tokens/s)."""
     import statistics
 
+    if not marks:
+        return {}
     n = min(len(v) for v in marks.values())
     first = max(1, int(n * skip))
     steps = range(first, n)
@@ -300,7 +308,9 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
     """The `forma train` code path: TrainConfig -> train.sft.train (Unsloth, packed, 4-bit).
 
     Variant keys: gc, packing, rows, steps, optim (a transformers `optim` name), logging_steps, quant (4bit or
-    16bit: the base in NF4 or in bf16), profile (steps to profile, bench/step_profile.py), and args (raw
+    16bit: the base in NF4 or in bf16), profile (steps to profile, bench/step_profile.py; profile_at: the first
+    profiled step, 10 unless given; trace: host ops and GPU idle time too), phases (CUDA-synchronised phase marks,
+    off unless true), env (environment for the child, e.g. FORMA_FUSED_QKV=0), and args (raw
     SFTConfig overrides such as dataloader_num_workers: a settings search, not a `forma train` setting; with
     workers > 0 the counting collator runs in the workers, so token counts read 0 and only the phases hold).
     """
@@ -314,13 +324,15 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
 
     if not hasattr(sft, "_bench_step_clock"):
         sft._bench_step_clock = sft.step_clock  # type: ignore[attr-defined]
-    sft.step_clock = _phase_clock  # type: ignore[assignment]
+    phases = bool(v.get("phases", False))
+    sft.step_clock = lambda counter: _phase_clock(counter, phases)  # type: ignore[assignment]
     if v.get("profile"):  # {"profile": N}: torch.profiler over N steady steps (from step 10), kernels grouped
         import step_profile  # bench/ is sys.path[0] when this file runs as a script
 
         def profiled_clock(counter: Any) -> Any:
-            clock = _phase_clock(counter)
-            step_profile.attach(clock, start=10, steps=int(v["profile"]), out=out)
+            clock = _phase_clock(counter, phases)
+            step_profile.attach(clock, start=int(v.get("profile_at", 10)), steps=int(v["profile"]), out=out,
+                                trace=bool(v.get("trace")))
             return clock
 
         sft.step_clock = profiled_clock  # type: ignore[assignment]
@@ -552,6 +564,8 @@ def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]
             continue
         ph = " ".join(f"{k[:-2]} {v:.3f}" for k, v in r.get("phases", {}).items())
         ph += " | step s " + " ".join(f"{s:.2f}" for s, _ in r.get("step_s", []))
+        mfu = _mfu(arch, r)
+        ph += f" | MFU {100 * mfu['steady']:.1f}% steady, {100 * mfu['median_step']:.1f}% at the median step"
         print(f"{variant}: tokens/s {r['tokens_per_s_steady']:.0f} steady, {r['tokens_per_s']:.0f} whole; "
               f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * (r['non_padding_share'] or 0):.1f}%; "
               f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s; median s: {ph}", flush=True)

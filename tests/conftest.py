@@ -1,4 +1,5 @@
-"""Session-wide test settings: reports go to a temporary folder, never into the repository's reports/."""
+"""Session-wide test settings: reports and Unsloth's compiled-code cache go to temporary folders, never into the
+repository (Unsloth writes ./unsloth_compiled_cache when it is imported)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     if "FORMA_REPORTS" not in os.environ:
         os.environ["FORMA_REPORTS"] = tempfile.mkdtemp(prefix="forma-test-reports-")
+    if "UNSLOTH_COMPILE_LOCATION" not in os.environ:
+        os.environ["UNSLOTH_COMPILE_LOCATION"] = tempfile.mkdtemp(prefix="forma-unsloth-cache-")
 
 
 @pytest.fixture(scope="session")

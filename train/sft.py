@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
+from train import fused_qkv
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
 from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
@@ -166,7 +167,9 @@ class CountingCollator:
 def step_clock(counter: CountingCollator) -> Any:
     """A callback that records (step, seconds since training began, tokens so far) after every optimiser step.
 
-    The bench reads these to give a steady-state tokens/s that leaves out the first steps' compile and warm-up.
+    The bench reads these to give a steady-state tokens/s that leaves out the first steps' compile and warm-up. On a
+    GPU each step's end is a CUDA event, read once when training ends: a ``synchronize`` per step would stall the
+    GPU while the host collates the next batch (on the H200 ~2% of a step), so the clock must not cause one.
     """
     from transformers import TrainerCallback
 
@@ -174,21 +177,37 @@ def step_clock(counter: CountingCollator) -> Any:
         def __init__(self) -> None:
             self.start = time.perf_counter()
             self.points: list[list[float]] = []
+            self._events: list[tuple[int, Any, int]] = []
+            self._start_event: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self._sync()
+            import torch
+
+            self.points, self._events = [], []
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                self._start_event = torch.cuda.Event(enable_timing=True)
+                self._start_event.record()
             self.start = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self._sync()
-            self.points.append([state.global_step, time.perf_counter() - self.start, counter.counts["train"][0]])
+            tokens = counter.counts["train"][0]
+            if self._start_event is not None:
+                import torch
 
-        @staticmethod
-        def _sync() -> None:
-            import torch
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                self._events.append((state.global_step, event, tokens))
+            else:
+                self.points.append([state.global_step, time.perf_counter() - self.start, tokens])
 
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self._start_event is None or not self._events:
+                return
+            self._events[-1][1].synchronize()
+            self.points = [[step, self._start_event.elapsed_time(event) / 1000, tokens]
+                           for step, event, tokens in self._events]
+            self._events = []
 
     return StepClock()
 
@@ -283,6 +302,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
         model, r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
         use_gradient_checkpointing=checkpointing, max_seq_length=config.max_seq_length)
+    fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
 
@@ -313,7 +333,14 @@ def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, tra
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
         use_cpu=cpu, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        report_to="none", dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=not sys.stderr.isatty())
+        report_to="none", dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=not sys.stderr.isatty(),
+        # A token count that is a multiple of 64 keeps every matrix whose leading dimension is the token count
+        # 16-byte aligned, so cuBLAS takes its tensor-core kernels (the H200 profile showed ~37 ms a step of
+        # "align1" CUTLASS kernels for an odd packed length). TRL and Unsloth give the padding its own segment.
+        pad_to_multiple_of=None if cpu else 64 if config.packing else 8,
+        # The trainer's NaN filter reads the loss on the host after every micro-batch: a GPU sync that idles the
+        # card while the host launches the optimiser and collates the next batch. A NaN loss is logged as NaN.
+        logging_nan_inf_filter=False)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train_ds, eval_dataset=eval_ds,
                          args=args)
     counter = CountingCollator(trainer.data_collator)
@@ -392,6 +419,8 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
                  "dropped_too_long": run.train_tok.too_long + run.eval_tok.too_long,
                  "train_tokens": run.train_tok.tokens, "train_label_tokens": run.train_tok.label_tokens},
         "metrics": metrics,
+        "fused_qkv_layers": sum(getattr(m, "apply_qkv", None) is fused_qkv.apply_qkv_with_bias
+                                for m in run.model.modules()),
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
                    pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0)),
