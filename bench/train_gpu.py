@@ -353,6 +353,8 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "peak_reserved_gib": m["peak_gpu_reserved_gib"], "non_padding_share": m["non_padding_share"],
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
             "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
+            "loss_curve": [round(loss, 5) for _, loss in report["loss_curves"]["train"]],
+            "fused": {k: report.get(k) for k in ("fused_qkv_layers", "fused_mlp_layers")},
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
             "packed_attention": report.get("packed_attention"), "memory_plan": report.get("memory_plan"),
             "mfu": report.get("mfu"), "step_s": _step_seconds(_PHASE_CLOCKS[-1].points) if _PHASE_CLOCKS else [],
@@ -566,6 +568,7 @@ def sweep(data: Path, out: Path, model_dir: Path, variants: list[dict[str, Any]]
         ph += " | step s " + " ".join(f"{s:.2f}" for s, _ in r.get("step_s", []))
         mfu = _mfu(arch, r)
         ph += f" | MFU {100 * mfu['steady']:.1f}% steady, {100 * mfu['median_step']:.1f}% at the median step"
+        ph += f" | fused {r.get('fused')} | loss {r.get('loss_curve')}"
         print(f"{variant}: tokens/s {r['tokens_per_s_steady']:.0f} steady, {r['tokens_per_s']:.0f} whole; "
               f"peak {r['peak_gib']:.2f} GiB; non-padding {100 * (r['non_padding_share'] or 0):.1f}%; "
               f"{r['tokens_per_step']:.0f} tokens/step; {r['process_s']:.0f} s; median s: {ph}", flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
-from train import fused_qkv
+from train import fused_mlp, fused_qkv
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
 from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
@@ -303,6 +303,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
         use_gradient_checkpointing=checkpointing, max_seq_length=config.max_seq_length)
     fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
+    fused_mlp.install(model)  # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
 
@@ -420,6 +421,8 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
                  "train_tokens": run.train_tok.tokens, "train_label_tokens": run.train_tok.label_tokens},
         "metrics": metrics,
         "fused_qkv_layers": sum(getattr(m, "apply_qkv", None) is fused_qkv.apply_qkv_with_bias
+                                for m in run.model.modules()),
+        "fused_mlp_layers": sum(getattr(m.__dict__.get("forward"), "__func__", None) is fused_mlp.apply_fused_mlp
                                 for m in run.model.modules()),
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),

@@ -1,0 +1,125 @@
+"""The fused LoRA SwiGLU MLP (train/fused_mlp.py): its autograd Function against PEFT's MLP on a real Qwen2 layer,
+and its Triton kernels against the torch version of the same arithmetic, run in Triton's interpreter on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("unsloth")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mlp(lora_alpha: int, dropout: float = 0.0) -> tuple[Any, Any]:
+    import unsloth  # noqa: F401  (patches transformers first, as train() does)
+    # isort: split
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(config).to(torch.float64)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=lora_alpha, lora_dropout=dropout,
+                                             target_modules=["gate_proj", "up_proj", "down_proj"],
+                                             init_lora_weights=False))
+    model.train()
+    return model, model.base_model.model.model.layers[0].mlp
+
+
+def _peft_mlp(mlp: Any, X: Any) -> Any:
+    return mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(X)) * mlp.up_proj(X))
+
+
+def _run(fn: Any, mlp: Any, X: Any, grad: Any) -> dict[str, Any]:
+    for p in mlp.parameters():
+        p.grad = None
+    X = X.detach().clone().requires_grad_(True)
+    out = fn(mlp, X)
+    out.backward(grad)
+    result = {"out": out.detach(), "dX": X.grad}
+    result.update({name: p.grad.detach().clone() for name, p in mlp.named_parameters() if p.requires_grad})
+    return result
+
+
+@pytest.mark.parametrize("lora_alpha", [16, 32])  # LoRA scale 1 and 2
+def test_fused_mlp_matches_peft_outputs_and_gradients(lora_alpha: int) -> None:
+    from train import fused_mlp
+
+    _, mlp = _mlp(lora_alpha)
+    X = torch.randn(2, 7, 64, dtype=torch.float64)
+    grad = torch.randn(2, 7, 64, dtype=torch.float64)
+    ours = _run(fused_mlp.apply_fused_mlp, mlp, X, grad)
+    peft = _run(_peft_mlp, mlp, X, grad)
+    assert sorted(ours) == sorted(peft) and len([k for k in peft if "lora_" in k]) == 6
+    for key in peft:
+        assert ours[key].shape == peft[key].shape, key
+        torch.testing.assert_close(ours[key], peft[key], rtol=1e-9, atol=1e-9, msg=key)
+
+
+def test_install_swaps_only_unsloths_fused_mlp() -> None:
+    """install() takes the layers Unsloth fused (its forward bound to apply_lora_mlp_swiglu), and only those."""
+    import types
+
+    from unsloth.kernels import fast_lora
+
+    from train import fused_mlp
+
+    model, mlp = _mlp(16)
+    assert fused_mlp.install(model, force=True) == 0  # PEFT's own forward: nothing of Unsloth's to swap
+    mlp.forward = types.MethodType(fast_lora.apply_lora_mlp_swiglu, mlp)
+    assert fused_mlp.install(model, force=True) == 1
+    assert mlp.forward.__func__ is fused_mlp.apply_fused_mlp
+
+
+def test_fused_mlp_leaves_dropout_to_unsloth(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unsloth.kernels import fast_lora
+
+    from train import fused_mlp
+
+    _, mlp = _mlp(16, dropout=0.1)
+    seen = []
+    monkeypatch.setattr(fast_lora, "apply_lora_mlp_swiglu", lambda self, X: seen.append(X) or X)
+    X = torch.randn(1, 3, 64, dtype=torch.float64)
+    assert fused_mlp.apply_fused_mlp(mlp, X) is X and seen == [X]
+
+
+KERNEL_CHECK = textwrap.dedent("""
+    import torch
+    from train import fused_mlp
+
+    torch.manual_seed(0)
+    T, I, R = 70, 200, 16  # T and I not multiples of any block: the masks are exercised
+    e0, g0, DW = (torch.randn(T, I) for _ in range(3))
+    XA, Bg, Bu, Ad, dYB = torch.randn(T, 2 * R), torch.randn(I, R), torch.randn(I, R), torch.randn(R, I), \\
+        torch.randn(T, R)
+    args = (XA, Bg, Bu, 1.5, 0.5)
+    h_triton = fused_mlp.swiglu_forward(e0, g0, *args)
+    import os
+    os.environ["TRITON_INTERPRET"] = "0"
+    h_torch = fused_mlp.swiglu_forward(e0, g0, *args)
+    torch.testing.assert_close(h_triton, h_torch, rtol=1e-4, atol=1e-4)
+    ref = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), dYB, Ad, XA, Bg, Bu, 2.0, 1.5, 0.5)
+    os.environ["TRITON_INTERPRET"] = "1"
+    got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), dYB, Ad, XA, Bg, Bu, 2.0, 1.5, 0.5)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    print("KERNELS OK")
+""")
+
+
+def test_triton_kernels_match_the_torch_arithmetic_in_the_interpreter(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0 and "KERNELS OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,282 @@
+"""A LoRA SwiGLU MLP whose low-rank terms are added inside the SwiGLU kernels instead of as passes of their own.
+
+Why this exists: Unsloth's fused LoRA MLP (2026.10) adds each LoRA term to its projection's output with an ``addmm_``
+epilogue. For the gate and up projections (and the gradient of the down projection's input) that output is a
+tokens x 11,008 matrix, so each LoRA term costs a read and a write of ~0.7 GB a layer: on the H200 profile in
+docs/train.md, ~60 ms of a ~0.89 s step (the "addmm_ [T, 11008] += [T, 16] @ [16, 11008]" rows). Those matrices are
+read by the SwiGLU kernel right after anyway, so here the kernel adds the rank-16 products itself (one small
+tensor-core product per tile) and the base projections run as plain matrix products:
+
+* forward: ``h = silu(e0 + s_g (X A_g^T) B_g^T) * (g0 + s_u (X A_u^T) B_u^T)`` with ``e0 = X W_g^T``, ``g0 = X W_u^T``;
+* backward: the gradient of ``h`` is ``dY W_d + s_d (dY B_d) A_d``; the kernel adds the second term itself, rebuilds
+  ``e`` and ``g`` from ``e0``, ``g0`` and the saved rank-16 products, and writes ``h`` and the gradients of the
+  gate and up outputs over the buffers it read (as Unsloth's kernel does).
+
+The rounding follows Unsloth's kernels (``e``, ``g``, ``silu(e)`` and the gradients in the compute dtype, the
+arithmetic in float32), so the loss curve is Unsloth's within bf16 noise. It also reads X once for both A products
+(their A matrices stacked) and keeps ``h A_d^T`` from the forward instead of recomputing it.
+
+It runs where Unsloth's own fused MLP runs and the LoRA is plain (one adapter, no dropout, no LoRA bias, a rank
+that is a multiple of 16 for the tensor-core product), on CUDA; anything else keeps Unsloth's path. Off with
+``FORMA_FUSED_MLP=0``. ``tests/test_fused_mlp.py`` checks the Function against Unsloth's on the CPU (with a torch
+version of the kernels) and the Triton kernels against that version in Triton's interpreter;
+``bench/probe/fused_mlp_check.py`` checks both on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import Any
+
+OFF = ("0", "false", "no", "off")
+_CACHE: dict[str, Any] = {}
+
+
+def _triton_kernels() -> tuple[Any, Any, dict[str, int]]:
+    """The forward and backward Triton kernels (compiled on first use) and the tile sizes to pass them, if any."""
+    if "kernels" in _CACHE:
+        return _CACHE["kernels"]  # type: ignore[no-any-return]
+    import triton
+    import triton.language as tl
+
+    configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w)
+               for bm, bn, w in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4))]
+
+    @triton.jit
+    def _lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, stride_xa, SG, SU,
+                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        rk = tl.arange(0, R)
+        in_m, in_n = rm < T, rn < N
+        mask = in_m[:, None] & in_n[None, :]
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        e0 = tl.load(E0 + offs, mask=mask, other=0.0)
+        g0 = tl.load(G0 + offs, mask=mask, other=0.0)
+        xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
+        xa_g = tl.load(xa_rows, mask=in_m[:, None], other=0.0)
+        xa_u = tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
+        b_cols = rn[None, :] * R + rk[:, None]  # B is [N, R]: this is B^T's [R, BN] tile
+        bg = tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)
+        bu = tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)
+        e = (e0.to(tl.float32) + tl.dot(xa_g, bg) * SG).to(e0.dtype).to(tl.float32)
+        g = (g0.to(tl.float32) + tl.dot(xa_u, bu) * SU).to(g0.dtype)
+        f = (e * tl.sigmoid(e)).to(g0.dtype)
+        tl.store(H + offs, f * g, mask=mask)
+
+    @triton.jit
+    def _lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
+                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        rk = tl.arange(0, R)
+        in_m, in_n = rm < T, rn < N
+        mask = in_m[:, None] & in_n[None, :]
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        dw0 = tl.load(DW + offs, mask=mask, other=0.0)
+        e0 = tl.load(E0 + offs, mask=mask, other=0.0)
+        g0 = tl.load(G0 + offs, mask=mask, other=0.0)
+        dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
+        ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d is [R, N]
+        xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
+        xa_g = tl.load(xa_rows, mask=in_m[:, None], other=0.0)
+        xa_u = tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
+        b_cols = rn[None, :] * R + rk[:, None]
+        bg = tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)
+        bu = tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)
+        dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
+        e = (e0.to(tl.float32) + tl.dot(xa_g, bg) * SG).to(e0.dtype).to(tl.float32)
+        g = (g0.to(tl.float32) + tl.dot(xa_u, bu) * SU).to(g0.dtype)
+        se = tl.sigmoid(e)
+        f = (se * e).to(dw0.dtype)
+        d_up = dw * f
+        d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
+        tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
+        tl.store(E0 + offs, d_up, mask=mask)
+        tl.store(G0 + offs, d_gate, mask=mask)
+
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the tests: no GPU to time configs on, one small tile
+        fixed = {"BM": 32, "BN": 64}
+        _CACHE["kernels"] = (_lora_swiglu_fwd, _lora_swiglu_bwd, fixed)
+    else:  # tuned once per (N, R); the backward writes over its inputs, so tuning restores them between tries
+        _CACHE["kernels"] = (triton.autotune(configs=configs, key=["N", "R"])(_lora_swiglu_fwd),
+                             triton.autotune(configs=configs, key=["N", "R"],
+                                             restore_value=["DW", "E0", "G0"])(_lora_swiglu_bwd), {})
+    return _CACHE["kernels"]  # type: ignore[no-any-return]
+
+
+def _use_triton(t: Any) -> bool:
+    return bool(t.is_cuda) or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _grid(T: int, N: int) -> Any:
+    import triton
+
+    return lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(N, meta["BN"]))
+
+
+def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, sg: float, su: float) -> Any:
+    """``silu(e) * g`` with ``e = e0 + sg XA[:, :r] Bg^T`` and ``g = g0 + su XA[:, r:] Bu^T`` (e0, g0: [T, N])."""
+    import torch
+
+    r = Bg.shape[1]
+    if _use_triton(e0):
+        fwd, _, tiles = _triton_kernels()
+        T, N = e0.shape
+        h = torch.empty_like(e0)
+        fwd[_grid(T, N)](e0, g0, h, XA, Bg, Bu, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
+        return h
+    dtype = e0.dtype
+    acc = torch.promote_types(dtype, torch.float32)  # the kernel's float32 arithmetic (float64 stays float64)
+    e = (e0.to(acc) + sg * (XA[:, :r].to(acc) @ Bg.to(acc).t())).to(dtype).to(acc)
+    g = (g0.to(acc) + su * (XA[:, r:].to(acc) @ Bu.to(acc).t())).to(dtype)
+    return (e * torch.sigmoid(e)).to(dtype) * g
+
+
+def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: Any, Bu: Any,
+                    sd: float, sg: float, su: float) -> tuple[Any, Any, Any]:
+    """``(h, d_up, d_gate)`` written over ``(DW, e0, g0)``: the gradient of h is ``DW + sd dYB Ad``."""
+    import torch
+
+    r = Bg.shape[1]
+    if _use_triton(DW):
+        _, bwd, tiles = _triton_kernels()
+        T, N = DW.shape
+        bwd[_grid(T, N)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), float(sd), float(sg), float(su),
+                         R=r, **tiles)
+        return DW, e0, g0
+    dtype = DW.dtype
+    acc = torch.promote_types(dtype, torch.float32)
+    dw = (DW.to(acc) + sd * (dYB.to(acc) @ Ad.to(acc))).to(dtype)
+    e = (e0.to(acc) + sg * (XA[:, :r].to(acc) @ Bg.to(acc).t())).to(dtype).to(acc)
+    g = (g0.to(acc) + su * (XA[:, r:].to(acc) @ Bu.to(acc).t())).to(dtype)
+    se = torch.sigmoid(e)
+    f = (se * e).to(dtype)
+    d_up = dw * f
+    d_gate = ((dw * g).to(acc) * se * (1.0 + e * (1.0 - se))).to(dtype)
+    DW.copy_(f * g)
+    e0.copy_(d_up)
+    g0.copy_(d_gate)
+    return DW, e0, g0
+
+
+def _mlp_function() -> Any:
+    """The autograd Function, built on first use so importing this module imports neither torch nor Unsloth."""
+    import torch
+    from unsloth.kernels.utils import fast_dequantize, torch_amp_custom_bwd, torch_amp_custom_fwd
+
+    def scaled(t: Any, s: float) -> Any:
+        return t if s == 1 else t.mul_(s)
+
+    class LoRASwiGLU(torch.autograd.Function):
+        """out = swiglu(X Wg^T + sg X Ag^T Bg^T, X Wu^T + su X Au^T Bu^T) Wd^T + sd (h Ad^T) Bd^T."""
+
+        @staticmethod
+        @torch_amp_custom_fwd
+        def forward(ctx: Any, X: Any, Wg: Any, Qg: Any, Ag: Any, Bg: Any, Wu: Any, Qu: Any, Au: Any, Bu: Any,
+                    Wd: Any, Qd: Any, Ad: Any, Bd: Any, scales: tuple[float, float, float]) -> Any:
+            dtype = X.dtype
+            sg, su, sd = scales
+            X2 = X.reshape(-1, X.shape[-1])
+            A_gu = torch.cat([Ag, Au]).to(dtype)
+            XA = X2 @ A_gu.t()  # [T, 2r]: one read of X for both A products
+            W = fast_dequantize(Wg, Qg, dtype=dtype)
+            e0 = X2 @ W.t()
+            W = fast_dequantize(Wu, Qu, dtype=dtype)
+            g0 = X2 @ W.t()
+            del W
+            Bg_, Bu_, Ad_, Bd_ = (t.to(dtype).contiguous() for t in (Bg, Bu, Ad, Bd))
+            h = swiglu_forward(e0, g0, XA, Bg_, Bu_, sg, su)
+            hA = h @ Ad_.t()  # [T, r], kept: the backward needs it for Bd's gradient
+            W = fast_dequantize(Wd, Qd, dtype=dtype)
+            out = h @ W.t()
+            del W, h
+            out.addmm_(hA, Bd_.t(), alpha=sd)
+            ctx.weights = (Wg, Qg, Wu, Qu, Wd, Qd)
+            ctx.scales = scales
+            ctx.save_for_backward(X, e0, g0, XA, hA, A_gu, Bg_, Bu_, Ad_, Bd_)
+            return out.view(*X.shape[:-1], out.shape[-1])
+
+        @staticmethod
+        @torch_amp_custom_bwd
+        def backward(ctx: Any, dY: Any) -> Any:
+            X, e0, g0, XA, hA, A_gu, Bg, Bu, Ad, Bd = ctx.saved_tensors
+            Wg, Qg, Wu, Qu, Wd, Qd = ctx.weights
+            sg, su, sd = ctx.scales
+            dtype = X.dtype
+            r = Bg.shape[1]
+            X2 = X.reshape(-1, X.shape[-1])
+            dY2 = dY.reshape(-1, dY.shape[-1]).to(dtype)
+            dYB = dY2 @ Bd  # [T, r]
+            W = fast_dequantize(Wd, Qd, dtype=dtype)
+            DW = dY2 @ W  # the base part of h's gradient; the kernel adds sd dYB Ad
+            del W
+            h, d_up, d_gate = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su)
+            dAd = scaled(dYB.t() @ h, sd)  # [r, N]
+            dBd = scaled(dY2.t() @ hA, sd)  # [out, r]
+            del h
+            G = torch.cat([scaled(d_gate @ Bg, sg), scaled(d_up @ Bu, su)], dim=1)  # [T, 2r]
+            dBg = scaled(d_gate.t() @ XA[:, :r], sg)
+            dBu = scaled(d_up.t() @ XA[:, r:], su)
+            dA = G.t() @ X2  # [2r, in]: one read of X for both A gradients
+            dX = G @ A_gu
+            W = fast_dequantize(Wg, Qg, dtype=dtype)
+            dX.addmm_(d_gate, W)
+            W = fast_dequantize(Wu, Qu, dtype=dtype)
+            dX.addmm_(d_up, W)
+            del W
+            return (dX.view(X.shape), None, None, dA[:r], dBg, None, None, dA[r:], dBu, None, None, dAd, dBd, None)
+
+    return LoRASwiGLU
+
+
+def apply_fused_mlp(self: Any, X: Any) -> Any:
+    """The MLP forward hook: the fused Function where the LoRA is plain, else Unsloth's own fused MLP."""
+    from unsloth.kernels import fast_lora
+    from unsloth.kernels.utils import get_lora_parameters
+
+    projs = (self.gate_proj, self.up_proj, self.down_proj)
+    fallback = fast_lora.apply_lora_mlp_swiglu
+    if any(fast_lora._has_multiple_active_adapters(p) or fast_lora._has_active_dora_adapter(p)
+           or fast_lora._has_activation_fake_quantizer(p) for p in projs):
+        return fallback(self, X)
+    extras = fast_lora._lora_dropout_and_bias(projs, X)
+    if extras is None or extras[0] is not None or any(b is not None for b in extras[1]):
+        return fallback(self, X)
+    params = [get_lora_parameters(p) for p in projs]
+    if any(A is None or A.shape[0] % 16 for _, _, A, _, _ in params) or len({p[2].shape[0] for p in params}) != 1:
+        return fallback(self, X)
+    if "function" not in _CACHE:
+        _CACHE["function"] = _mlp_function()
+    (Wg, Qg, Ag, Bg, Sg), (Wu, Qu, Au, Bu, Su), (Wd, Qd, Ad, Bd, Sd) = params
+    return fast_lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd,
+                            (float(Sg), float(Su), float(Sd)))
+
+
+def install(model: Any, *, force: bool = False) -> int:
+    """Swap Unsloth's fused LoRA SwiGLU MLP for this one in every layer that has it; the count swapped.
+
+    Only on CUDA (the kernels are Triton's) unless ``force`` (the tests, under Triton's interpreter).
+    """
+    if os.environ.get("FORMA_FUSED_MLP", "1").lower() in OFF:
+        return 0
+    try:
+        import torch
+        from unsloth.kernels import fast_lora
+    except ImportError:
+        return 0
+    needed = ("_has_multiple_active_adapters", "_has_active_dora_adapter", "_has_activation_fake_quantizer",
+              "_lora_dropout_and_bias", "_apply", "apply_lora_mlp_swiglu")
+    if not all(hasattr(fast_lora, name) for name in needed):
+        return 0
+    if not force and not torch.cuda.is_available():
+        return 0
+    swapped = 0
+    for module in model.modules():
+        forward = module.__dict__.get("forward")
+        if getattr(forward, "__func__", None) is not fast_lora.apply_lora_mlp_swiglu:
+            continue
+        module.forward = types.MethodType(apply_fused_mlp, module)
+        swapped += 1
+    return swapped
