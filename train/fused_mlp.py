@@ -254,10 +254,30 @@ def apply_fused_mlp(self: Any, X: Any) -> Any:
                             (float(Sg), float(Su), float(Sd)))
 
 
-def install(model: Any, *, force: bool = False) -> int:
+def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192) -> None:
+    """Compile and tune both kernels for an MLP of width ``n`` and LoRA rank ``r`` on a small slice of tokens.
+
+    Why: tuning the backward kernel copies its three in-place operands to restore them between tries; done at the
+    first training step that is three tokens x width matrices (~2 GB for 16 packed rows of Qwen2.5-3B) on top of
+    the step's own peak. Tuned here, before training, the copies are 8,192 rows and gone before the step begins.
+    The chosen tile depends on the width and rank only (the autotuner's key), so it carries over.
+    """
+    import torch
+
+    dev = {"device": "cuda", "dtype": dtype}
+    e0, g0, dw = (torch.randn(tokens, n, **dev) for _ in range(3))
+    XA, dYB = torch.randn(tokens, 2 * r, **dev), torch.randn(tokens, r, **dev)
+    Bg, Bu, Ad = torch.randn(n, r, **dev), torch.randn(n, r, **dev), torch.randn(r, n, **dev)
+    swiglu_forward(e0, g0, XA, Bg, Bu, 1.0, 1.0)
+    swiglu_backward(dw, e0, g0, dYB, Ad, XA, Bg, Bu, 1.0, 1.0, 1.0)
+    torch.cuda.synchronize()
+
+
+def install(model: Any, *, force: bool = False, dtype: Any = None) -> int:
     """Swap Unsloth's fused LoRA SwiGLU MLP for this one in every layer that has it; the count swapped.
 
-    Only on CUDA (the kernels are Triton's) unless ``force`` (the tests, under Triton's interpreter).
+    Only on CUDA (the kernels are Triton's) unless ``force`` (the tests, under Triton's interpreter). With ``dtype``
+    (the compute dtype) the kernels are compiled and tuned right away (:func:`warm_up`).
     """
     if os.environ.get("FORMA_FUSED_MLP", "1").lower() in OFF:
         return 0
@@ -272,11 +292,14 @@ def install(model: Any, *, force: bool = False) -> int:
         return 0
     if not force and not torch.cuda.is_available():
         return 0
-    swapped = 0
+    swapped, shape = 0, None
     for module in model.modules():
         forward = module.__dict__.get("forward")
         if getattr(forward, "__func__", None) is not fast_lora.apply_lora_mlp_swiglu:
             continue
         module.forward = types.MethodType(apply_fused_mlp, module)
         swapped += 1
+        shape = (module.gate_proj.lora_B["default"].weight.shape if "default" in module.gate_proj.lora_B else None)
+    if swapped and dtype is not None and torch.cuda.is_available() and shape is not None and shape[1] % 16 == 0:
+        warm_up(shape[0], shape[1], dtype)
     return swapped

@@ -303,7 +303,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
         use_gradient_checkpointing=checkpointing, max_seq_length=config.max_seq_length)
     fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
-    fused_mlp.install(model)  # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels
+    fused_mlp.install(model, dtype=dtype)  # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
 
