@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.lora import tiny_qwen2_lora
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("unsloth")
@@ -20,19 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mlp(lora_alpha: int, dropout: float = 0.0) -> tuple[Any, Any]:
-    import unsloth  # noqa: F401  (patches transformers first, as train() does)
-    # isort: split
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
-    model = Qwen2ForCausalLM(config).to(torch.float64)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=lora_alpha, lora_dropout=dropout,
-                                             target_modules=["gate_proj", "up_proj", "down_proj"],
-                                             init_lora_weights=False))
-    model.train()
+    model = tiny_qwen2_lora(["gate_proj", "up_proj", "down_proj"], 16, lora_alpha, dropout)
     return model, model.base_model.model.model.layers[0].mlp
 
 

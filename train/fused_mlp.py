@@ -20,7 +20,7 @@ It runs where Unsloth's own fused MLP runs and the LoRA is plain (one adapter, n
 that is a multiple of 16 for the tensor-core product), on CUDA; anything else keeps Unsloth's path. Off with
 ``FORMA_FUSED_MLP=0``. ``tests/test_fused_mlp.py`` checks the Function against Unsloth's on the CPU (with a torch
 version of the kernels) and the Triton kernels against that version in Triton's interpreter;
-``bench/probe/fused_mlp_check.py`` checks both on the GPU.
+``bench/probe/fused_mlp_check.py`` checks both on the GPU. The kernels are in train/fused_mlp_kernels.py.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 import types
 from typing import Any
+
+from train import lora_guard
 
 OFF = ("0", "false", "no", "off")
 _CACHE: dict[str, Any] = {}
@@ -37,72 +39,17 @@ def _triton_kernels() -> tuple[Any, Any, dict[str, int]]:
     """The forward and backward Triton kernels (compiled on first use) and the tile sizes to pass them, if any."""
     if "kernels" in _CACHE:
         return _CACHE["kernels"]  # type: ignore[no-any-return]
-    import triton
-    import triton.language as tl
-
-    configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w)
-               for bm, bn, w in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4))]
-
-    @triton.jit
-    def _lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, stride_xa, SG, SU,
-                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-        rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        rn = tl.program_id(1) * BN + tl.arange(0, BN)
-        rk = tl.arange(0, R)
-        in_m, in_n = rm < T, rn < N
-        mask = in_m[:, None] & in_n[None, :]
-        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-        e0 = tl.load(E0 + offs, mask=mask, other=0.0)
-        g0 = tl.load(G0 + offs, mask=mask, other=0.0)
-        xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
-        xa_g = tl.load(xa_rows, mask=in_m[:, None], other=0.0)
-        xa_u = tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
-        b_cols = rn[None, :] * R + rk[:, None]  # B is [N, R]: this is B^T's [R, BN] tile
-        bg = tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)
-        bu = tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)
-        e = (e0.to(tl.float32) + tl.dot(xa_g, bg) * SG).to(e0.dtype).to(tl.float32)
-        g = (g0.to(tl.float32) + tl.dot(xa_u, bu) * SU).to(g0.dtype)
-        f = (e * tl.sigmoid(e)).to(g0.dtype)
-        tl.store(H + offs, f * g, mask=mask)
-
-    @triton.jit
-    def _lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
-                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-        rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        rn = tl.program_id(1) * BN + tl.arange(0, BN)
-        rk = tl.arange(0, R)
-        in_m, in_n = rm < T, rn < N
-        mask = in_m[:, None] & in_n[None, :]
-        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-        dw0 = tl.load(DW + offs, mask=mask, other=0.0)
-        e0 = tl.load(E0 + offs, mask=mask, other=0.0)
-        g0 = tl.load(G0 + offs, mask=mask, other=0.0)
-        dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
-        ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d is [R, N]
-        xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
-        xa_g = tl.load(xa_rows, mask=in_m[:, None], other=0.0)
-        xa_u = tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
-        b_cols = rn[None, :] * R + rk[:, None]
-        bg = tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)
-        bu = tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)
-        dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
-        e = (e0.to(tl.float32) + tl.dot(xa_g, bg) * SG).to(e0.dtype).to(tl.float32)
-        g = (g0.to(tl.float32) + tl.dot(xa_u, bu) * SU).to(g0.dtype)
-        se = tl.sigmoid(e)
-        f = (se * e).to(dw0.dtype)
-        d_up = dw * f
-        d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
-        tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
-        tl.store(E0 + offs, d_up, mask=mask)
-        tl.store(G0 + offs, d_gate, mask=mask)
+    from train import fused_mlp_kernels as k
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # the tests: no GPU to time configs on, one small tile
         fixed = {"BM": 32, "BN": 64}
-        _CACHE["kernels"] = (_lora_swiglu_fwd, _lora_swiglu_bwd, fixed)
+        _CACHE["kernels"] = (k.lora_swiglu_fwd, k.lora_swiglu_bwd, fixed)
     else:  # tuned once per (N, R); the backward writes over its inputs, so tuning restores them between tries
-        _CACHE["kernels"] = (triton.autotune(configs=configs, key=["N", "R"])(_lora_swiglu_fwd),
-                             triton.autotune(configs=configs, key=["N", "R"],
-                                             restore_value=["DW", "E0", "G0"])(_lora_swiglu_bwd), {})
+        import triton
+
+        _CACHE["kernels"] = (triton.autotune(configs=k.CONFIGS, key=["N", "R"])(k.lora_swiglu_fwd),
+                             triton.autotune(configs=k.CONFIGS, key=["N", "R"],
+                                             restore_value=["DW", "E0", "G0"])(k.lora_swiglu_bwd), {})
     return _CACHE["kernels"]  # type: ignore[no-any-return]
 
 
@@ -233,25 +180,15 @@ def _mlp_function() -> Any:
 
 def apply_fused_mlp(self: Any, X: Any) -> Any:
     """The MLP forward hook: the fused Function where the LoRA is plain, else Unsloth's own fused MLP."""
-    from unsloth.kernels import fast_lora
-    from unsloth.kernels.utils import get_lora_parameters
-
-    projs = (self.gate_proj, self.up_proj, self.down_proj)
-    fallback = fast_lora.apply_lora_mlp_swiglu
-    if any(fast_lora._has_multiple_active_adapters(p) or fast_lora._has_active_dora_adapter(p)
-           or fast_lora._has_activation_fake_quantizer(p) for p in projs):
-        return fallback(self, X)
-    extras = fast_lora._lora_dropout_and_bias(projs, X)
-    if extras is None or extras[0] is not None or any(b is not None for b in extras[1]):
-        return fallback(self, X)
-    params = [get_lora_parameters(p) for p in projs]
-    if any(A is None or A.shape[0] % 16 for _, _, A, _, _ in params) or len({p[2].shape[0] for p in params}) != 1:
-        return fallback(self, X)
+    lora = lora_guard.fast_lora("apply_lora_mlp_swiglu")
+    params = lora_guard.plain_lora((self.gate_proj, self.up_proj, self.down_proj), X, rank_multiple=16)
+    if params is None:  # rank 16, 32, ...: the kernels' tensor-core product takes 16 at a time
+        return lora.apply_lora_mlp_swiglu(self, X)
     if "function" not in _CACHE:
         _CACHE["function"] = _mlp_function()
     (Wg, Qg, Ag, Bg, Sg), (Wu, Qu, Au, Bu, Su), (Wd, Qd, Ad, Bd, Sd) = params
-    return fast_lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd,
-                            (float(Sg), float(Su), float(Sd)))
+    return lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd,
+                       (float(Sg), float(Su), float(Sd)))
 
 
 def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192) -> None:
@@ -281,15 +218,11 @@ def install(model: Any, *, force: bool = False, dtype: Any = None) -> int:
     """
     if os.environ.get("FORMA_FUSED_MLP", "1").lower() in OFF:
         return 0
-    try:
-        import torch
-        from unsloth.kernels import fast_lora
-    except ImportError:
+    fast_lora = lora_guard.fast_lora("apply_lora_mlp_swiglu")
+    if fast_lora is None:  # no Unsloth, or another one: keep its own path
         return 0
-    needed = ("_has_multiple_active_adapters", "_has_active_dora_adapter", "_has_activation_fake_quantizer",
-              "_lora_dropout_and_bias", "_apply", "apply_lora_mlp_swiglu")
-    if not all(hasattr(fast_lora, name) for name in needed):
-        return 0
+    import torch
+
     if not force and not torch.cuda.is_available():
         return 0
     swapped, shape = 0, None

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from train import lora_guard
+
 OFF = ("0", "false", "no", "off")
 
 
@@ -87,28 +89,18 @@ _FUNCTION: Any = None
 def apply_qkv_with_bias(self: Any, X: Any) -> tuple[Any, Any, Any]:
     """Unsloth's ``apply_qkv`` hook for one attention layer: the fused Function where PEFT's result is plain LoRA."""
     global _FUNCTION
-    from unsloth.kernels import fast_lora
-    from unsloth.kernels.utils import get_lora_parameters
     from unsloth.models.llama import original_apply_qkv
 
     projs = (self.q_proj, self.k_proj, self.v_proj)
-    if any(fast_lora._has_multiple_active_adapters(p) or fast_lora._has_active_dora_adapter(p)
-           or fast_lora._has_activation_fake_quantizer(p) for p in projs):
-        return original_apply_qkv(self, X)  # type: ignore[no-any-return]
-    extras = fast_lora._lora_dropout_and_bias(projs, X)
-    if extras is None or extras[0] is not None or any(b is not None for b in extras[1]):
-        return original_apply_qkv(self, X)  # type: ignore[no-any-return]
-    params = [get_lora_parameters(p) for p in projs]
+    params = lora_guard.plain_lora(projs, X)
     biases = tuple(getattr(getattr(p, "base_layer", p), "bias", None) for p in projs)
-    ranks = {A.shape[0] for _, _, A, _, _ in params if A is not None}
-    if any(A is None for _, _, A, _, _ in params) or len(ranks) != 1 \
-            or any(b is not None and b.requires_grad for b in biases):
+    if params is None or any(b is not None and b.requires_grad for b in biases):
         return original_apply_qkv(self, X)  # type: ignore[no-any-return]
     if _FUNCTION is None:
         _FUNCTION = _qkv_function()
     (Wq, Qq, Aq, Bq, Sq), (Wk, Qk, Ak, Bk, Sk), (Wv, Qv, Av, Bv, Sv) = params
-    return fast_lora._apply(_FUNCTION, X, (Wq, Wk, Wv), (Qq, Qk, Qv), biases,  # type: ignore[no-any-return]
-                            Aq, Ak, Av, Bq, Bk, Bv, (float(Sq), float(Sk), float(Sv)))
+    return lora_guard.fast_lora()._apply(  # type: ignore[no-any-return]
+        _FUNCTION, X, (Wq, Wk, Wv), (Qq, Qk, Qv), biases, Aq, Ak, Av, Bq, Bk, Bv, (float(Sq), float(Sk), float(Sv)))
 
 
 def install(model: Any) -> int:
@@ -118,15 +110,10 @@ def install(model: Any) -> int:
     """
     if os.environ.get("FORMA_FUSED_QKV", "1").lower() in OFF:
         return 0
-    try:
-        from unsloth.kernels import fast_lora
-        from unsloth.models.llama import original_apply_qkv
-    except ImportError:
+    if lora_guard.fast_lora() is None:  # no Unsloth, or another one: keep its own path
         return 0
-    needed = ("_has_multiple_active_adapters", "_has_active_dora_adapter", "_has_activation_fake_quantizer",
-              "_lora_dropout_and_bias", "_apply")
-    if not all(hasattr(fast_lora, name) for name in needed):  # another Unsloth: keep its own path
-        return 0
+    from unsloth.models.llama import original_apply_qkv
+
     hooked = 0
     for module in model.modules():
         projs = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
