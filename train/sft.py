@@ -302,8 +302,10 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
         model, r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
         use_gradient_checkpointing=checkpointing, max_seq_length=config.max_seq_length)
-    fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
-    fused_mlp.install(model, dtype=dtype)  # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels
+    qkv = fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
+    mlp = fused_mlp.install(model, dtype=dtype)  # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels
+    if qkv or mlp:
+        print(f"fused LoRA: q/k/v with a bias in {qkv} layers, SwiGLU MLP in {mlp} layers", file=sys.stderr, flush=True)
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
 

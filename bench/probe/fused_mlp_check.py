@@ -76,6 +76,12 @@ def main() -> int:
     saved = (ms["unsloth forward (addmm_ x2 + SwiGLU)"] - ms["fused forward"]
              + ms["unsloth backward (addmm_ + SwiGLU backward)"] - ms["fused backward"])
     print(f"saved per layer {saved:.3f} ms; x36 layers {36 * saved:.1f} ms a step")
+    fwd, bwd, _ = fused_mlp._triton_kernels()
+    print(f"tiles the autotuner chose: forward {getattr(fwd, 'best_config', '?')}, "
+          f"backward {getattr(bwd, 'best_config', '?')}")
+    moved = 3 * T * N * 2 / 1e9  # GB a forward reads and writes (e0, g0 in; h out); the backward moves twice that
+    print(f"bandwidth: fused forward {moved / ms['fused forward']:.2f} TB/s, backward "
+          f"{2 * moved / ms['fused backward']:.2f} TB/s (the rank-16 operands left out)")
     return 0 if max(worst.values()) < TOLERANCE else 1
 
 
