@@ -85,7 +85,7 @@ BASE_MICRO = 52
 ARCH_BASE_MICRO = {"qwen25-3b": BASE_MICRO, "qwen25-7b": 32}
 GC: bool | str = "auto"  # train/memory_plan.py picks the mode from the card (offloaded, on the GPU, or none)
 #: The optimiser of both paths (a transformers `optim` name).
-OPTIM = "adamw_torch"
+OPTIM = "adamw_torch_fused"  # forma's "auto" on CUDA, and transformers' own default on torch >= 2.8
 
 
 def prepare(sdist: Path, out: Path, chats: int, recipe: Path | None = None, language: str | None = None) -> None:

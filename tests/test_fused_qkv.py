@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from tests.helpers.lora import tiny_qwen2_lora
+from train.unsloth_compat import import_unsloth
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("unsloth")
+import_unsloth()  # as train() does: patches first, and keeps torch's alias check a warning under CI
 
 
 def _attention(lora_alpha: int, dropout: float = 0.0) -> tuple[Any, Any]:

@@ -248,6 +248,7 @@ def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Pa
     assert m["eval_loss_last"] < m["eval_loss_first"], m
     assert 0.5 < m["non_padding_share"] <= 1.0 and m["tokens_per_s"] > 0 and m["peak_rss_gib"] > 0
     assert report["dataset_hash"] == load_chats(dataset).dataset_hash and report["config_hash"] == config.digest()
+    assert report["optimizer"] == "adamw_torch"  # "auto" on the CPU
     assert (result.report.parent / "loss.png").stat().st_size > 0
     assert (tmp_path / "reports" / "train-run" / "train_report.json").is_file()
     assert (result.adapter_dir / "adapter_config.json").is_file()
@@ -329,6 +330,7 @@ def test_shipped_configs_load_and_the_gpu_config_is_what_the_bench_measured() ->
     import importlib.util
 
     from train.config import load_config
+    from train.sft import optimizer_name
 
     root = Path(__file__).resolve().parents[1]
     configs = {p.stem: load_config(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
@@ -346,7 +348,7 @@ def test_shipped_configs_load_and_the_gpu_config_is_what_the_bench_measured() ->
         lora = bench.LORA
         assert (gpu.lora.r, gpu.lora.alpha, gpu.lora.dropout) == (lora["r"], lora["alpha"], lora["dropout"])
         assert list(gpu.lora.target_modules) == bench.LORA["target_modules"]
-        assert gpu.learning_rate == bench.LR and gpu.optimizer == bench.OPTIM
+        assert gpu.learning_rate == bench.LR and optimizer_name(gpu.optimizer, "cuda") == bench.OPTIM
     assert configs["qwen25-7b-ar-gpu"].base_model.endswith("Qwen2.5-7B-Instruct")
     assert configs["qwen25-7b-ar-gpu"].dataset.name == "forma-fitness-ar"
     assert bench.ARCHS["qwen25-7b"] == bench.QWEN25_7B and bench.ARCHS["qwen25-3b"] == bench.QWEN25_3B

@@ -59,7 +59,8 @@ class TrainConfig(BaseModel):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    optimizer: str = Field(default="adamw_torch", description="A transformers `optim` name, e.g. adamw_8bit on GPU.")
+    optimizer: str = Field(default="auto", description="A transformers `optim` name, e.g. adamw_8bit on GPU; auto: "
+                           "adamw_torch_fused on CUDA (AdamW in one fused kernel), adamw_torch on the CPU.")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimiser steps...")
     num_epochs: float | None = Field(default=None, gt=0, description="...or after this many passes over the data.")
     batch_size: int = Field(default=2, ge=1)

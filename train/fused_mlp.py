@@ -53,46 +53,55 @@ def _triton_kernels() -> tuple[Any, Any, dict[str, int]]:
     return _CACHE["kernels"]  # type: ignore[no-any-return]
 
 
-def _use_triton(t: Any) -> bool:
+def _use_triton(t: Any, use_triton: bool | None) -> bool:
+    """The Triton kernels on CUDA (or under Triton's interpreter, in the tests), else the torch arithmetic."""
+    if use_triton is not None:
+        return use_triton
     return bool(t.is_cuda) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _grid(T: int, N: int) -> Any:
+def _grid(T: int) -> Any:
     import triton
 
-    return lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(N, meta["BN"]))
+    return lambda meta: (triton.cdiv(T, meta["BM"]),)
 
 
-def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, sg: float, su: float) -> Any:
-    """``silu(e) * g`` with ``e = e0 + sg XA[:, :r] Bg^T`` and ``g = g0 + su XA[:, r:] Bu^T`` (e0, g0: [T, N])."""
+def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: float, su: float,
+                   use_triton: bool | None = None) -> tuple[Any, Any]:
+    """``(h, h Ad^T)`` with ``h = silu(e) * g``, ``e = e0 + sg XA[:, :r] Bg^T``, ``g = g0 + su XA[:, r:] Bu^T``
+    (e0, g0: [T, N]; Ad: [r, N]). ``use_triton`` None: the kernel on CUDA, the torch arithmetic elsewhere."""
     import torch
 
     r = Bg.shape[1]
-    if _use_triton(e0):
+    if _use_triton(e0, use_triton):
         fwd, _, tiles = _triton_kernels()
         T, N = e0.shape
         h = torch.empty_like(e0)
-        fwd[_grid(T, N)](e0, g0, h, XA, Bg, Bu, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
-        return h
+        hA = torch.empty(T, r, device=e0.device, dtype=e0.dtype)
+        fwd[_grid(T)](e0, g0, h, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
+        return h, hA
     dtype = e0.dtype
     acc = torch.promote_types(dtype, torch.float32)  # the kernel's float32 arithmetic (float64 stays float64)
     e = (e0.to(acc) + sg * (XA[:, :r].to(acc) @ Bg.to(acc).t())).to(dtype).to(acc)
     g = (g0.to(acc) + su * (XA[:, r:].to(acc) @ Bu.to(acc).t())).to(dtype)
-    return (e * torch.sigmoid(e)).to(dtype) * g
+    h = (e * torch.sigmoid(e)).to(dtype) * g
+    return h, (h.to(acc) @ Ad.to(acc).t()).to(dtype)
 
 
 def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: Any, Bu: Any,
-                    sd: float, sg: float, su: float) -> tuple[Any, Any, Any]:
-    """``(h, d_up, d_gate)`` written over ``(DW, e0, g0)``: the gradient of h is ``DW + sd dYB Ad``."""
+                    sd: float, sg: float, su: float, use_triton: bool | None = None) -> tuple[Any, Any, Any, Any]:
+    """``(h, d_up, d_gate, G)``, the first three written over ``(DW, e0, g0)``: the gradient of h is
+    ``DW + sd dYB Ad``, and ``G = [sg d_gate Bg, su d_up Bu]`` ([T, 2r], what the A gradients and dX need)."""
     import torch
 
     r = Bg.shape[1]
-    if _use_triton(DW):
+    if _use_triton(DW, use_triton):
         _, bwd, tiles = _triton_kernels()
         T, N = DW.shape
-        bwd[_grid(T, N)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), float(sd), float(sg), float(su),
-                         R=r, **tiles)
-        return DW, e0, g0
+        G = torch.empty(T, 2 * r, device=DW.device, dtype=DW.dtype)
+        bwd[_grid(T)](DW, e0, g0, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), float(sd), float(sg), float(su),
+                      R=r, **tiles)
+        return DW, e0, g0, G
     dtype = DW.dtype
     acc = torch.promote_types(dtype, torch.float32)
     dw = (DW.to(acc) + sd * (dYB.to(acc) @ Ad.to(acc))).to(dtype)
@@ -102,10 +111,11 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
     f = (se * e).to(dtype)
     d_up = dw * f
     d_gate = ((dw * g).to(acc) * se * (1.0 + e * (1.0 - se))).to(dtype)
+    G = torch.cat([sg * (d_gate.to(acc) @ Bg.to(acc)), su * (d_up.to(acc) @ Bu.to(acc))], dim=1).to(dtype)
     DW.copy_(f * g)
     e0.copy_(d_up)
     g0.copy_(d_gate)
-    return DW, e0, g0
+    return DW, e0, g0, G
 
 
 def _mlp_function() -> Any:
@@ -134,8 +144,7 @@ def _mlp_function() -> Any:
             g0 = X2 @ W.t()
             del W
             Bg_, Bu_, Ad_, Bd_ = (t.to(dtype).contiguous() for t in (Bg, Bu, Ad, Bd))
-            h = swiglu_forward(e0, g0, XA, Bg_, Bu_, sg, su)
-            hA = h @ Ad_.t()  # [T, r], kept: the backward needs it for Bd's gradient
+            h, hA = swiglu_forward(e0, g0, XA, Bg_, Bu_, Ad_, sg, su)  # hA [T, r] kept for Bd's gradient
             W = fast_dequantize(Wd, Qd, dtype=dtype)
             out = h @ W.t()
             del W, h
@@ -159,11 +168,10 @@ def _mlp_function() -> Any:
             W = fast_dequantize(Wd, Qd, dtype=dtype)
             DW = dY2 @ W  # the base part of h's gradient; the kernel adds sd dYB Ad
             del W
-            h, d_up, d_gate = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su)
+            h, d_up, d_gate, G = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su)  # G [T, 2r]
             dAd = scaled(dYB.t() @ h, sd)  # [r, N]
             dBd = scaled(dY2.t() @ hA, sd)  # [out, r]
             del h
-            G = torch.cat([scaled(d_gate @ Bg, sg), scaled(d_up @ Bu, su)], dim=1)  # [T, 2r]
             dBg = scaled(d_gate.t() @ XA[:, :r], sg)
             dBu = scaled(d_up.t() @ XA[:, r:], su)
             dA = G.t() @ X2  # [2r, in]: one read of X for both A gradients
@@ -205,7 +213,7 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192) -> None:
     e0, g0, dw = (torch.randn(tokens, n, **dev) for _ in range(3))
     XA, dYB = torch.randn(tokens, 2 * r, **dev), torch.randn(tokens, r, **dev)
     Bg, Bu, Ad = torch.randn(n, r, **dev), torch.randn(n, r, **dev), torch.randn(r, n, **dev)
-    swiglu_forward(e0, g0, XA, Bg, Bu, 1.0, 1.0)
+    swiglu_forward(e0, g0, XA, Bg, Bu, Ad, 1.0, 1.0)
     swiglu_backward(dw, e0, g0, dYB, Ad, XA, Bg, Bu, 1.0, 1.0, 1.0)
     torch.cuda.synchronize()
 

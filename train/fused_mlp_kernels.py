@@ -1,4 +1,10 @@
-"""Triton kernels of train/fused_mlp.py: SwiGLU with the gate and up projections' LoRA terms added per tile.
+"""Triton kernels of train/fused_mlp.py: SwiGLU with the MLP's rank-16 LoRA products done inside it.
+
+Each program owns ``BM`` token rows and walks across the MLP's width ``N`` in ``BN``-wide tiles. Per tile it adds
+the gate and up projections' LoRA terms (one small tensor-core product each) before SwiGLU, and it folds the tile
+into the rank-16 products that reduce over the width, which otherwise are matrix products of their own that read a
+tokens x N matrix again: ``h A_d^T`` in the forward, ``d_gate B_g`` and ``d_up B_u`` in the backward. Walking the
+width inside one program keeps those sums in registers: no atomics, no partial buffers.
 
 In a module of their own because Triton resolves a kernel's helper functions through the module's globals, and so
 that importing train.fused_mlp does not import Triton (only the GPU path needs it). Arithmetic and rounding follow
@@ -11,29 +17,28 @@ these to.
 import triton
 import triton.language as tl
 
-#: Tiles the autotuner tries (once per MLP width and LoRA rank).
-CONFIGS = [triton.Config({"BM": bm, "BN": bn}, num_warps=w)
-           for bm, bn, w in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4))]
+#: Tiles the autotuner tries (once per MLP width and LoRA rank); bench/probe/fused_mlp_check.py times a wider set.
+CONFIGS = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
+           for bm, bn, w, s in ((64, 64, 4, 2), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2),
+                                (128, 128, 8, 2), (32, 128, 4, 3), (32, 256, 8, 2))]
 
 
 @triton.jit
-def _tile(T, N, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """This program's rows and columns, the rank index, their masks and the tile's offsets in a [T, N] matrix."""
+def _rows(XA, T, stride_xa, R: tl.constexpr, BM: tl.constexpr):
+    """This program's rows, the rank index, the row mask and the rows' two rank-R halves of X [A_g; A_u]^T."""
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    in_m, in_n = rm < T, rn < N
-    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-    return rm, rn, tl.arange(0, R), in_m, in_n, in_m[:, None] & in_n[None, :], offs
+    rk = tl.arange(0, R)
+    in_m = rm < T
+    xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
+    return rm, rk, in_m, tl.load(xa_rows, mask=in_m[:, None], other=0.0), \
+        tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
 
 
 @triton.jit
-def _gate_up(E0, G0, XA, BG, BU, rm, rn, rk, in_m, in_n, mask, offs, stride_xa, SG, SU, R: tl.constexpr):
+def _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R: tl.constexpr):
     """e (float32, rounded to the compute dtype first, as Unsloth's e is) and g (compute dtype), LoRA added."""
     e0 = tl.load(E0 + offs, mask=mask, other=0.0)
     g0 = tl.load(G0 + offs, mask=mask, other=0.0)
-    xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
-    xa_g = tl.load(xa_rows, mask=in_m[:, None], other=0.0)
-    xa_u = tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
     b_cols = rn[None, :] * R + rk[:, None]  # B is [N, R]: this is B^T's [R, BN] tile
     bg = tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)
     bu = tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)
@@ -43,28 +48,52 @@ def _gate_up(E0, G0, XA, BG, BU, rm, rn, rk, in_m, in_n, mask, offs, stride_xa, 
 
 
 @triton.jit
-def lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, stride_xa, SG, SU,
-                     R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    rm, rn, rk, in_m, in_n, mask, offs = _tile(T, N, R, BM, BN)
-    e, g = _gate_up(E0, G0, XA, BG, BU, rm, rn, rk, in_m, in_n, mask, offs, stride_xa, SG, SU, R)
-    f = (e * tl.sigmoid(e)).to(g.dtype)
-    tl.store(H + offs, f * g, mask=mask)
+def lora_swiglu_fwd(E0, G0, H, HA, XA, BG, BU, AD, T, N, stride_xa, SG, SU,
+                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """H = silu(e) * g; HA = H A_d^T (A_d is [R, N]), summed over the width in registers."""
+    rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
+    ha = tl.zeros((BM, R), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        rn = n0 + tl.arange(0, BN)
+        in_n = rn < N
+        mask = in_m[:, None] & in_n[None, :]
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
+        h = (e * tl.sigmoid(e)).to(g.dtype) * g
+        tl.store(H + offs, h, mask=mask)
+        ad_t = tl.load(AD + rk[None, :] * N + rn[:, None], mask=in_n[:, None], other=0.0)  # A_d^T's [BN, R] tile
+        ha = tl.dot(h, ad_t, ha)
+    tl.store(HA + rm[:, None].to(tl.int64) * R + rk[None, :], ha.to(HA.dtype.element_ty), mask=in_m[:, None])
 
 
 @triton.jit
-def lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
-                     R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    rm, rn, rk, in_m, in_n, mask, offs = _tile(T, N, R, BM, BN)
-    dw0 = tl.load(DW + offs, mask=mask, other=0.0)
+def lora_swiglu_bwd(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
+                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Over (DW, E0, G0) writes (h, d_up, d_gate), where h's gradient is DW + SD DYB A_d; GB [T, 2R] gets
+    (SG d_gate B_g, SU d_up B_u), summed over the width in registers."""
+    rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
     dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
-    ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d is [R, N]
-    dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
-    e, g = _gate_up(E0, G0, XA, BG, BU, rm, rn, rk, in_m, in_n, mask, offs, stride_xa, SG, SU, R)
-    se = tl.sigmoid(e)
-    f = (se * e).to(dw0.dtype)
-    d_up = dw * f
-    d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
-    tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
-    tl.store(E0 + offs, d_up, mask=mask)
-    tl.store(G0 + offs, d_gate, mask=mask)
-
+    gg = tl.zeros((BM, R), dtype=tl.float32)
+    gu = tl.zeros((BM, R), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        rn = n0 + tl.arange(0, BN)
+        in_n = rn < N
+        mask = in_m[:, None] & in_n[None, :]
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        dw0 = tl.load(DW + offs, mask=mask, other=0.0)
+        ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d's [R, BN] tile
+        dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
+        e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
+        se = tl.sigmoid(e)
+        f = (se * e).to(dw0.dtype)
+        d_up = dw * f
+        d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
+        tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
+        tl.store(E0 + offs, d_up, mask=mask)
+        tl.store(G0 + offs, d_gate, mask=mask)
+        b_rows = rn[:, None] * R + rk[None, :]  # B's [BN, R] tile
+        gg = tl.dot(d_gate, tl.load(BG + b_rows, mask=in_n[:, None], other=0.0), gg)
+        gu = tl.dot(d_up, tl.load(BU + b_rows, mask=in_n[:, None], other=0.0), gu)
+    out = GB + rm[:, None].to(tl.int64) * (2 * R) + rk[None, :]
+    tl.store(out, (gg * SG).to(GB.dtype.element_ty), mask=in_m[:, None])
+    tl.store(out + R, (gu * SU).to(GB.dtype.element_ty), mask=in_m[:, None])

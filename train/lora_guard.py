@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from train import unsloth_compat
+
 #: Unsloth's fast_lora helpers the guard calls; an Unsloth without them keeps its own paths (nothing is hooked).
 NEEDED = ("_has_multiple_active_adapters", "_has_active_dora_adapter", "_has_activation_fake_quantizer",
           "_lora_dropout_and_bias", "_apply")
@@ -20,6 +22,7 @@ def fast_lora(*also: str) -> Any:
         from unsloth.kernels import fast_lora as module
     except ImportError:
         return None
+    unsloth_compat.relax_alias_check()
     return module if all(hasattr(module, name) for name in NEEDED + also) else None
 
 

@@ -1,57 +1,92 @@
-"""GPU check of train/fused_mlp.py's Triton kernels: values against the torch arithmetic they replace, and time
-against what Unsloth runs in their place (two ``addmm_`` LoRA epilogues over tokens x 11,008 then its SwiGLU kernel;
-in the backward one ``addmm_`` then its SwiGLU backward kernel), at a 16-row packed step's shape.
+"""GPU check of train/fused_mlp.py's Triton kernels at a 16-row packed step's shape (tokens x 11,008, rank 16).
+
+1. Values: the kernels against the same arithmetic in torch (``use_triton=False``).
+2. Time against what Unsloth runs in their place: in the forward two ``addmm_`` LoRA epilogues over tokens x 11,008,
+   its SwiGLU kernel and the ``h A_d^T`` product; in the backward one ``addmm_``, its SwiGLU backward kernel and the
+   ``d_gate B_g`` and ``d_up B_u`` products. Next to them, the time a plain copy-like pass over the same matrices
+   takes (``torch.add``): the memory-bound floor.
+3. A tile sweep: every (BM, BN, warps, stages) below, timed on the raw kernels, best first.
 
 Prints the largest differences (relative to the largest value) and the times; exits 1 past bf16 noise.
-Run on the GPU machine: python3 bench/probe/fused_mlp_check.py
+Run on the GPU machine: python3 bench/probe/fused_mlp_check.py [--no-sweep]
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import unsloth  # noqa: F401  (patches first, as train() does)
+from train.unsloth_compat import import_unsloth
 
+import_unsloth()  # patches first, as train() does
 # isort: split
-import torch
-from triton.testing import do_bench
-from unsloth.kernels.swiglu import swiglu_DWf_DW_dfg_kernel, swiglu_fg_kernel
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+from unsloth.kernels.swiglu import swiglu_DWf_DW_dfg_kernel, swiglu_fg_kernel  # noqa: E402
 
-from train import fused_mlp
+from train import fused_mlp, fused_mlp_kernels  # noqa: E402
 
 T, N, R = 32768, 11008, 16
 TOLERANCE = 2e-2  # a few bf16 ulps, relative to the largest value
+SWEEP = [(bm, bn, w, s) for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8) for s in (2, 3)
+         if bm * bn <= 16384]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
-def torch_path(fn, *args):  # the same arithmetic on the GPU through torch (the kernels' reference)
-    cuda = fused_mlp._use_triton
-    fused_mlp._use_triton = lambda t: False  # type: ignore[assignment]
-    try:
-        return fn(*args)
-    finally:
-        fused_mlp._use_triton = cuda  # type: ignore[assignment]
+def _sweep(e0: torch.Tensor, g0: torch.Tensor, w: torch.Tensor, e: torch.Tensor, g: torch.Tensor,
+           XA: torch.Tensor, dYB: torch.Tensor, Bg: torch.Tensor, Bu: torch.Tensor, Ad: torch.Tensor,
+           scales: tuple[float, float, float]) -> None:
+    """Time the raw kernels at every tile in SWEEP; print the best eight of each and the worst."""
+    sd, sg, su = scales
+    hA = torch.empty(T, R, device="cuda", dtype=torch.bfloat16)
+    G = torch.empty(T, 2 * R, device="cuda", dtype=torch.bfloat16)
+    results: dict[str, list[tuple[float, tuple[int, int, int, int]]]] = {"forward": [], "backward": []}
+    for bm, bn, nw, ns in SWEEP:
+        grid = (triton.cdiv(T, bm),)
+        kw = {"R": R, "BM": bm, "BN": bn, "num_warps": nw, "num_stages": ns}
+
+        def fwd(grid: tuple[int] = grid, kw: dict[str, int] = kw) -> None:
+            fused_mlp_kernels.lora_swiglu_fwd[grid](e0, g0, w, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), sg, su, **kw)
+
+        def bwd(grid: tuple[int] = grid, kw: dict[str, int] = kw) -> None:
+            fused_mlp_kernels.lora_swiglu_bwd[grid](w, e, g, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg, su,
+                                                    **kw)
+
+        try:
+            results["forward"].append((do_bench(fwd), (bm, bn, nw, ns)))
+            results["backward"].append((do_bench(bwd), (bm, bn, nw, ns)))
+        except Exception as exc:  # out of shared memory or registers: not a candidate
+            print(f"  BM={bm} BN={bn} warps={nw} stages={ns}: {type(exc).__name__}")
+    for name, rows in results.items():
+        rows.sort()
+        print(f"sweep {name} (ms; BM, BN, warps, stages): "
+              + "; ".join(f"{t:.3f} {c}" for t, c in rows[:8]) + f"; worst {rows[-1][0]:.3f} {rows[-1][1]}")
 
 
-def main() -> int:
+def main(sweep: bool) -> int:
     torch.manual_seed(0)
-    bf = dict(device="cuda", dtype=torch.bfloat16)
+    bf: dict[str, Any] = {"device": "cuda", "dtype": torch.bfloat16}
     e0, g0, DW = (torch.randn(T, N, **bf) * 2 for _ in range(3))
     XA, dYB = torch.randn(T, 2 * R, **bf), torch.randn(T, R, **bf)
     Bg, Bu, Ad = torch.randn(N, R, **bf) * 0.05, torch.randn(N, R, **bf) * 0.05, torch.randn(R, N, **bf) * 0.05
     sg, su, sd = 1.0, 1.0, 1.0
-    h = fused_mlp.swiglu_forward(e0, g0, XA, Bg, Bu, sg, su)
-    h_ref = torch_path(fused_mlp.swiglu_forward, e0, g0, XA, Bg, Bu, sg, su)
-    worst = {"forward h": rel(h, h_ref)}
-    got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), dYB, Ad, XA, Bg, Bu, sd, sg, su)
-    ref = torch_path(fused_mlp.swiglu_backward, DW.clone(), e0.clone(), g0.clone(), dYB, Ad, XA, Bg, Bu, sd, sg, su)
-    worst.update({f"backward {n}": rel(a, b) for n, a, b in zip(("h", "d_up", "d_gate"), got, ref, strict=True)})
+    fwd_args = (XA, Bg, Bu, Ad, sg, su)
+    got_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args)
+    ref_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args, use_triton=False)
+    worst = {f"forward {n}": rel(a, b) for n, a, b in zip(("h", "hA"), got_f, ref_f, strict=True)}
+    del got_f, ref_f
+    bwd_args = (dYB, Ad, XA, Bg, Bu, sd, sg, su)
+    got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args)
+    ref = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args, use_triton=False)
+    worst.update({f"backward {n}": rel(a, b) for n, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True)})
+    del got, ref
     for name, r in worst.items():
         print(f"{name}: largest difference {r:.2e} of the largest value")
 
@@ -60,21 +95,27 @@ def main() -> int:
     def unsloth_forward() -> None:
         e.copy_(e0).addmm_(XA[:, :R], Bg.t())
         g.copy_(g0).addmm_(XA[:, R:], Bu.t())
-        swiglu_fg_kernel(e.view(1, T, N), g.view(1, T, N))
+        h = swiglu_fg_kernel(e.view(1, T, N), g.view(1, T, N))
+        h.view(T, N) @ Ad.t()
 
     def unsloth_backward() -> None:
         w.addmm_(dYB, Ad)
         swiglu_DWf_DW_dfg_kernel(w, e, g)
+        torch.cat([g @ Bg, e @ Bu], dim=1)
 
     copies = do_bench(lambda: (e.copy_(e0), g.copy_(g0)))  # the two copies unsloth_forward needs to stay repeatable
-    ms = {"unsloth forward (addmm_ x2 + SwiGLU)": do_bench(unsloth_forward) - copies,
-          "fused forward": do_bench(lambda: fused_mlp.swiglu_forward(e0, g0, XA, Bg, Bu, sg, su)),
-          "unsloth backward (addmm_ + SwiGLU backward)": do_bench(unsloth_backward),
-          "fused backward": do_bench(lambda: fused_mlp.swiglu_backward(w, e, g, dYB, Ad, XA, Bg, Bu, sd, sg, su))}
+    ms = {"unsloth forward (addmm_ x2 + SwiGLU + h Ad^T)": do_bench(unsloth_forward) - copies,
+          "fused forward": do_bench(lambda: fused_mlp.swiglu_forward(e0, g0, *fwd_args)),
+          "floor forward (add: 2 reads, 1 write)": do_bench(lambda: torch.add(e0, g0, out=w)),
+          "unsloth backward (addmm_ + SwiGLU backward + d_gate Bg, d_up Bu)": do_bench(unsloth_backward),
+          "fused backward": do_bench(lambda: fused_mlp.swiglu_backward(w, e, g, *bwd_args)),
+          "floor backward (2 x add: 3 reads, 3 writes)": do_bench(lambda: (torch.add(e0, g0, out=w),
+                                                                           torch.add(g0, DW, out=e),
+                                                                           torch.add(DW, e0, out=g)))}
     for name, t in ms.items():
         print(f"{name}: {t:.3f} ms per layer")
-    saved = (ms["unsloth forward (addmm_ x2 + SwiGLU)"] - ms["fused forward"]
-             + ms["unsloth backward (addmm_ + SwiGLU backward)"] - ms["fused backward"])
+    saved = (ms["unsloth forward (addmm_ x2 + SwiGLU + h Ad^T)"] - ms["fused forward"]
+             + ms["unsloth backward (addmm_ + SwiGLU backward + d_gate Bg, d_up Bu)"] - ms["fused backward"])
     print(f"saved per layer {saved:.3f} ms; x36 layers {36 * saved:.1f} ms a step")
     fwd, bwd, _ = fused_mlp._triton_kernels()
     print(f"tiles the autotuner chose: forward {getattr(fwd, 'best_config', '?')}, "
@@ -82,8 +123,10 @@ def main() -> int:
     moved = 3 * T * N * 2 / 1e9  # GB a forward reads and writes (e0, g0 in; h out); the backward moves twice that
     print(f"bandwidth: fused forward {moved / ms['fused forward']:.2f} TB/s, backward "
           f"{2 * moved / ms['fused backward']:.2f} TB/s (the rank-16 operands left out)")
+    if sweep:
+        _sweep(e0, g0, w, e, g, XA, dYB, Bg, Bu, Ad, (sd, sg, su))
     return 0 if max(worst.values()) < TOLERANCE else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main("--no-sweep" not in sys.argv))

@@ -8,8 +8,9 @@ from typing import Any
 
 def tiny_qwen2_lora(targets: list[str], r: int, lora_alpha: int, dropout: float = 0.0) -> Any:
     """The PEFT model in training mode; B is random too (``init_lora_weights=False``), so every LoRA term counts."""
-    import unsloth  # noqa: F401  (patches transformers first, as train() does)
-    # isort: split
+    from train.unsloth_compat import import_unsloth
+
+    import_unsloth()  # patches transformers first, as train() does
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
