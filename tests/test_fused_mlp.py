@@ -86,8 +86,11 @@ def test_fused_mlp_leaves_dropout_to_unsloth(monkeypatch: pytest.MonkeyPatch) ->
 
 
 KERNEL_CHECK = textwrap.dedent("""
+    import sys
     import torch
     from train import fused_mlp
+
+    kind = sys.argv[1]
 
     torch.manual_seed(0)
     T, I, R = 70, 200, 16  # T and I not multiples of any block: the masks and the last partial tiles are exercised
@@ -95,22 +98,23 @@ KERNEL_CHECK = textwrap.dedent("""
     XA, Bg, Bu, Ad, dYB = torch.randn(T, 2 * R), torch.randn(I, R), torch.randn(I, R), torch.randn(R, I), \\
         torch.randn(T, R)
     args = (XA, Bg, Bu, Ad, 1.5, 0.5)
-    got = fused_mlp.swiglu_forward(e0, g0, *args, use_triton=True)
+    got = fused_mlp.swiglu_forward(e0, g0, *args, use_triton=True, kind=kind)
     ref = fused_mlp.swiglu_forward(e0, g0, *args, use_triton=False)
     for name, a, b in zip(("h", "hA"), got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
     args = (dYB, Ad, XA, Bg, Bu, 2.0, 1.5, 0.5)
     ref = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *args, use_triton=False)
-    got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *args, use_triton=True)
+    got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *args, use_triton=True, kind=kind)
     for name, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
     print("KERNELS OK")
 """)
 
 
-def test_triton_kernels_match_the_torch_arithmetic_in_the_interpreter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["tiles", "rows"])
+def test_triton_kernels_match_the_torch_arithmetic_in_the_interpreter(kind: str, tmp_path: Path) -> None:
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK, kind], env=env, capture_output=True, text=True,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0 and "KERNELS OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -16,10 +16,14 @@ The rounding follows Unsloth's kernels (``e``, ``g``, ``silu(e)`` and the gradie
 arithmetic in float32), so the loss curve is Unsloth's within bf16 noise. It also reads X once for both A products
 (their A matrices stacked) and keeps ``h A_d^T`` from the forward instead of recomputing it.
 
+Two kernel designs (train/fused_mlp_kernels.py): ``tiles``, the default, timed on the H200; ``rows``
+(``FORMA_FUSED_MLP=rows``), which also folds ``h A_d^T`` and ``d_gate B_g``, ``d_up B_u`` into the kernels and
+so reads a tokens x 11,008 matrix three times fewer a layer; it is checked on the CPU but not yet timed on a GPU.
+
 It runs where Unsloth's own fused MLP runs and the LoRA is plain (one adapter, no dropout, no LoRA bias, a rank
 that is a multiple of 16 for the tensor-core product), on CUDA; anything else keeps Unsloth's path. Off with
-``FORMA_FUSED_MLP=0``. ``tests/test_fused_mlp.py`` checks the Function against Unsloth's on the CPU (with a torch
-version of the kernels) and the Triton kernels against that version in Triton's interpreter;
+``FORMA_FUSED_MLP=0``. ``tests/test_fused_mlp.py`` checks the Function against PEFT's path on the CPU in float64
+(with a torch version of the kernels) and the Triton kernels against that version in Triton's interpreter;
 ``bench/probe/fused_mlp_check.py`` checks both on the GPU. The kernels are in train/fused_mlp_kernels.py.
 """
 
@@ -35,22 +39,31 @@ OFF = ("0", "false", "no", "off")
 _CACHE: dict[str, Any] = {}
 
 
-def _triton_kernels() -> tuple[Any, Any, dict[str, int]]:
-    """The forward and backward Triton kernels (compiled on first use) and the tile sizes to pass them, if any."""
-    if "kernels" in _CACHE:
-        return _CACHE["kernels"]  # type: ignore[no-any-return]
+def design() -> str:
+    """The kernel design ``FORMA_FUSED_MLP`` names: ``rows`` (train/fused_mlp_kernels.py says what it is; not yet
+    timed on a GPU), else ``tiles`` (the default)."""
+    return "rows" if os.environ.get("FORMA_FUSED_MLP", "1").strip().lower() == "rows" else "tiles"
+
+
+def _triton_kernels(kind: str) -> tuple[Any, Any, dict[str, int]]:
+    """The forward and backward Triton kernels of design ``kind`` (compiled on first use), and the tile sizes to
+    pass them under Triton's interpreter (elsewhere the autotuner picks them)."""
+    key = f"kernels-{kind}"
+    if key in _CACHE:
+        return _CACHE[key]  # type: ignore[no-any-return]
     from train import fused_mlp_kernels as k
 
+    fwd, bwd = (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows) if kind == "rows" else \
+        (k.lora_swiglu_fwd, k.lora_swiglu_bwd)
     if os.environ.get("TRITON_INTERPRET") == "1":  # the tests: no GPU to time configs on, one small tile
-        fixed = {"BM": 32, "BN": 64}
-        _CACHE["kernels"] = (k.lora_swiglu_fwd, k.lora_swiglu_bwd, fixed)
+        _CACHE[key] = (fwd, bwd, {"BM": 32, "BN": 64})
     else:  # tuned once per (N, R); the backward writes over its inputs, so tuning restores them between tries
         import triton
 
-        _CACHE["kernels"] = (triton.autotune(configs=k.CONFIGS, key=["N", "R"])(k.lora_swiglu_fwd),
-                             triton.autotune(configs=k.CONFIGS, key=["N", "R"],
-                                             restore_value=["DW", "E0", "G0"])(k.lora_swiglu_bwd), {})
-    return _CACHE["kernels"]  # type: ignore[no-any-return]
+        configs = k.CONFIGS_ROWS if kind == "rows" else k.CONFIGS
+        _CACHE[key] = (triton.autotune(configs=configs, key=["N", "R"])(fwd),
+                       triton.autotune(configs=configs, key=["N", "R"], restore_value=["DW", "E0", "G0"])(bwd), {})
+    return _CACHE[key]  # type: ignore[no-any-return]
 
 
 def _use_triton(t: Any, use_triton: bool | None) -> bool:
@@ -60,26 +73,34 @@ def _use_triton(t: Any, use_triton: bool | None) -> bool:
     return bool(t.is_cuda) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _grid(T: int) -> Any:
+def _grid(T: int, N: int, kind: str) -> Any:
     import triton
 
-    return lambda meta: (triton.cdiv(T, meta["BM"]),)
+    if kind == "rows":
+        return lambda meta: (triton.cdiv(T, meta["BM"]),)
+    return lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(N, meta["BN"]))
 
 
 def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: float, su: float,
-                   use_triton: bool | None = None) -> tuple[Any, Any]:
+                   use_triton: bool | None = None, kind: str | None = None) -> tuple[Any, Any]:
     """``(h, h Ad^T)`` with ``h = silu(e) * g``, ``e = e0 + sg XA[:, :r] Bg^T``, ``g = g0 + su XA[:, r:] Bu^T``
-    (e0, g0: [T, N]; Ad: [r, N]). ``use_triton`` None: the kernel on CUDA, the torch arithmetic elsewhere."""
+    (e0, g0: [T, N]; Ad: [r, N]). ``use_triton`` None: a kernel on CUDA, the torch arithmetic elsewhere; ``kind``
+    None: the design ``FORMA_FUSED_MLP`` names."""
     import torch
 
     r = Bg.shape[1]
     if _use_triton(e0, use_triton):
-        fwd, _, tiles = _triton_kernels()
+        kind = kind or design()
+        fwd, _, tiles = _triton_kernels(kind)
         T, N = e0.shape
         h = torch.empty_like(e0)
-        hA = torch.empty(T, r, device=e0.device, dtype=e0.dtype)
-        fwd[_grid(T)](e0, g0, h, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
-        return h, hA
+        if kind == "rows":
+            hA = torch.empty(T, r, device=e0.device, dtype=e0.dtype)
+            fwd[_grid(T, N, kind)](e0, g0, h, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), float(sg), float(su), R=r,
+                                   **tiles)
+            return h, hA
+        fwd[_grid(T, N, kind)](e0, g0, h, XA, Bg, Bu, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
+        return h, h @ Ad.t()
     dtype = e0.dtype
     acc = torch.promote_types(dtype, torch.float32)  # the kernel's float32 arithmetic (float64 stays float64)
     e = (e0.to(acc) + sg * (XA[:, :r].to(acc) @ Bg.to(acc).t())).to(dtype).to(acc)
@@ -89,18 +110,26 @@ def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: flo
 
 
 def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: Any, Bu: Any,
-                    sd: float, sg: float, su: float, use_triton: bool | None = None) -> tuple[Any, Any, Any, Any]:
+                    sd: float, sg: float, su: float, use_triton: bool | None = None,
+                    kind: str | None = None) -> tuple[Any, Any, Any, Any]:
     """``(h, d_up, d_gate, G)``, the first three written over ``(DW, e0, g0)``: the gradient of h is
     ``DW + sd dYB Ad``, and ``G = [sg d_gate Bg, su d_up Bu]`` ([T, 2r], what the A gradients and dX need)."""
     import torch
 
     r = Bg.shape[1]
     if _use_triton(DW, use_triton):
-        _, bwd, tiles = _triton_kernels()
+        kind = kind or design()
+        _, bwd, tiles = _triton_kernels(kind)
         T, N = DW.shape
-        G = torch.empty(T, 2 * r, device=DW.device, dtype=DW.dtype)
-        bwd[_grid(T)](DW, e0, g0, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), float(sd), float(sg), float(su),
-                      R=r, **tiles)
+        scales = (float(sd), float(sg), float(su))
+        if kind == "rows":
+            G = torch.empty(T, 2 * r, device=DW.device, dtype=DW.dtype)
+            bwd[_grid(T, N, kind)](DW, e0, g0, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r, **tiles)
+            return DW, e0, g0, G
+        bwd[_grid(T, N, kind)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r, **tiles)
+        G = torch.cat([g0 @ Bg, e0 @ Bu], dim=1)  # e0, g0 now hold d_up, d_gate
+        G[:, :r].mul_(sg)
+        G[:, r:].mul_(su)
         return DW, e0, g0, G
     dtype = DW.dtype
     acc = torch.promote_types(dtype, torch.float32)
@@ -240,7 +269,8 @@ def install(model: Any, *, force: bool = False, dtype: Any = None) -> int:
             continue
         module.forward = types.MethodType(apply_fused_mlp, module)
         swapped += 1
-        shape = (module.gate_proj.lora_B["default"].weight.shape if "default" in module.gate_proj.lora_B else None)
+        active = list(getattr(module.gate_proj, "active_adapters", None) or ["default"])  # PEFT's LoraLayer
+        shape = module.gate_proj.lora_B[active[0]].weight.shape if active[0] in module.gate_proj.lora_B else None
     if swapped and dtype is not None and torch.cuda.is_available() and shape is not None and shape[1] % 16 == 0:
         warm_up(shape[0], shape[1], dtype)
     return swapped

@@ -1,10 +1,14 @@
-"""Triton kernels of train/fused_mlp.py: SwiGLU with the MLP's rank-16 LoRA products done inside it.
+"""Triton kernels of train/fused_mlp.py: SwiGLU with the gate and up projections' LoRA terms added inside it.
 
-Each program owns ``BM`` token rows and walks across the MLP's width ``N`` in ``BN``-wide tiles. Per tile it adds
-the gate and up projections' LoRA terms (one small tensor-core product each) before SwiGLU, and it folds the tile
-into the rank-16 products that reduce over the width, which otherwise are matrix products of their own that read a
-tokens x N matrix again: ``h A_d^T`` in the forward, ``d_gate B_g`` and ``d_up B_u`` in the backward. Walking the
-width inside one program keeps those sums in registers: no atomics, no partial buffers.
+Two designs, the same arithmetic:
+
+* **tiles** (the default; timed on the H200, docs/train.md): one program per [BM, BN] tile of the tokens x N
+  matrices. It adds the gate and up LoRA terms (one small tensor-core product each) before SwiGLU. The rank-16
+  products that reduce over the width (``h A_d^T`` in the forward, ``d_gate B_g`` and ``d_up B_u`` in the backward)
+  stay cuBLAS products in train/fused_mlp.py, each one more read of a tokens x N matrix.
+* **rows** (``FORMA_FUSED_MLP=rows``; checked on the CPU, not yet timed on a GPU): one program per BM token rows
+  walks across the width in BN-wide tiles and folds each tile into those rank-16 products as it goes, so their sums
+  stay in registers (no atomics, no partial buffers) and three reads of a tokens x N matrix a layer go away.
 
 In a module of their own because Triton resolves a kernel's helper functions through the module's globals, and so
 that importing train.fused_mlp does not import Triton (only the GPU path needs it). Arithmetic and rounding follow
@@ -17,10 +21,13 @@ these to.
 import triton
 import triton.language as tl
 
-#: Tiles the autotuner tries (once per MLP width and LoRA rank); bench/probe/fused_mlp_check.py times a wider set.
-CONFIGS = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
-           for bm, bn, w, s in ((64, 64, 4, 2), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2),
-                                (128, 128, 8, 2), (32, 128, 4, 3), (32, 256, 8, 2))]
+#: Tiles the autotuner tries for the tile design (once per MLP width and LoRA rank).
+CONFIGS = [triton.Config({"BM": bm, "BN": bn}, num_warps=w)
+           for bm, bn, w in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4))]
+#: ... and for the row design; bench/probe/fused_mlp_check.py times a wider set.
+CONFIGS_ROWS = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in ((64, 64, 4, 2), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2),
+                                     (128, 128, 8, 2), (32, 128, 4, 3), (32, 256, 8, 2))]
 
 
 @triton.jit
@@ -32,6 +39,14 @@ def _rows(XA, T, stride_xa, R: tl.constexpr, BM: tl.constexpr):
     xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
     return rm, rk, in_m, tl.load(xa_rows, mask=in_m[:, None], other=0.0), \
         tl.load(xa_rows + R, mask=in_m[:, None], other=0.0)
+
+
+@triton.jit
+def _columns(T, N, rm, in_m, n0, BN: tl.constexpr):
+    """Columns n0 .. n0 + BN: their index, mask, the tile's mask and its offsets in a [T, N] matrix."""
+    rn = n0 + tl.arange(0, BN)
+    in_n = rn < N
+    return rn, in_n, in_m[:, None] & in_n[None, :], rm[:, None].to(tl.int64) * N + rn[None, :]
 
 
 @triton.jit
@@ -48,16 +63,52 @@ def _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R: tl
 
 
 @triton.jit
-def lora_swiglu_fwd(E0, G0, H, HA, XA, BG, BU, AD, T, N, stride_xa, SG, SU,
+def _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU,
+                  R: tl.constexpr):
+    """One tile of the backward: writes (h, d_up, d_gate) over (DW, E0, G0) and returns (d_up, d_gate)."""
+    dw0 = tl.load(DW + offs, mask=mask, other=0.0)
+    ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d's [R, BN] tile
+    dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
+    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
+    se = tl.sigmoid(e)
+    f = (se * e).to(dw0.dtype)
+    d_up = dw * f
+    d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
+    tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
+    tl.store(E0 + offs, d_up, mask=mask)
+    tl.store(G0 + offs, d_gate, mask=mask)
+    return d_up, d_gate
+
+
+@triton.jit
+def lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, stride_xa, SG, SU,
                     R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """H = silu(e) * g; HA = H A_d^T (A_d is [R, N]), summed over the width in registers."""
+    """Tile design: H = silu(e) * g on one [BM, BN] tile."""
+    rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
+    rn, in_n, mask, offs = _columns(T, N, rm, in_m, tl.program_id(1) * BN, BN)
+    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
+    tl.store(H + offs, (e * tl.sigmoid(e)).to(g.dtype) * g, mask=mask)
+
+
+@triton.jit
+def lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
+                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Tile design: over (DW, E0, G0) writes (h, d_up, d_gate) of one [BM, BN] tile; h's gradient is
+    DW + SD DYB A_d."""
+    rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
+    rn, in_n, mask, offs = _columns(T, N, rm, in_m, tl.program_id(1) * BN, BN)
+    dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
+    _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU, R)
+
+
+@triton.jit
+def lora_swiglu_fwd_rows(E0, G0, H, HA, XA, BG, BU, AD, T, N, stride_xa, SG, SU,
+                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Row design: H = silu(e) * g; HA = H A_d^T (A_d is [R, N]), summed over the width in registers."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
     ha = tl.zeros((BM, R), dtype=tl.float32)
     for n0 in range(0, N, BN):
-        rn = n0 + tl.arange(0, BN)
-        in_n = rn < N
-        mask = in_m[:, None] & in_n[None, :]
-        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        rn, in_n, mask, offs = _columns(T, N, rm, in_m, n0, BN)
         e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
         h = (e * tl.sigmoid(e)).to(g.dtype) * g
         tl.store(H + offs, h, mask=mask)
@@ -67,30 +118,18 @@ def lora_swiglu_fwd(E0, G0, H, HA, XA, BG, BU, AD, T, N, stride_xa, SG, SU,
 
 
 @triton.jit
-def lora_swiglu_bwd(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
-                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Over (DW, E0, G0) writes (h, d_up, d_gate), where h's gradient is DW + SD DYB A_d; GB [T, 2R] gets
-    (SG d_gate B_g, SU d_up B_u), summed over the width in registers."""
+def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
+                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Row design: over (DW, E0, G0) writes (h, d_up, d_gate), where h's gradient is DW + SD DYB A_d; GB [T, 2R]
+    gets (SG d_gate B_g, SU d_up B_u), summed over the width in registers."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
     dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
     gg = tl.zeros((BM, R), dtype=tl.float32)
     gu = tl.zeros((BM, R), dtype=tl.float32)
     for n0 in range(0, N, BN):
-        rn = n0 + tl.arange(0, BN)
-        in_n = rn < N
-        mask = in_m[:, None] & in_n[None, :]
-        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-        dw0 = tl.load(DW + offs, mask=mask, other=0.0)
-        ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d's [R, BN] tile
-        dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
-        e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
-        se = tl.sigmoid(e)
-        f = (se * e).to(dw0.dtype)
-        d_up = dw * f
-        d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
-        tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
-        tl.store(E0 + offs, d_up, mask=mask)
-        tl.store(G0 + offs, d_gate, mask=mask)
+        rn, in_n, mask, offs = _columns(T, N, rm, in_m, n0, BN)
+        d_up, d_gate = _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs,
+                                     SD, SG, SU, R)
         b_rows = rn[:, None] * R + rk[None, :]  # B's [BN, R] tile
         gg = tl.dot(d_gate, tl.load(BG + b_rows, mask=in_n[:, None], other=0.0), gg)
         gu = tl.dot(d_up, tl.load(BU + b_rows, mask=in_n[:, None], other=0.0), gu)

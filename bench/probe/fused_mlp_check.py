@@ -3,9 +3,10 @@
 1. Values: the kernels against the same arithmetic in torch (``use_triton=False``).
 2. Time against what Unsloth runs in their place: in the forward two ``addmm_`` LoRA epilogues over tokens x 11,008,
    its SwiGLU kernel and the ``h A_d^T`` product; in the backward one ``addmm_``, its SwiGLU backward kernel and the
-   ``d_gate B_g`` and ``d_up B_u`` products. Next to them, the time a plain copy-like pass over the same matrices
-   takes (``torch.add``): the memory-bound floor.
-3. A tile sweep: every (BM, BN, warps, stages) below, timed on the raw kernels, best first.
+   ``d_gate B_g`` and ``d_up B_u`` products (each design's time includes whichever of those products it leaves to
+   cuBLAS), for both kernel designs (train/fused_mlp_kernels.py: tiles, the default; rows). Next to them, the time
+   a plain pass over the same matrices takes (``torch.add``): the memory-bound floor.
+3. A tile sweep of the row design: every (BM, BN, warps, stages) in SWEEP, timed on the raw kernels, best first.
 
 Prints the largest differences (relative to the largest value) and the times; exits 1 past bf16 noise.
 Run on the GPU machine: python3 bench/probe/fused_mlp_check.py [--no-sweep]
@@ -32,6 +33,7 @@ from train import fused_mlp, fused_mlp_kernels  # noqa: E402
 
 T, N, R = 32768, 11008, 16
 TOLERANCE = 2e-2  # a few bf16 ulps, relative to the largest value
+KINDS = ("tiles", "rows")
 SWEEP = [(bm, bn, w, s) for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8) for s in (2, 3)
          if bm * bn <= 16384]
 
@@ -43,7 +45,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _sweep(e0: torch.Tensor, g0: torch.Tensor, w: torch.Tensor, e: torch.Tensor, g: torch.Tensor,
            XA: torch.Tensor, dYB: torch.Tensor, Bg: torch.Tensor, Bu: torch.Tensor, Ad: torch.Tensor,
            scales: tuple[float, float, float]) -> None:
-    """Time the raw kernels at every tile in SWEEP; print the best eight of each and the worst."""
+    """Time the row design's raw kernels at every tile in SWEEP; print the best eight of each and the worst."""
     sd, sg, su = scales
     hA = torch.empty(T, R, device="cuda", dtype=torch.bfloat16)
     G = torch.empty(T, 2 * R, device="cuda", dtype=torch.bfloat16)
@@ -53,11 +55,12 @@ def _sweep(e0: torch.Tensor, g0: torch.Tensor, w: torch.Tensor, e: torch.Tensor,
         kw = {"R": R, "BM": bm, "BN": bn, "num_warps": nw, "num_stages": ns}
 
         def fwd(grid: tuple[int] = grid, kw: dict[str, int] = kw) -> None:
-            fused_mlp_kernels.lora_swiglu_fwd[grid](e0, g0, w, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), sg, su, **kw)
+            fused_mlp_kernels.lora_swiglu_fwd_rows[grid](e0, g0, w, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), sg, su,
+                                                         **kw)
 
         def bwd(grid: tuple[int] = grid, kw: dict[str, int] = kw) -> None:
-            fused_mlp_kernels.lora_swiglu_bwd[grid](w, e, g, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg, su,
-                                                    **kw)
+            fused_mlp_kernels.lora_swiglu_bwd_rows[grid](w, e, g, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg,
+                                                         su, **kw)
 
         try:
             results["forward"].append((do_bench(fwd), (bm, bn, nw, ns)))
@@ -78,15 +81,18 @@ def main(sweep: bool) -> int:
     Bg, Bu, Ad = torch.randn(N, R, **bf) * 0.05, torch.randn(N, R, **bf) * 0.05, torch.randn(R, N, **bf) * 0.05
     sg, su, sd = 1.0, 1.0, 1.0
     fwd_args = (XA, Bg, Bu, Ad, sg, su)
-    got_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args)
-    ref_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args, use_triton=False)
-    worst = {f"forward {n}": rel(a, b) for n, a, b in zip(("h", "hA"), got_f, ref_f, strict=True)}
-    del got_f, ref_f
     bwd_args = (dYB, Ad, XA, Bg, Bu, sd, sg, su)
-    got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args)
-    ref = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args, use_triton=False)
-    worst.update({f"backward {n}": rel(a, b) for n, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True)})
-    del got, ref
+    worst: dict[str, float] = {}
+    for kind in KINDS:
+        got_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args, kind=kind)
+        ref_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args, use_triton=False)
+        worst.update({f"{kind} forward {n}": rel(a, b) for n, a, b in zip(("h", "hA"), got_f, ref_f, strict=True)})
+        del got_f, ref_f
+        got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args, kind=kind)
+        ref = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args, use_triton=False)
+        worst.update({f"{kind} backward {n}": rel(a, b)
+                      for n, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True)})
+        del got, ref
     for name, r in worst.items():
         print(f"{name}: largest difference {r:.2e} of the largest value")
 
@@ -104,25 +110,27 @@ def main(sweep: bool) -> int:
         torch.cat([g @ Bg, e @ Bu], dim=1)
 
     copies = do_bench(lambda: (e.copy_(e0), g.copy_(g0)))  # the two copies unsloth_forward needs to stay repeatable
-    ms = {"unsloth forward (addmm_ x2 + SwiGLU + h Ad^T)": do_bench(unsloth_forward) - copies,
-          "fused forward": do_bench(lambda: fused_mlp.swiglu_forward(e0, g0, *fwd_args)),
-          "floor forward (add: 2 reads, 1 write)": do_bench(lambda: torch.add(e0, g0, out=w)),
-          "unsloth backward (addmm_ + SwiGLU backward + d_gate Bg, d_up Bu)": do_bench(unsloth_backward),
-          "fused backward": do_bench(lambda: fused_mlp.swiglu_backward(w, e, g, *bwd_args)),
-          "floor backward (2 x add: 3 reads, 3 writes)": do_bench(lambda: (torch.add(e0, g0, out=w),
-                                                                           torch.add(g0, DW, out=e),
-                                                                           torch.add(DW, e0, out=g)))}
-    for name, t in ms.items():
-        print(f"{name}: {t:.3f} ms per layer")
-    saved = (ms["unsloth forward (addmm_ x2 + SwiGLU + h Ad^T)"] - ms["fused forward"]
-             + ms["unsloth backward (addmm_ + SwiGLU backward + d_gate Bg, d_up Bu)"] - ms["fused backward"])
-    print(f"saved per layer {saved:.3f} ms; x36 layers {36 * saved:.1f} ms a step")
-    fwd, bwd, _ = fused_mlp._triton_kernels()
-    print(f"tiles the autotuner chose: forward {getattr(fwd, 'best_config', '?')}, "
-          f"backward {getattr(bwd, 'best_config', '?')}")
+    ms = {"unsloth forward": do_bench(unsloth_forward) - copies,
+          "unsloth backward": do_bench(unsloth_backward),
+          "floor forward": do_bench(lambda: torch.add(e0, g0, out=w)),
+          "floor backward": do_bench(lambda: (torch.add(e0, g0, out=w), torch.add(g0, DW, out=e),
+                                              torch.add(DW, e0, out=g)))}
+    for kind in KINDS:
+        ms[f"{kind} forward"] = do_bench(lambda k=kind: fused_mlp.swiglu_forward(e0, g0, *fwd_args, kind=k))
+        ms[f"{kind} backward"] = do_bench(lambda k=kind: fused_mlp.swiglu_backward(w, e, g, *bwd_args, kind=k))
+    print("ms per layer; unsloth = addmm_ LoRA epilogues + its SwiGLU kernel + the rank-16 products over the "
+          "width (forward h Ad^T; backward d_gate Bg, d_up Bu); floor = torch.add over the same matrices "
+          "(forward 2 reads 1 write, backward 3 and 3)")
     moved = 3 * T * N * 2 / 1e9  # GB a forward reads and writes (e0, g0 in; h out); the backward moves twice that
-    print(f"bandwidth: fused forward {moved / ms['fused forward']:.2f} TB/s, backward "
-          f"{2 * moved / ms['fused backward']:.2f} TB/s (the rank-16 operands left out)")
+    for path in ("unsloth", "floor", *KINDS):
+        f, b = ms[f"{path} forward"], ms[f"{path} backward"]
+        saved = ms["unsloth forward"] + ms["unsloth backward"] - f - b
+        print(f"{path}: forward {f:.3f} ({moved / f:.2f} TB/s), backward {b:.3f} ({2 * moved / b:.2f} TB/s); "
+              f"against unsloth {36 * saved:+.1f} ms a step over 36 layers")
+    for kind in KINDS:
+        fwd, bwd, _ = fused_mlp._triton_kernels(kind)
+        print(f"{kind}: tiles the autotuner chose: forward {getattr(fwd, 'best_config', '?')}, "
+              f"backward {getattr(bwd, 'best_config', '?')}")
     if sweep:
         _sweep(e0, g0, w, e, g, XA, dYB, Bg, Bu, Ad, (sd, sg, su))
     return 0 if max(worst.values()) < TOLERANCE else 1
