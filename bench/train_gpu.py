@@ -354,7 +354,7 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_s": m["train_runtime_s"],
             "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
             "loss_curve": [round(loss, 5) for _, loss in report["loss_curves"]["train"]],
-            "fused": {k: report.get(k) for k in ("fused_qkv_layers", "fused_mlp_layers")},
+            "fused": {k: report.get(k) for k in ("fused_qkv_layers", "fused_mlp_layers", "fused_mlp")},
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
             "packed_attention": report.get("packed_attention"), "memory_plan": report.get("memory_plan"),
             "mfu": report.get("mfu"), "step_s": _step_seconds(_PHASE_CLOCKS[-1].points) if _PHASE_CLOCKS else [],

@@ -16,9 +16,11 @@ The rounding follows Unsloth's kernels (``e``, ``g``, ``silu(e)`` and the gradie
 arithmetic in float32), so the loss curve is Unsloth's within bf16 noise. It also reads X once for both A products
 (their A matrices stacked) and keeps ``h A_d^T`` from the forward instead of recomputing it.
 
-Two kernel designs (train/fused_mlp_kernels.py): ``tiles``, the default, timed on the H200; ``rows``
-(``FORMA_FUSED_MLP=rows``), which also folds ``h A_d^T`` and ``d_gate B_g``, ``d_up B_u`` into the kernels and
-so reads a tokens x 11,008 matrix three times fewer a layer; it is checked on the CPU but not yet timed on a GPU.
+Two kernel designs (train/fused_mlp_kernels.py): ``tiles``, timed on the H200 (docs/train.md), and ``rows``, which
+also folds ``h A_d^T`` and ``d_gate B_g``, ``d_up B_u`` into the kernels and so reads a tokens x 11,008 matrix three
+times fewer a layer (checked on the CPU, not yet timed on a GPU by us). :func:`warm_up` picks one at load time on
+the card itself: each is checked against the torch arithmetic and timed, and the faster that agrees runs (the
+training report's ``fused_mlp`` says which, with the times). ``FORMA_FUSED_MLP=tiles`` or ``rows`` forces one.
 
 It runs where Unsloth's own fused MLP runs and the LoRA is plain (one adapter, no dropout, no LoRA bias, a rank
 that is a multiple of 16 for the tensor-core product), on CUDA; anything else keeps Unsloth's path. Off with
@@ -39,10 +41,21 @@ OFF = ("0", "false", "no", "off")
 _CACHE: dict[str, Any] = {}
 
 
+DESIGNS = ("tiles", "rows")
+#: What :func:`warm_up` found on this card: the design chosen, each design's forward + backward milliseconds a layer
+#: at the warm-up's token count, and why a design was left out (it did not compile or disagreed with torch).
+CHOICE: dict[str, Any] = {}
+
+
+def forced_design() -> str | None:
+    """The design ``FORMA_FUSED_MLP`` forces (``tiles`` or ``rows``), else None (``1``/``auto``: timed at load)."""
+    value = os.environ.get("FORMA_FUSED_MLP", "auto").strip().lower()
+    return value if value in DESIGNS else None
+
+
 def design() -> str:
-    """The kernel design ``FORMA_FUSED_MLP`` names: ``rows`` (train/fused_mlp_kernels.py says what it is; not yet
-    timed on a GPU), else ``tiles`` (the default)."""
-    return "rows" if os.environ.get("FORMA_FUSED_MLP", "1").strip().lower() == "rows" else "tiles"
+    """The kernel design in use: the forced one, else what :func:`warm_up` chose, else ``tiles``."""
+    return forced_design() or CHOICE.get("design") or "tiles"
 
 
 def _triton_kernels(kind: str) -> tuple[Any, Any, dict[str, int]]:
@@ -228,32 +241,101 @@ def apply_fused_mlp(self: Any, X: Any) -> Any:
                        (float(Sg), float(Su), float(Sd)))
 
 
-def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192) -> None:
-    """Compile and tune both kernels for an MLP of width ``n`` and LoRA rank ``r`` on a small slice of tokens.
+def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:
+    """The largest difference of any output, relative to the largest value of that output in ``ref``."""
+    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+               for a, b in zip(got, ref, strict=True))
 
-    Why: tuning the backward kernel copies its three in-place operands to restore them between tries; done at the
-    first training step that is three tokens x width matrices (~2 GB for 16 packed rows of Qwen2.5-3B) on top of
-    the step's own peak. Tuned here, before training, the copies are 8,192 rows and gone before the step begins.
-    The chosen tile depends on the width and rank only (the autotuner's key), so it carries over.
+
+def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
+    """Forward + backward milliseconds of design ``kind`` on ``tensors`` (after one call that compiles and tunes)."""
+    import time
+
+    import torch
+
+    t = tensors
+    cuda = t["e0"].is_cuda
+
+    def once() -> None:
+        swiglu_forward(t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0, kind=kind)
+        swiglu_backward(t["dw"], t["e0"], t["g0"], t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0,
+                        kind=kind)
+
+    once()
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(reps):
+        once()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) * 1000 / reps
+
+
+def _check_design(kind: str, t: dict[str, Any]) -> float:
+    """Largest relative difference between design ``kind`` and the torch arithmetic on ``t`` (left as it was)."""
+    fwd = (t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0)
+    diff = _max_rel_diff(swiglu_forward(*fwd, kind=kind), swiglu_forward(*fwd, use_triton=False))
+    bwd = (t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0)
+    got = swiglu_backward(t["dw"].clone(), t["e0"].clone(), t["g0"].clone(), *bwd, kind=kind)
+    ref = swiglu_backward(t["dw"].clone(), t["e0"].clone(), t["g0"].clone(), *bwd, use_triton=False)
+    return max(diff, _max_rel_diff(got, ref))
+
+
+def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda", reps: int = 3,
+            check_rows: int = 1024, tolerance: float = 2e-2) -> dict[str, Any]:
+    """Compile and tune the kernels for an MLP of width ``n`` and LoRA rank ``r`` on ``tokens`` random tokens, and
+    choose the design: each one is checked against the torch arithmetic (on ``check_rows`` tokens; a difference
+    past ``tolerance`` of the largest value, a few bf16 steps, leaves it out) and timed (forward + backward); the
+    fastest that passes is used. Returns (and keeps in :data:`CHOICE`) what it found; ``design`` is None when no
+    design compiled and agreed, and the caller then keeps Unsloth's own MLP.
+
+    Why here: tuning the backward kernel copies its three in-place operands to restore them between tries; done at
+    the first training step that is three tokens x width matrices (~2 GB for 16 packed rows of Qwen2.5-3B) on top of
+    the step's own peak. Done before training, the copies are ``tokens`` rows and gone before the step begins. The
+    chosen tile depends on the width and rank only (the autotuner's key), so it carries over. Why time the designs
+    on the card: the row design reads less memory but does more per program, and which wins depends on the card.
     """
     import torch
 
-    dev = {"device": "cuda", "dtype": dtype}
-    e0, g0, dw = (torch.randn(tokens, n, **dev) for _ in range(3))
-    XA, dYB = torch.randn(tokens, 2 * r, **dev), torch.randn(tokens, r, **dev)
-    Bg, Bu, Ad = torch.randn(n, r, **dev), torch.randn(n, r, **dev), torch.randn(r, n, **dev)
-    swiglu_forward(e0, g0, XA, Bg, Bu, Ad, 1.0, 1.0)
-    swiglu_backward(dw, e0, g0, dYB, Ad, XA, Bg, Bu, 1.0, 1.0, 1.0)
-    torch.cuda.synchronize()
+    dev = {"device": device, "dtype": dtype}
+    tensors = {"e0": torch.randn(tokens, n, **dev), "g0": torch.randn(tokens, n, **dev),
+               "dw": torch.randn(tokens, n, **dev), "XA": torch.randn(tokens, 2 * r, **dev),
+               "dYB": torch.randn(tokens, r, **dev), "Bg": torch.randn(n, r, **dev) * 0.05,
+               "Bu": torch.randn(n, r, **dev) * 0.05, "Ad": torch.randn(r, n, **dev) * 0.05}
+    # the check's tokens, copied before the timing's backward passes write over the tensors
+    sample = {k: (v[:check_rows].clone() if k in ("e0", "g0", "dw", "XA", "dYB") else v) for k, v in tensors.items()}
+    forced = forced_design()
+    ms: dict[str, float] = {}
+    left_out: dict[str, str] = {}
+    for kind in [forced] if forced else DESIGNS:
+        try:  # timed first: the first call tunes the tiles, and they should suit `tokens`, not the check's rows
+            took = _time_design(kind, tensors, reps)
+            diff = _check_design(kind, sample)
+            if not diff < tolerance:  # NaN counts as a disagreement too
+                left_out[kind] = f"differs from the torch arithmetic by {diff:.2e} of the largest value"
+                continue
+            ms[kind] = round(took, 4)
+        except Exception as exc:  # a kernel this card's Triton cannot compile or run: the other design may
+            left_out[kind] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    del tensors, sample
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    CHOICE.clear()
+    CHOICE.update({"design": min(ms, key=ms.__getitem__) if ms else None, "forced": forced,
+                   "ms_per_layer": ms, "tokens": tokens, "left_out": left_out})
+    return dict(CHOICE)
 
 
-def install(model: Any, *, force: bool = False, dtype: Any = None) -> int:
+def install(model: Any, *, force: bool = False, dtype: Any = None, tokens: int = 8192) -> int:
     """Swap Unsloth's fused LoRA SwiGLU MLP for this one in every layer that has it; the count swapped.
 
     Only on CUDA (the kernels are Triton's) unless ``force`` (the tests, under Triton's interpreter). With ``dtype``
-    (the compute dtype) the kernels are compiled and tuned right away (:func:`warm_up`).
+    (the compute dtype) the kernels are compiled, tuned and the design chosen first (:func:`warm_up`, on ``tokens``
+    tokens: best the step's own micro-batch, as the tiles that suit it depend on it); when no design works on this
+    card, nothing is swapped.
     """
-    if os.environ.get("FORMA_FUSED_MLP", "1").lower() in OFF:
+    if os.environ.get("FORMA_FUSED_MLP", "auto").lower() in OFF:
         return 0
     fast_lora = lora_guard.fast_lora("apply_lora_mlp_swiglu")
     if fast_lora is None:  # no Unsloth, or another one: keep its own path
@@ -262,15 +344,14 @@ def install(model: Any, *, force: bool = False, dtype: Any = None) -> int:
 
     if not force and not torch.cuda.is_available():
         return 0
-    swapped, shape = 0, None
-    for module in model.modules():
-        forward = module.__dict__.get("forward")
-        if getattr(forward, "__func__", None) is not fast_lora.apply_lora_mlp_swiglu:
-            continue
+    targets = [module for module in model.modules()
+               if getattr(module.__dict__.get("forward"), "__func__", None) is fast_lora.apply_lora_mlp_swiglu]
+    if targets and dtype is not None and torch.cuda.is_available():
+        gate = targets[0].gate_proj
+        active = list(getattr(gate, "active_adapters", None) or ["default"])  # PEFT's LoraLayer
+        shape = gate.lora_B[active[0]].weight.shape if active[0] in gate.lora_B else None
+        if shape is not None and shape[1] % 16 == 0 and warm_up(shape[0], shape[1], dtype, tokens)["design"] is None:
+            return 0
+    for module in targets:
         module.forward = types.MethodType(apply_fused_mlp, module)
-        swapped += 1
-        active = list(getattr(module.gate_proj, "active_adapters", None) or ["default"])  # PEFT's LoraLayer
-        shape = module.gate_proj.lora_B[active[0]].weight.shape if active[0] in module.gate_proj.lora_B else None
-    if swapped and dtype is not None and torch.cuda.is_available() and shape is not None and shape[1] % 16 == 0:
-        warm_up(shape[0], shape[1], dtype)
-    return swapped
+    return len(targets)

@@ -1,12 +1,12 @@
 """Triton kernels of train/fused_mlp.py: SwiGLU with the gate and up projections' LoRA terms added inside it.
 
-Two designs, the same arithmetic:
+Two designs, the same arithmetic; train/fused_mlp.py's ``warm_up`` times both on the card at load and runs the faster:
 
-* **tiles** (the default; timed on the H200, docs/train.md): one program per [BM, BN] tile of the tokens x N
+* **tiles** (timed on the H200, docs/train.md): one program per [BM, BN] tile of the tokens x N
   matrices. It adds the gate and up LoRA terms (one small tensor-core product each) before SwiGLU. The rank-16
   products that reduce over the width (``h A_d^T`` in the forward, ``d_gate B_g`` and ``d_up B_u`` in the backward)
   stay cuBLAS products in train/fused_mlp.py, each one more read of a tokens x N matrix.
-* **rows** (``FORMA_FUSED_MLP=rows``; checked on the CPU, not yet timed on a GPU): one program per BM token rows
+* **rows** (checked on the CPU in Triton's interpreter, not yet timed on a GPU by us): one program per BM token rows
   walks across the width in BN-wide tiles and folds each tile into those rank-16 products as it goes, so their sums
   stay in registers (no atomics, no partial buffers) and three reads of a tokens x N matrix a layer go away.
 

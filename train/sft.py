@@ -312,10 +312,24 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
         target_modules=list(config.lora.target_modules), bias="none", random_state=config.seed,
         use_gradient_checkpointing=checkpointing, max_seq_length=config.max_seq_length)
     qkv = fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
-    mlp = fused_mlp.install(model, dtype=dtype)  # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels
+    # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels, tuned on the micro-batch's tokens (at most
+    # 32,768: the tuning's copies are transient memory at load time, ~4 GB there for Qwen2.5-3B)
+    mlp = fused_mlp.install(model, dtype=dtype, tokens=min(32768, plan.micro_batch * config.max_seq_length))
     if qkv or mlp:
-        print(f"fused LoRA: q/k/v with a bias in {qkv} layers, SwiGLU MLP in {mlp} layers", file=sys.stderr, flush=True)
+        print(f"fused LoRA: q/k/v with a bias in {qkv} layers, SwiGLU MLP in {mlp} layers{_mlp_choice(mlp)}",
+              file=sys.stderr, flush=True)
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
+
+
+def _mlp_choice(layers: int) -> str:
+    """The fused MLP's kernel design and what its warm-up measured, for the stderr line."""
+    choice = fused_mlp.CHOICE
+    if not layers or not choice.get("design"):
+        return ""
+    ms = ", ".join(f"{kind} {t:.2f} ms" for kind, t in choice["ms_per_layer"].items())
+    how = "forced by FORMA_FUSED_MLP" if choice.get("forced") else "the faster on this card"
+    return (f" ({choice['design']} kernels, {how}; forward + backward a layer at {choice['tokens']:,} tokens: {ms}"
+            + "".join(f"; {kind} left out: {why}" for kind, why in choice["left_out"].items()) + ")")
 
 
 def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, train_tok: Any, eval_tok: Any,
@@ -436,6 +450,7 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
                                 for m in run.model.modules()),
         "fused_mlp_layers": sum(getattr(m.__dict__.get("forward"), "__func__", None) is fused_mlp.apply_fused_mlp
                                 for m in run.model.modules()),
+        "fused_mlp": dict(fused_mlp.CHOICE) or None,  # the kernel design warm-up chose, and its timings
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
                    pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0)),
