@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import step_profile
+# Loaded from its file, not by putting bench/ on sys.path: bench/export.py and bench/eval.py would then shadow the
+# export/ and eval/ packages for every test that imports them later in the same session.
+_SPEC = importlib.util.spec_from_file_location("step_profile", Path(__file__).resolve().parents[1] / "bench" /
+                                               "step_profile.py")
+assert _SPEC is not None and _SPEC.loader is not None
+step_profile = importlib.util.module_from_spec(_SPEC)
+sys.modules["step_profile"] = step_profile
+_SPEC.loader.exec_module(step_profile)
 
 
 def _x(cat: str, name: str, ts: float, dur: float, tid: int = 1, **args: object) -> dict[str, object]:
