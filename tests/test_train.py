@@ -103,6 +103,19 @@ def test_resume_without_checkpoint_and_4bit_on_cpu(tmp_path: Path, smollm2: Path
             train(_config(tmp_path, smollm2, dataset, quantization="4bit"))
 
 
+def test_a_bad_fused_mlp_setting_is_refused_before_the_model_loads(tmp_path: Path, smollm2: Path, dataset: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from train.sft import preflight
+
+    monkeypatch.setenv("FORMA_FUSED_MLP", "row")
+    with pytest.raises(FormaError, match="FORMA_FUSED_MLP='row'") as info:
+        preflight(_config(tmp_path, smollm2, dataset))
+    assert "tiles or rows" in str(info.value)
+    for value in ("0", "auto", "tiles", "rows"):
+        monkeypatch.setenv("FORMA_FUSED_MLP", value)
+        preflight(_config(tmp_path, smollm2, dataset))
+
+
 def test_chat_template_that_is_not_chatml(tmp_path: Path, smollm2: Path, dataset: Path) -> None:
     """A Zephyr-style template on the same model: refused after the tokenizer loads, before the weights do."""
     from train.sft import train

@@ -35,6 +35,7 @@ import os
 import types
 from typing import Any
 
+from common.errors import FormaError
 from train import lora_guard
 
 OFF = ("0", "false", "no", "off")
@@ -47,9 +48,26 @@ DESIGNS = ("tiles", "rows")
 CHOICE: dict[str, Any] = {}
 
 
-def forced_design() -> str | None:
-    """The design ``FORMA_FUSED_MLP`` forces (``tiles`` or ``rows``), else None (``1``/``auto``: timed at load)."""
+ON = ("", "1", "true", "yes", "on", "auto")
+
+
+def setting() -> str:
+    """``FORMA_FUSED_MLP`` read: ``off``, ``auto`` (the default: the design is timed at load), ``tiles`` or ``rows``.
+    Anything else is an error naming the variable (a typo such as ``row`` would otherwise quietly mean ``auto``)."""
     value = os.environ.get("FORMA_FUSED_MLP", "auto").strip().lower()
+    if value in OFF:
+        return "off"
+    if value in ON:
+        return "auto"
+    if value in DESIGNS:
+        return value
+    raise FormaError(f"FORMA_FUSED_MLP={value!r} is not a setting of the fused LoRA MLP", where="FORMA_FUSED_MLP",
+                     hint="use 0 (off), auto (the default), tiles or rows")
+
+
+def forced_design() -> str | None:
+    """The design ``FORMA_FUSED_MLP`` forces (``tiles`` or ``rows``), else None (``auto``: timed at load)."""
+    value = setting()
     return value if value in DESIGNS else None
 
 
@@ -335,7 +353,7 @@ def install(model: Any, *, force: bool = False, dtype: Any = None, tokens: int =
     tokens: best the step's own micro-batch, as the tiles that suit it depend on it); when no design works on this
     card, nothing is swapped.
     """
-    if os.environ.get("FORMA_FUSED_MLP", "auto").lower() in OFF:
+    if setting() == "off":
         return 0
     fast_lora = lora_guard.fast_lora("apply_lora_mlp_swiglu")
     if fast_lora is None:  # no Unsloth, or another one: keep its own path

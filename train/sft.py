@@ -91,6 +91,7 @@ def preflight(config: TrainConfig) -> Preflight:
         raise FormaError(f"max_seq_length {config.max_seq_length} is longer than the model's context ({limit} "
                          "max_position_embeddings)", where="max_seq_length", hint=f"use at most {limit}")
     device = resolve_device(config.device)
+    fused_mlp.setting()  # a bad FORMA_FUSED_MLP is an error now, not after the model has loaded
     if config.quantization == "4bit" and device != "cuda":
         raise FormaError("quantization: 4bit (QLoRA) needs a CUDA GPU (bitsandbytes)", where="quantization",
                          hint="use quantization: 16bit on CPU")
