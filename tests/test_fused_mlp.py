@@ -1,8 +1,11 @@
 """The fused LoRA SwiGLU MLP (train/fused_mlp.py): its autograd Function against PEFT's MLP on a real Qwen2 layer,
-and its Triton kernels against the torch version of the same arithmetic, run in Triton's interpreter on the CPU."""
+its Triton kernels against the torch version of the same arithmetic, run in Triton's interpreter on the CPU, the
+choice between its two kernel designs, and its tiles compiled for the H200 (sm_90) with Triton's own ptxas."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -173,3 +176,29 @@ def test_warm_up_times_both_designs_and_leaves_out_one_that_is_wrong_or_fails(tm
     proc = subprocess.run([sys.executable, "-c", CHOICE_CHECK], env=env, capture_output=True, text=True,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0 and "CHOICE OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _candidates() -> list[tuple[str, tuple[int, int, int, int]]]:
+    kernels = importlib.import_module("train.fused_mlp_kernels")
+    measured = {(bm, bn, w) for bm, bn, w in kernels.TILES_MEASURED}
+    return [(kind, (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages))
+            for kind, configs in (("tiles", kernels.CONFIGS), ("rows", kernels.CONFIGS_ROWS)) for c in configs
+            if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps) not in measured]
+
+
+@pytest.mark.parametrize("kind,tile", _candidates() if importlib.util.find_spec("triton") else [])
+def test_candidate_tiles_compile_for_the_h200_without_spilling_registers(kind: str, tile: tuple[int, ...]) -> None:
+    """Every tile the autotuner may pick (but the measured ones kept for comparison) compiles for sm_90 with no
+    stack a thread: spilled registers would turn a memory-speed kernel into a slower one (the first tiles did)."""
+    from tests.helpers.triton_aot import resources, tool
+    from train import fused_mlp_kernels as k
+
+    if not tool("ptxas").is_file() or not tool("cuobjdump").is_file():
+        pytest.skip("this Triton wheel has no NVIDIA tools")
+    bm, bn, warps, stages = tile
+    fwd, bwd = (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows) if kind == "rows" else \
+        (k.lora_swiglu_fwd, k.lora_swiglu_bwd)
+    for fn in (fwd, bwd):
+        used = resources(fn, {"R": 16, "BM": bm, "BN": bn}, warps, stages, ints={"T", "N", "stride_xa"},
+                         floats={"SG", "SU", "SD"})
+        assert used["stack"] == 0, (fn.__name__, tile, used)

@@ -6,7 +6,8 @@
    ``d_gate B_g`` and ``d_up B_u`` products (each design's time includes whichever of those products it leaves to
    cuBLAS), for both kernel designs (train/fused_mlp_kernels.py: tiles, the default; rows). Next to them, the time
    a plain pass over the same matrices takes (``torch.add``): the memory-bound floor.
-3. A tile sweep of the row design: every (BM, BN, warps, stages) in SWEEP, timed on the raw kernels, best first.
+3. A tile sweep of both designs: every (BM, BN, warps, stages) in SWEEP, timed on the raw kernels, best first, with
+   the registers and spills a thread the compiler reports.
 
 Prints the largest differences (relative to the largest value) and the times; exits 1 past bf16 noise.
 Run on the GPU machine: python3 bench/probe/fused_mlp_check.py [--no-sweep]
@@ -34,43 +35,56 @@ from train import fused_mlp, fused_mlp_kernels  # noqa: E402
 T, N, R = 32768, 11008, 16
 TOLERANCE = 2e-2  # a few bf16 ulps, relative to the largest value
 KINDS = ("tiles", "rows")
-SWEEP = [(bm, bn, w, s) for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8) for s in (2, 3)
-         if bm * bn <= 16384]
+#: Tiles the sweep times, per design: the autotuner's candidates and a few neighbours (BM, BN, warps, stages).
+SWEEP = {"tiles": sorted({(c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages)
+                          for c in fused_mlp_kernels.CONFIGS}
+                         | {(16, 64, 4, 2), (16, 256, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 256, 8, 2)}),
+         "rows": sorted({(c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages)
+                         for c in fused_mlp_kernels.CONFIGS_ROWS}
+                        | {(16, 32, 4, 2), (32, 32, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 8, 1)})}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
-def _sweep(e0: torch.Tensor, g0: torch.Tensor, w: torch.Tensor, e: torch.Tensor, g: torch.Tensor,
+def _sweep(kind: str, e0: torch.Tensor, g0: torch.Tensor, w: torch.Tensor, e: torch.Tensor, g: torch.Tensor,
            XA: torch.Tensor, dYB: torch.Tensor, Bg: torch.Tensor, Bu: torch.Tensor, Ad: torch.Tensor,
            scales: tuple[float, float, float]) -> None:
-    """Time the row design's raw kernels at every tile in SWEEP; print the best eight of each and the worst."""
+    """Time design ``kind``'s raw kernels at every tile in SWEEP (the tile design without the cuBLAS products it
+    leaves to train/fused_mlp.py); print the best eight of each, the worst, and registers and spills a thread."""
     sd, sg, su = scales
     hA = torch.empty(T, R, device="cuda", dtype=torch.bfloat16)
     G = torch.empty(T, 2 * R, device="cuda", dtype=torch.bfloat16)
-    results: dict[str, list[tuple[float, tuple[int, int, int, int]]]] = {"forward": [], "backward": []}
-    for bm, bn, nw, ns in SWEEP:
-        grid = (triton.cdiv(T, bm),)
+    k = fused_mlp_kernels
+    results: dict[str, list[tuple[float, tuple[int, int, int, int], str]]] = {"forward": [], "backward": []}
+    for bm, bn, nw, ns in SWEEP[kind]:
+        grid = (triton.cdiv(T, bm),) if kind == "rows" else (triton.cdiv(T, bm), triton.cdiv(N, bn))
         kw = {"R": R, "BM": bm, "BN": bn, "num_warps": nw, "num_stages": ns}
 
-        def fwd(grid: tuple[int] = grid, kw: dict[str, int] = kw) -> None:
-            fused_mlp_kernels.lora_swiglu_fwd_rows[grid](e0, g0, w, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), sg, su,
-                                                         **kw)
+        def fwd(grid: tuple[int, ...] = grid, kw: dict[str, int] = kw) -> Any:
+            if kind == "rows":
+                return k.lora_swiglu_fwd_rows[grid](e0, g0, w, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), sg, su, **kw)
+            return k.lora_swiglu_fwd[grid](e0, g0, w, XA, Bg, Bu, T, N, XA.stride(0), sg, su, **kw)
 
-        def bwd(grid: tuple[int] = grid, kw: dict[str, int] = kw) -> None:
-            fused_mlp_kernels.lora_swiglu_bwd_rows[grid](w, e, g, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg,
-                                                         su, **kw)
+        def bwd(grid: tuple[int, ...] = grid, kw: dict[str, int] = kw) -> Any:
+            if kind == "rows":
+                return k.lora_swiglu_bwd_rows[grid](w, e, g, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg, su,
+                                                    **kw)
+            return k.lora_swiglu_bwd[grid](w, e, g, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg, su, **kw)
 
-        try:
-            results["forward"].append((do_bench(fwd), (bm, bn, nw, ns)))
-            results["backward"].append((do_bench(bwd), (bm, bn, nw, ns)))
-        except Exception as exc:  # out of shared memory or registers: not a candidate
-            print(f"  BM={bm} BN={bn} warps={nw} stages={ns}: {type(exc).__name__}")
+        for name, launch in (("forward", fwd), ("backward", bwd)):
+            try:
+                compiled = launch()
+                regs = f"{getattr(compiled, 'n_regs', '?')}r/{getattr(compiled, 'n_spills', '?')}sp"
+                results[name].append((do_bench(launch), (bm, bn, nw, ns), regs))
+            except Exception as exc:  # out of shared memory or registers: not a candidate
+                print(f"  {kind} {name} BM={bm} BN={bn} warps={nw} stages={ns}: {type(exc).__name__}")
     for name, rows in results.items():
         rows.sort()
-        print(f"sweep {name} (ms; BM, BN, warps, stages): "
-              + "; ".join(f"{t:.3f} {c}" for t, c in rows[:8]) + f"; worst {rows[-1][0]:.3f} {rows[-1][1]}")
+        print(f"sweep {kind} {name} (ms; BM, BN, warps, stages; registers/spills): "
+              + "; ".join(f"{t:.3f} {c} {r}" for t, c, r in rows[:8])
+              + f"; worst {rows[-1][0]:.3f} {rows[-1][1]} {rows[-1][2]}")
 
 
 def main(sweep: bool) -> int:
@@ -132,7 +146,8 @@ def main(sweep: bool) -> int:
         print(f"{kind}: tiles the autotuner chose: forward {getattr(fwd, 'best_config', '?')}, "
               f"backward {getattr(bwd, 'best_config', '?')}")
     if sweep:
-        _sweep(e0, g0, w, e, g, XA, dYB, Bg, Bu, Ad, (sd, sg, su))
+        for kind in KINDS:
+            _sweep(kind, e0, g0, w, e, g, XA, dYB, Bg, Bu, Ad, (sd, sg, su))
     return 0 if max(worst.values()) < TOLERANCE else 1
 
 
