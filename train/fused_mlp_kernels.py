@@ -28,9 +28,10 @@ def _config(bm: int, bn: int, warps: int, stages: int = 2) -> triton.Config:
 
 #: (BM, BN, warps) of the tiles the 2026-12-01 H200 runs tuned among. Compiled for sm_90 as Triton's JIT
 #: specializes them there (aligned pointers, N a multiple of 16), each holds 64 values of each [BM, BN] matrix a
-#: thread: the forward takes 178-255 registers a thread (one spills) and the backward spills 56-240 bytes to the stack,
-#: which is how those kernels came to move ~2.8 TB/s where Unsloth's 1-D SwiGLU kernels reach ~4.2. Kept among the
-#: candidates so that the autotuner, timing on the card, can only do as well as those runs or better.
+#: thread: the forward takes 178-255 registers a thread (one spills), the backward spills 56-240 bytes to the stack.
+#: The likely reason those kernels moved ~2.8 TB/s where Unsloth's 1-D SwiGLU kernels (1,024 values a block of 4
+#: warps: 8 a thread) reach ~4.2. Kept among the candidates so that the autotuner, timing on the card, can only do
+#: as well as those runs or better.
 TILES_MEASURED = ((64, 128, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4))
 #: Tiles of 8-16 values a thread: 32-57 registers in the forward, 43-92 in the backward, no spill, 128-bit loads
 #: and stores (tests/test_fused_mlp.py compiles them for sm_90 with Triton's own ptxas, no GPU needed, and checks).
