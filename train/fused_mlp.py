@@ -38,17 +38,14 @@ from typing import Any
 from common.errors import FormaError
 from train import lora_guard
 
+#: FORMA_FUSED_MLP values: off, on (the design chosen at load), or a design forced.
 OFF = ("0", "false", "no", "off")
-_CACHE: dict[str, Any] = {}
-
-
+ON = ("", "1", "true", "yes", "on", "auto")
 DESIGNS = ("tiles", "rows")
 #: What :func:`warm_up` found on this card: the design chosen, each design's forward + backward milliseconds a layer
 #: at the warm-up's token count, and why a design was left out (it did not compile or disagreed with torch).
 CHOICE: dict[str, Any] = {}
-
-
-ON = ("", "1", "true", "yes", "on", "auto")
+_CACHE: dict[str, Any] = {}
 
 
 def setting() -> str:
