@@ -357,6 +357,7 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "fused": {k: report.get(k) for k in ("fused_qkv_layers", "fused_mlp_layers", "fused_mlp")},
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
             "packed_attention": report.get("packed_attention"), "memory_plan": report.get("memory_plan"),
+            "deferred_logging": report.get("deferred_logging"),
             "mfu": report.get("mfu"), "step_s": _step_seconds(_PHASE_CLOCKS[-1].points) if _PHASE_CLOCKS else [],
             "phases": _phases(_PHASE_CLOCKS[-1].marks) if _PHASE_CLOCKS else {}}
 

@@ -262,6 +262,8 @@ def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Pa
     assert 0.5 < m["non_padding_share"] <= 1.0 and m["tokens_per_s"] > 0 and m["peak_rss_gib"] > 0
     assert report["dataset_hash"] == load_chats(dataset).dataset_hash and report["config_hash"] == config.digest()
     assert report["optimizer"] == "adamw_torch"  # "auto" on the CPU
+    # every step's loss line went through train/deferred_log.py (on the CPU the values are ready at once)
+    assert report["deferred_logging"] == {"lines": 6, "written_late": 0}
     assert (result.report.parent / "loss.png").stat().st_size > 0
     assert (tmp_path / "reports" / "train-run" / "train_report.json").is_file()
     assert (result.adapter_dir / "adapter_config.json").is_file()

@@ -36,10 +36,9 @@ import types
 from typing import Any
 
 from common.errors import FormaError
-from train import lora_guard
+from train import OFF, lora_guard
 
 #: FORMA_FUSED_MLP values: off, on (the design chosen at load), or a design forced.
-OFF = ("0", "false", "no", "off")
 ON = ("", "1", "true", "yes", "on", "auto")
 DESIGNS = ("tiles", "rows")
 #: What :func:`warm_up` found on this card: the design chosen, each design's forward + backward milliseconds a layer

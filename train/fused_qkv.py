@@ -16,12 +16,9 @@ path. Off with ``FORMA_FUSED_QKV=0``. ``tests/test_fused_qkv.py`` checks outputs
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from train import lora_guard
-
-OFF = ("0", "false", "no", "off")
+from train import lora_guard, switched_off
 
 
 def _qkv_function() -> Any:
@@ -108,7 +105,7 @@ def install(model: Any) -> int:
 
     A layer Unsloth fused itself (no base bias) keeps Unsloth's Function.
     """
-    if os.environ.get("FORMA_FUSED_QKV", "1").lower() in OFF:
+    if switched_off("FORMA_FUSED_QKV"):
         return 0
     if lora_guard.fast_lora() is None:  # no Unsloth, or another one: keep its own path
         return 0

@@ -17,11 +17,10 @@ on the GPU (outputs and gradients); the bench reports both paths' losses.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from typing import Any
 
-OFF = ("0", "false", "no", "off")
+from train import switched_off
 
 
 def with_gqa(varlen_attn: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,7 +39,7 @@ def with_gqa(varlen_attn: Callable[..., Any]) -> Callable[..., Any]:
 
 def enable() -> bool:
     """Switch Unsloth's packed attention to torch's flash varlen kernel where it fell back; True if it did."""
-    if os.environ.get("FORMA_TORCH_VARLEN", "1").lower() in OFF:
+    if switched_off("FORMA_TORCH_VARLEN"):
         return False
     import torch
 
@@ -53,7 +52,7 @@ def enable() -> bool:
         return False
     if dispatch._TORCH_VARLEN_ATTN is not None:  # Unsloth uses varlen already (torch >= 2.12)
         return False
-    if os.environ.get("UNSLOTH_TORCH_VARLEN", "1").lower() in OFF:  # the user turned varlen off in Unsloth
+    if switched_off("UNSLOTH_TORCH_VARLEN"):  # the user turned varlen off in Unsloth
         return False
     varlen_attn = varlen_module.varlen_attn
     if "window_size" not in inspect.signature(varlen_attn).parameters:  # torch < 2.11
@@ -62,7 +61,7 @@ def enable() -> bool:
         return False
 
     dispatch._TORCH_VARLEN_ATTN = with_gqa(varlen_attn)
-    if os.environ.get("UNSLOTH_LEAN_VARLEN", "1").lower() not in OFF:
+    if not switched_off("UNSLOTH_LEAN_VARLEN"):
         # The lean path runs unless cuDNN would take the call; torch 2.11 sends varlen to cuDNN only on sm_100+.
         should_use_cudnn = getattr(varlen_module, "_should_use_cudnn", None)
 

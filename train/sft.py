@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
-from train import fused_mlp, fused_qkv, unsloth_compat
+from train import deferred_log, fused_mlp, fused_qkv, unsloth_compat
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
 from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
@@ -334,6 +334,12 @@ def _mlp_choice(layers: int) -> str:
             + "".join(f"; {kind} left out: {why}" for kind, why in choice["left_out"].items()) + ")")
 
 
+def _deferred_logging(trainer: Any) -> dict[str, int] | None:
+    """How many log lines train/deferred_log.py wrote, and how many a step or more late; None where not installed."""
+    logs = getattr(trainer, "forma_deferred_logs", None)
+    return None if logs is None else {"lines": logs.written, "written_late": logs.written_late}
+
+
 def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, train_tok: Any, eval_tok: Any,
                   resume_from: str | None, plan: MemoryPlan) -> tuple[Any, CountingCollator]:
     """TRL's SFTTrainer on pre-tokenized chats (labels already masked), with a collator that counts real tokens."""
@@ -384,6 +390,8 @@ def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, tra
 
     trainer.evaluate = counted_evaluate  # type: ignore[method-assign]
     trainer.add_callback(step_clock(counter))
+    # the per-step loss without a GPU sync per step (train/deferred_log.py); None leaves Trainer's own logging
+    trainer.forma_deferred_logs = deferred_log.install(trainer)  # type: ignore[attr-defined]
     return trainer, counter
 
 
@@ -442,6 +450,7 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
         "device": pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0),
         "resumed_from": resume_from,
         "optimizer": optimizer_name(config.optimizer, pre.device),
+        "deferred_logging": _deferred_logging(run.trainer),
         "packed_attention": ("torch flash varlen (train/packed_attention.py)" if run.flash_varlen_shim
                              else "Unsloth's choice" if config.packing else None),
         "data": {"train_chats": len(run.train_tok.input_ids), "eval_chats": len(run.eval_tok.input_ids),

@@ -1,0 +1,131 @@
+"""GPU check: packed (varlen) causal attention through aten's flash kernels (what Unsloth's lean path and forma run)
+against aten's cuDNN attention kernels, at a 16-row packed step's shape (Qwen2.5-3B: 16 query heads, 2 K/V heads,
+head size 128; ~32,768 tokens in chats of the bench's length distribution).
+
+Why: in the H200 trace of `forma train` attention is ~70 ms of a 0.83 s step (FlashAttention-2 at ~100 TFLOP/s on
+chats of ~320 tokens), the largest piece of a step outside the model's own matrix products. torch 2.11 leaves cuDNN
+out of varlen attention on Hopper; this measures whether its kernels, called directly with the same cumulative
+sequence lengths, would be faster, and whether they agree with flash.
+
+For each backend: forward, and forward + backward, timed with triton's do_bench; outputs and the three input
+gradients compared with flash's (largest difference relative to the largest value). cuDNN is tried with the
+grouped-query K/V as they are and with K/V heads repeated to 16 (gradients summed back), since torch's varlen
+wrapper refuses GQA on cuDNN. A backend that raises is reported with its error, not hidden.
+
+Run on the GPU machine (torch only, no Unsloth): python3 bench/probe/attention_backends_check.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from triton.testing import do_bench
+
+TOKENS, HQ, HKV, D = 32768, 16, 2, 128
+MEAN_CHAT = 320  # the bench dataset's mean chat length in tokens (bench/results: mean_chat_tokens 318.6)
+
+
+def chat_lengths(total: int, mean: int, seed: int = 0) -> list[int]:
+    """Chat lengths (lognormal around ``mean``, 24..2048) that add up to exactly ``total`` tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lengths: list[int] = []
+    while sum(lengths) < total:
+        n = int(torch.empty(1).log_normal_(mean=0.0, std=0.6, generator=g).item() * mean * 0.84)
+        lengths.append(max(24, min(2048, n)))
+    lengths[-1] -= sum(lengths) - total
+    if lengths[-1] < 1:
+        lengths.pop()
+        lengths[-1] += total - sum(lengths)
+    return lengths
+
+
+def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+          grad: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    out, lse, seed, offset, _ = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=D ** -0.5)
+    if grad is None:
+        return (out,)
+    dq, dk, dv = torch.ops.aten._flash_attention_backward(
+        grad, q, k, v, out, lse, cu, cu, max_len, max_len, 0.0, True, seed, offset, scale=D ** -0.5)
+    return out, dq, dk, dv
+
+
+def cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+          grad: torch.Tensor | None, repeat: bool) -> tuple[torch.Tensor, ...]:
+    groups = q.shape[1] // k.shape[1]
+    if repeat:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    res = torch.ops.aten._cudnn_attention_forward(
+        query=q, key=k, value=v, attn_bias=None, cum_seq_q=cu, cum_seq_k=cu, max_q=max_len, max_k=max_len,
+        compute_log_sumexp=True, dropout_p=0.0, is_causal=True, return_debug_mask=False, scale=D ** -0.5)
+    out, lse, seed, offset = res[0], res[1], res[6], res[7]
+    if grad is None:
+        return (out,)
+    dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
+        grad_out=grad, query=q, key=k, value=v, out=out, logsumexp=lse, philox_seed=seed, philox_offset=offset,
+        attn_bias=torch.empty(0, device=q.device), cum_seq_q=cu, cum_seq_k=cu, max_q=max_len, max_k=max_len,
+        dropout_p=0.0, is_causal=True, scale=D ** -0.5)
+    if repeat:
+        dk = dk.unflatten(1, (-1, groups)).sum(2)
+        dv = dv.unflatten(1, (-1, groups)).sum(2)
+    return out, dq, dk, dv
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+def main() -> int:
+    print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version(), torch.cuda.get_device_name(0))
+    print(torch.ops.aten._cudnn_attention_forward.default._schema)
+    print(torch.ops.aten._cudnn_attention_backward.default._schema)
+    lengths = chat_lengths(TOKENS, MEAN_CHAT)
+    cu = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
+    max_len = max(lengths)
+    # causal attention FLOPs (QK^T and PV, 2 FLOPs a multiply-add, half the square): forward; backward is 2.5x
+    fwd_flops = sum(2 * 2 * n * (n + 1) / 2 * D * HQ for n in lengths)
+    print(f"{len(lengths)} chats, mean {TOKENS / len(lengths):.0f}, max {max_len} tokens; "
+          f"forward {fwd_flops / 1e9:.1f} GFLOP a layer")
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    q, k, v, grad = rand(TOKENS, HQ, D), rand(TOKENS, HKV, D), rand(TOKENS, HKV, D), rand(TOKENS, HQ, D)
+    ref = flash(q, k, v, cu, max_len, grad)
+    backends: dict[str, Callable[[torch.Tensor | None], tuple[torch.Tensor, ...]]] = {
+        "flash (aten, FlashAttention-2)": lambda gr: flash(q, k, v, cu, max_len, gr),
+        "cudnn, grouped K/V as they are": lambda gr: cudnn(q, k, v, cu, max_len, gr, repeat=False),
+        "cudnn, K/V heads repeated to 16": lambda gr: cudnn(q, k, v, cu, max_len, gr, repeat=True),
+    }
+    results: dict[str, Any] = {}
+    for name, fn in backends.items():
+        try:
+            got = fn(grad)
+            diffs = {n: rel(a, b) for n, a, b in zip(("out", "dq", "dk", "dv"), got, ref, strict=True)}
+            t_fwd = do_bench(lambda fn=fn: fn(None), warmup=10, rep=200)  # type: ignore[misc]
+            t_all = do_bench(lambda fn=fn: fn(grad), warmup=10, rep=200)  # type: ignore[misc]
+        except Exception as exc:  # a backend that fails is a result: print why
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+            print(f"{name}: FAILED {results[name]['error']}")
+            traceback.print_exc(limit=2, file=sys.stdout)
+            continue
+        results[name] = {"forward_ms": round(t_fwd, 4), "forward_backward_ms": round(t_all, 4),
+                         "forward_tflops": round(fwd_flops / t_fwd / 1e9, 1),
+                         "all_tflops": round(3.5 * fwd_flops / t_all / 1e9, 1),
+                         "diff": {n: float(f"{d:.2e}") for n, d in diffs.items()}}
+        r = results[name]
+        print(f"{name}: forward {t_fwd:.3f} ms ({r['forward_tflops']} TFLOP/s), forward + backward {t_all:.3f} ms "
+              f"({r['all_tflops']} TFLOP/s); x 36 layers = {36 * t_all:.1f} ms a step; largest difference from "
+              f"flash {r['diff']}")
+    print("RESULT " + json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
