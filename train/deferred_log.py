@@ -3,8 +3,10 @@
 Why: transformers' ``Trainer`` reads the accumulated loss and the gradient norm on the host at every logging step
 (``.item()`` in ``_maybe_log_save_evaluate``). With ``logging_steps: 1`` (forma's default, so the report has a loss
 per step) that is a sync per optimiser step: the GPU drains, then idles while the host runs the callbacks, collates
-the next batch and launches the next forward. The H200 trace of a 0.83 s step showed ~14 ms of idle GPU a step,
-almost all of it while the host was between operators.
+the next batch and launches the next forward. Measured on the H200 (bench/results/
+train_gpu_sweep-deferred-logs-h200-2026-12-01.json, one machine, 16 steps): 60.1% MFU with the lines deferred,
+59.3% without. The ~14 ms of idle GPU a step that the trace shows while the host is between operators did not go
+away with it, so that idle has another cause (not found yet).
 
 :class:`DeferredLogs` keeps every log line (the same values, steps, epochs and order as ``Trainer`` writes) but
 takes the values from a pinned host copy queued on the stream behind the step, and writes the line once that copy's
