@@ -101,13 +101,24 @@ def _enclosing(ops: list[dict[str, Any]], starts: list[float], parents: list[int
     return chain
 
 
+def _gap_starts(gpu: list[dict[str, Any]], min_gap_us: float) -> list[tuple[dict[str, Any], float]]:
+    """The GPU activities that start after an idle gap longer than ``min_gap_us``, each with when the GPU went idle."""
+    found, busy_end = [], gpu[0]["ts"]
+    for e in gpu:
+        if e["ts"] - busy_end > min_gap_us:
+            found.append((e, busy_end))
+        busy_end = max(busy_end, e["ts"] + e.get("dur", 0))
+    return found
+
+
 def timeline(trace: dict[str, Any], steps: int, min_gap_us: float = 20.0) -> dict[str, Any]:
     """GPU idle time in a chrome trace and what the host was doing then; kernel time by the op that launched it.
 
     Idle gaps are the spans between GPU activities (kernels, copies, fills) longer than ``min_gap_us``. Each is
     charged to the top-level host ops that ran during it, by overlap (the host was busy there, not launching; the
     rest is "(no host op)"), and, where a synchronising runtime call falls inside it, to the op that called it (an
-    ``aten::item`` and its parents).
+    ``aten::item`` and its parents). Each gap is also charged to the ops that launched the activity ending it
+    (outermost > innermost): what the GPU was waiting for.
     """
     import bisect
     from collections import Counter
@@ -132,14 +143,13 @@ def timeline(trace: dict[str, Any], steps: int, min_gap_us: float = 20.0) -> dic
     ops, starts, parents = threads[main]
     syncs = sorted((e for e in events if e.get("cat") == "cuda_runtime" and any(
         k in e.get("name", "") for k in ("Synchronize", "MemcpyAsync", "Memcpy"))), key=lambda e: e["ts"])
-    gaps, busy_end = [], gpu[0]["ts"]
-    for e in gpu:
-        if e["ts"] - busy_end > min_gap_us:
-            gaps.append((busy_end, e["ts"]))
-        busy_end = max(busy_end, e["ts"] + e.get("dur", 0))
-    span = busy_end - gpu[0]["ts"]
+    gap_starts = _gap_starts(gpu, min_gap_us)
+    gaps = [(idle_from, e["ts"]) for e, idle_from in gap_starts]
+    span = max(e["ts"] + e.get("dur", 0) for e in gpu) - gpu[0]["ts"]
     at_top: Counter[str] = Counter()
     at_sync: Counter[str] = Counter()
+    before: Counter[str] = Counter()  # what the GPU waited for: the ops that launched the kernel after each gap
+    gap_after = {id(e): e["ts"] - idle_from for e, idle_from in gap_starts}
     sync_ts = [e["ts"] for e in syncs]
     top = [i for i, p in enumerate(parents) if p == -1]  # top-level host ops, in start order, not overlapping
     top_ends = [ops[i]["ts"] + ops[i].get("dur", 0) for i in top]
@@ -161,11 +171,15 @@ def timeline(trace: dict[str, Any], steps: int, min_gap_us: float = 20.0) -> dic
             at_sync[" < ".join(ops[k]["name"] for k in inner[:4]) or syncs[j]["name"]] += b - a
     launched: Counter[str] = Counter()
     for e in gpu:
-        if e.get("cat") != "kernel":
-            continue
         rt = runtime.get(e.get("args", {}).get("correlation"))
         t_ops, t_starts, t_parents = threads.get(rt.get("tid"), threads[main]) if rt else threads[main]
         chain = _enclosing(t_ops, t_starts, t_parents, rt["ts"]) if rt else []
+        if id(e) in gap_after:  # outermost and innermost op around the launch that ended a gap
+            names = [t_ops[k]["name"] for k in chain]
+            key = f"{names[-1]} > {names[0]}" if len(names) > 1 else (names[0] if names else e["name"][:60])
+            before[key] += gap_after[id(e)]
+        if e.get("cat") != "kernel":
+            continue
         op = t_ops[chain[0]] if chain else None
         dims = str(op.get("args", {}).get("Input Dims", ""))[:90] if op else ""
         launched[f"{group_of(e['name'])} | {e['name'][:60]} | {op['name'] if op else '?'} {dims}"] += e.get("dur", 0)
@@ -176,6 +190,7 @@ def timeline(trace: dict[str, Any], steps: int, min_gap_us: float = 20.0) -> dic
         "idle_gaps_per_step": round(len(gaps) / steps, 1),
         "idle_by_host_op_ms_per_step": {k: round(v / per, 2) for k, v in at_top.most_common(15)},
         "idle_after_sync_ms_per_step": {k: round(v / per, 2) for k, v in at_sync.most_common(15)},
+        "idle_before_launch_by_op_ms_per_step": {k: round(v / per, 2) for k, v in before.most_common(20)},
         "kernel_ms_per_step_by_launching_op": {k: round(v / per, 2) for k, v in launched.most_common(60)},
     }
 

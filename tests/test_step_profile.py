@@ -45,6 +45,7 @@ def test_timeline_charges_idle_time_and_kernels_to_host_ops() -> None:
     assert t["idle_ms_per_step"] == 37.0 and t["idle_gaps_per_step"] == 1  # 15 .. 52 ms
     assert t["idle_by_host_op_ms_per_step"] == {"collate": 30.0, "(no host op)": 7.0}
     assert t["idle_after_sync_ms_per_step"] == {"aten::item < collate": 37.0}
+    assert t["idle_before_launch_by_op_ms_per_step"] == {"MmBackward0": 37.0}  # what the GPU waited for
     launched = t["kernel_ms_per_step_by_launching_op"]
     assert launched["matmul | nvjet_gemm_fwd | aten::mm [[8, 4], [4, 4]]"] == 9.0
     assert launched["other | elementwise_add | aten::add "] == 5.0

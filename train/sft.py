@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
-from train import deferred_log, fused_mlp, fused_qkv, unsloth_compat
+from train import deferred_log, fused_mlp, fused_qkv, rope_layout, unsloth_compat
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
 from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
@@ -462,6 +462,7 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
         "fused_mlp_layers": sum(getattr(m.__dict__.get("forward"), "__func__", None) is fused_mlp.apply_fused_mlp
                                 for m in run.model.modules()),
         "fused_mlp": dict(fused_mlp.CHOICE) or None,  # the kernel design warm-up chose, and its timings
+        "rope_grad_layout": rope_layout.installed(),
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
                    pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0)),
@@ -485,6 +486,8 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
 
     # packed batches: one flash varlen call per layer where Unsloth would loop over the chats (see the module)
     flash_varlen_shim = packed_attention.enable() if pre.device == "cuda" and config.packing else False
+    # packed RoPE's gradients in Q's and K's own layout: no copy of dQ and dK per layer (see the module)
+    rope_layout.install()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     plan = memory_plan(config, pre)

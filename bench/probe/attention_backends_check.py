@@ -12,11 +12,16 @@ gradients compared with flash's (largest difference relative to the largest valu
 grouped-query K/V as they are and with K/V heads repeated to 16 (gradients summed back), since torch's varlen
 wrapper refuses GQA on cuDNN. A backend that raises is reported with its error, not hidden.
 
+Then the dense route: chats grouped by length (rounded up to 64 or 128 tokens), each group a right-padded batch
+through SDPA's cuDNN or flash kernel, with the gathers into the batches and the scatter back timed too (forward and
+backward through autograd), so the figure is what a training step would pay.
+
 Run on the GPU machine (torch only, no Unsloth): python3 bench/probe/attention_backends_check.py
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
@@ -76,6 +81,68 @@ def cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, m
     return out, dq, dk, dv
 
 
+class Buckets:
+    """Chats grouped by length rounded up to ``step`` tokens, each group a right-padded dense batch.
+
+    Right padding is exact under a causal mask: a chat's tokens never attend to the pad after them, pad rows are
+    dropped from the output (so their gradient is zero), and pad keys are seen only by pad rows. Pad slots
+    therefore read any token (token 0) instead of a zero row, which would need a copy of Q.
+    """
+
+    def __init__(self, lengths: list[int], step: int, device: str = "cuda") -> None:
+        starts = [0]
+        for n in lengths:
+            starts.append(starts[-1] + n)
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(-(-n // step) * step, []).append(i)
+        self.buckets = []
+        tokens_real, slots_real, offset = [], [], 0
+        for width, chats in sorted(groups.items()):
+            idx = torch.zeros(len(chats), width, dtype=torch.long)
+            for row, c in enumerate(chats):
+                n = lengths[c]
+                idx[row, :n] = torch.arange(starts[c], starts[c] + n)
+                tokens_real.append(torch.arange(starts[c], starts[c] + n))
+                slots_real.append(offset + row * width + torch.arange(n))
+            self.buckets.append((len(chats), width, idx.flatten().to(device)))
+            offset += len(chats) * width
+        self.tokens = torch.cat(tokens_real).to(device)
+        self.slots = torch.cat(slots_real).to(device)
+        self.padded = offset
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Any,
+                  gqa: bool) -> torch.Tensor:
+        import torch.nn.functional as F
+        from torch.nn.attention import sdpa_kernel
+
+        outs = []
+        groups = q.shape[1] // k.shape[1]
+        for n, width, idx in self.buckets:
+            qb, kb, vb = (x.index_select(0, idx).view(n, width, x.shape[1], D).transpose(1, 2) for x in (q, k, v))
+            if not gqa:
+                kb, vb = kb.repeat_interleave(groups, dim=1), vb.repeat_interleave(groups, dim=1)
+            with sdpa_kernel(backend):
+                ob = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=D ** -0.5, enable_gqa=gqa)
+            outs.append(ob.transpose(1, 2).reshape(n * width, q.shape[1], D))
+        flat = torch.cat(outs)
+        return flat.new_zeros(q.shape).index_put((self.tokens,), flat.index_select(0, self.slots))
+
+
+def bucketed(buckets: Buckets, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor | None,
+             backend: Any, gqa: bool) -> tuple[torch.Tensor, ...]:
+    """Forward (and backward through autograd) of the bucketed dense path, gathers and scatters included."""
+    if grad is None:
+        with torch.no_grad():
+            return (buckets.attention(q, k, v, backend, gqa),)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = buckets.attention(leaves[0], leaves[1], leaves[2], backend, gqa)
+    out.backward(grad)
+    grads = [x.grad for x in leaves]
+    assert all(g is not None for g in grads)
+    return (out.detach(), *grads)  # type: ignore[arg-type]
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
@@ -103,6 +170,16 @@ def main() -> int:
         "cudnn, grouped K/V as they are": lambda gr: cudnn(q, k, v, cu, max_len, gr, repeat=False),
         "cudnn, K/V heads repeated to 16": lambda gr: cudnn(q, k, v, cu, max_len, gr, repeat=True),
     }
+    from torch.nn.attention import SDPBackend
+
+    for step in (64, 128):
+        b = Buckets(lengths, step)
+        print(f"buckets of {step}: {len(b.buckets)} dense batches, {b.padded} slots for {TOKENS} tokens "
+              f"({b.padded / TOKENS - 1:.1%} padding)")
+        for label, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash dense", SDPBackend.FLASH_ATTENTION)):
+            for gqa in (True, False):
+                name = f"{label} SDPA, chats in buckets of {step}, " + ("enable_gqa" if gqa else "K/V repeated")
+                backends[name] = functools.partial(bucketed, b, q, k, v, backend=backend, gqa=gqa)
     results: dict[str, Any] = {}
     for name, fn in backends.items():
         try:
