@@ -1,11 +1,15 @@
 """GPU check: the rank-16 LoRA products that read a whole activation, with the small matrix in either layout.
 
-Why: in the H200 trace of `forma train` (docs/train.md), ``d_gate @ B_g`` and ``d_up @ B_u`` ([T, 11,008] x
-[11,008, 16], B in PEFT's row-major [out, r] layout) ran cuBLAS's ``32x256 ... NNN`` kernel at ~2 TB/s, 12.6 ms a
-step, while ``h @ A_d^T`` (the same bytes, the small matrix transposed) ran ``16x256 ... TNN`` at ~4 TB/s, 6.3 ms.
-These products are memory-bound (they read T x N bf16 once), so the small matrix's layout only picks the kernel.
-This times ``X @ B`` with B as stored and with B handed over column-major (``B.t().contiguous().t()``, a 350 KB
-copy), for every such shape in a step, checks the results agree, and names the kernel cuBLAS ran for each.
+Why: the H200 trace of `forma train` lists ``d_gate @ B_g`` and ``d_up @ B_u`` ([T, 11,008] x [11,008, 16], B in
+PEFT's row-major [out, r] layout) under cuBLAS's ``32x256 ... NNN`` kernel, and ``h @ A_d^T`` (the same bytes, the
+small matrix transposed) under ``16x256 ... TNN``. These products are memory-bound (they read T x N bf16 once), so
+the small matrix's layout only picks the kernel. This times ``X @ B`` with B as stored and with B handed over
+column-major (``B.t().contiguous().t()``, the copy timed too), for every such shape in a step, checks the results
+agree, and names the kernels cuBLAS ran.
+
+Result on the H200 (2026-12-02, bench/results/skinny_products_check-h200-2026-12-02.log): B as stored already runs
+at 4.03 TB/s for the 11,008-wide case; column-major is no faster there and slower for the narrower ones, so forma
+keeps B as stored. (The trace's rows are per step, two products a layer: read per product they looked like 2 TB/s.)
 
 Run on the GPU machine (torch only): python3 bench/probe/skinny_products_check.py
 """
