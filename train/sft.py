@@ -487,7 +487,8 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
     # packed batches: one flash varlen call per layer where Unsloth would loop over the chats (see the module)
     flash_varlen_shim = packed_attention.enable() if pre.device == "cuda" and config.packing else False
     # packed RoPE's gradients in Q's and K's own layout: no copy of dQ and dK per layer (see the module)
-    rope_layout.install()
+    if pre.device == "cuda" and config.packing:
+        rope_layout.install()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     plan = memory_plan(config, pre)
