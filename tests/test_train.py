@@ -265,6 +265,7 @@ def test_cpu_training_lowers_loss_resumes_and_merges(tmp_path: Path, smollm2: Pa
     # every step's loss line went through train/deferred_log.py (on the CPU the values are ready at once)
     assert report["deferred_logging"] == {"lines": 6, "written_late": 0}
     assert report["rope_grad_layout"] is False  # a CUDA-only lever (train/rope_layout.py): the CPU keeps Unsloth's path
+    assert report["flash_attention_4"] is None  # CUDA packed runs only (train/flash_attention4.py)
     assert (result.report.parent / "loss.png").stat().st_size > 0
     assert (tmp_path / "reports" / "train-run" / "train_report.json").is_file()
     assert (result.adapter_dir / "adapter_config.json").is_file()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
-from train import deferred_log, fused_mlp, fused_qkv, rope_layout, unsloth_compat
+from train import deferred_log, flash_attention4, fused_mlp, fused_qkv, rope_layout, unsloth_compat
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
 from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
@@ -463,6 +463,7 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
                                 for m in run.model.modules()),
         "fused_mlp": dict(fused_mlp.CHOICE) or None,  # the kernel design warm-up chose, and its timings
         "rope_grad_layout": rope_layout.installed(),
+        "flash_attention_4": dict(flash_attention4.STATE) if config.packing and pre.device == "cuda" else None,
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
                    pre.device if pre.device == "cpu" else torch.cuda.get_device_name(0)),
@@ -489,6 +490,11 @@ def train(config: TrainConfig, *, resume: bool = False, run_name: str | None = N
     # packed RoPE's gradients in Q's and K's own layout: no copy of dQ and dK per layer (see the module)
     if pre.device == "cuda" and config.packing:
         rope_layout.install()
+        # packed attention through FlashAttention-4's Hopper kernels where flash-attn-4 is installed (see the module)
+        flash_attention4.install()
+        print("packed attention: " + ("FlashAttention-4 (flash_attn.cute)" if flash_attention4.STATE["installed"]
+                                      else f"bundled flash kernel; FlashAttention-4 not used: "
+                                           f"{flash_attention4.STATE['reason']}"), file=sys.stderr, flush=True)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     plan = memory_plan(config, pre)
