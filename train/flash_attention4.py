@@ -128,8 +128,9 @@ def unavailable_reason() -> str | None:
     try:
         from flash_attn.cute import flash_attn_varlen_func  # noqa: F401
     except Exception as exc:  # not installed, or its CUTLASS DSL does not import
-        return (f"flash_attn.cute does not import ({type(exc).__name__}: {exc}); to use it, install flash-attn-4 "
-                "with the pins in docs/train.md ('FlashAttention-4 on Hopper')")[:300]
+        why = f"{type(exc).__name__}: {exc}"[:160]
+        return (f"flash_attn.cute does not import ({why}); to use it, install flash-attn-4 with the pins in "
+                "docs/train.md ('FlashAttention-4 on Hopper')")
     return None
 
 
