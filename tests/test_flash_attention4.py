@@ -10,6 +10,7 @@ check when training starts.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pytest
@@ -136,3 +137,19 @@ def test_install_says_why_it_does_not_run_here(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("FORMA_FA4")
     assert fa4.install() is False
     assert fa4.STATE["reason"] == "no CUDA device"  # the CI machine and this one have no GPU
+
+
+@pytest.mark.parametrize(("capability", "says"), [
+    ((9, 0), "flash_attn.cute does not import"),  # a Hopper card without the package: the hint names the pins
+    ((8, 0), "compute capability 8.x"),
+])
+def test_on_a_gpu_without_the_package_or_hopper_it_says_why(monkeypatch: pytest.MonkeyPatch,
+                                                              capability: tuple[int, int], says: str) -> None:
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash_attn is installed here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    reason = fa4.unavailable_reason()
+    assert reason is not None and says in reason
+    if capability[0] == 9:
+        assert "docs/train.md" in reason
