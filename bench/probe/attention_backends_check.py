@@ -26,7 +26,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from triton.testing import do_bench
@@ -147,23 +147,42 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
+class PackedCase(NamedTuple):
+    """The 16-row packed step's attention inputs, shared by the attention probes."""
+
+    lengths: list[int]
+    cu: torch.Tensor  # cumulative chat lengths, int32
+    max_len: int
+    fwd_flops: float  # causal forward FLOPs a layer; the backward is ~2.5x
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    grad: torch.Tensor  # an upstream gradient for the output
+
+
+def packed_case(device: str = "cuda") -> PackedCase:
+    """Chats of the bench's length distribution adding up to TOKENS, random bf16 Q, K, V and output gradient
+    (seed 0, so every probe times the same row); prints one line about the row."""
+    lengths = chat_lengths(TOKENS, MEAN_CHAT)
+    cu = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+    # causal attention FLOPs (QK^T and PV, 2 FLOPs a multiply-add, half the square)
+    fwd_flops = sum(2 * 2 * n * (n + 1) / 2 * D * HQ for n in lengths)
+    print(f"{len(lengths)} chats, mean {TOKENS / len(lengths):.0f}, max {max(lengths)} tokens; "
+          f"forward {fwd_flops / 1e9:.1f} GFLOP a layer")
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=torch.bfloat16, generator=g)
+
+    q, k, v, grad = rand(TOKENS, HQ, D), rand(TOKENS, HKV, D), rand(TOKENS, HKV, D), rand(TOKENS, HQ, D)
+    return PackedCase(lengths, cu, max(lengths), fwd_flops, q, k, v, grad)
+
+
 def main() -> int:
     print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version(), torch.cuda.get_device_name(0))
     print(torch.ops.aten._cudnn_attention_forward.default._schema)
     print(torch.ops.aten._cudnn_attention_backward.default._schema)
-    lengths = chat_lengths(TOKENS, MEAN_CHAT)
-    cu = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
-    max_len = max(lengths)
-    # causal attention FLOPs (QK^T and PV, 2 FLOPs a multiply-add, half the square): forward; backward is 2.5x
-    fwd_flops = sum(2 * 2 * n * (n + 1) / 2 * D * HQ for n in lengths)
-    print(f"{len(lengths)} chats, mean {TOKENS / len(lengths):.0f}, max {max_len} tokens; "
-          f"forward {fwd_flops / 1e9:.1f} GFLOP a layer")
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
-
-    q, k, v, grad = rand(TOKENS, HQ, D), rand(TOKENS, HKV, D), rand(TOKENS, HKV, D), rand(TOKENS, HQ, D)
+    lengths, cu, max_len, fwd_flops, q, k, v, grad = packed_case()
     ref = flash(q, k, v, cu, max_len, grad)
     backends: dict[str, Callable[[torch.Tensor | None], tuple[torch.Tensor, ...]]] = {
         "flash (aten, FlashAttention-2)": lambda gr: flash(q, k, v, cu, max_len, gr),

@@ -30,25 +30,14 @@ import torch
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_backends_check import HKV, HQ, MEAN_CHAT, TOKENS, D, chat_lengths, flash, rel
+from attention_backends_check import D, flash, packed_case, rel
 
 
 def main() -> int:
     print("torch", torch.__version__, torch.cuda.get_device_name(0))
     from flash_attn.cute import flash_attn_varlen_func
 
-    lengths = chat_lengths(TOKENS, MEAN_CHAT)
-    cu = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
-    max_len = max(lengths)
-    fwd_flops = sum(2 * 2 * n * (n + 1) / 2 * D * HQ for n in lengths)
-    print(f"{len(lengths)} chats, mean {TOKENS / len(lengths):.0f}, max {max_len}; forward {fwd_flops / 1e9:.1f} "
-          "GFLOP a layer")
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
-
-    q, k, v, grad = rand(TOKENS, HQ, D), rand(TOKENS, HKV, D), rand(TOKENS, HKV, D), rand(TOKENS, HQ, D)
+    _, cu, max_len, fwd_flops, q, k, v, grad = packed_case()
     ref = flash(q, k, v, cu, max_len, grad)
     results: dict[str, Any] = {}
 

@@ -28,29 +28,18 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_backends_check import HKV, HQ, MEAN_CHAT, TOKENS, D, chat_lengths, flash, rel
+from attention_backends_check import TOKENS, D, flash, packed_case, rel
 
 
 def main() -> int:
     print("torch", torch.__version__, torch.cuda.get_device_name(0))
-    lengths = chat_lengths(TOKENS, MEAN_CHAT)
-    cu = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
-    max_len = max(lengths)
-    fwd_flops = sum(2 * 2 * n * (n + 1) / 2 * D * HQ for n in lengths)
+    lengths, cu, max_len, fwd_flops, q, k, v, grad = packed_case()
     doc = torch.repeat_interleave(torch.arange(len(lengths), device="cuda"),
                                   torch.tensor(lengths, device="cuda"))
-    print(f"{len(lengths)} chats, mean {TOKENS / len(lengths):.0f}, max {max_len}; forward {fwd_flops / 1e9:.1f} "
-          "GFLOP a layer")
 
     def document_causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
         return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
-
-    q, k, v, grad = rand(TOKENS, HQ, D), rand(TOKENS, HKV, D), rand(TOKENS, HKV, D), rand(TOKENS, HQ, D)
     ref = flash(q, k, v, cu, max_len, grad)
     t_fwd = do_bench(lambda: flash(q, k, v, cu, max_len, None), warmup=10, rep=200)
     t_all = do_bench(lambda: flash(q, k, v, cu, max_len, grad), warmup=10, rep=200)
