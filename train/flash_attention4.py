@@ -32,17 +32,13 @@ from collections.abc import Callable
 from typing import Any
 
 from train import switched_off
+from train.fused_mlp import _max_rel_diff
 
 # What install() and the first calls decided; copied into the training report.
 STATE: dict[str, Any] = {"installed": False, "reason": None, "layouts": {}}
 
 _PROBE_LENGTHS = (200, 1, 333, 64, 130)  # a packed row with a one-token chat and a ragged tail
 _TOLERANCE = 2e-2  # of the largest value: bf16 noise between two correct kernels is ~4e-3 here (probe log)
-
-
-def _max_rel_diff(a: Any, b: Any) -> float:
-    # written out here: train/fused_mlp's helper pulls in Triton at import, which a CPU-only install may lack
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
 def agreement_error(candidate: Callable[..., Any], reference: Callable[..., Any], heads: int, kv_heads: int,
@@ -72,7 +68,7 @@ def agreement_error(candidate: Callable[..., Any], reference: Callable[..., Any]
     for name, got, ref in zip(("output", "dQ", "dK", "dV"), results[1], results[0], strict=True):
         if got is None or not bool(torch.isfinite(got).all()):
             return f"{name} is missing or not finite"
-        diff = _max_rel_diff(got, ref)
+        diff = _max_rel_diff((got,), (ref,))
         if diff > _TOLERANCE:
             return f"{name} differs from the bundled flash kernel by {diff:.3g} of its largest value"
     return None
