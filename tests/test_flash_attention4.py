@@ -11,6 +11,10 @@ check when training starts.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from train import flash_attention4 as fa4
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference(q: Any, k: Any, v: Any, cu: Any, max_len: int, *, scale: Any, window_size: Any,
@@ -153,3 +159,27 @@ def test_on_a_gpu_without_the_package_or_hopper_it_says_why(monkeypatch: pytest.
     assert reason is not None and says in reason
     if capability[0] == 9:
         assert "docs/train.md" in reason
+
+
+RESTORE = textwrap.dedent("""
+    import os
+    from train import unsloth_compat
+
+    unsloth_compat.import_unsloth()
+    import unsloth.models  # noqa: F401  (on the CPU Unsloth stops short of its models; attention_dispatch needs them)
+    from unsloth.utils import attention_dispatch as dispatch
+    from train import flash_attention4 as fa4
+
+    original = dispatch._varlen_attn_call
+    dispatch._varlen_attn_call = fa4.routed(original, lambda *a, **k: None)  # what an earlier CUDA run left
+    os.environ["FORMA_FA4"] = "0"
+    assert fa4.install() is False and fa4.STATE["reason"] == "off (FORMA_FA4=0)"
+    assert dispatch._varlen_attn_call is original, dispatch._varlen_attn_call
+    print("RESTORED")
+""")
+
+
+def test_a_later_run_with_fa4_off_gets_unsloths_call_back() -> None:
+    # a subprocess: importing Unsloth's models on the CPU patches TRL, which other tests in this process use as is
+    proc = subprocess.run([sys.executable, "-c", RESTORE], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "RESTORED" in proc.stdout, proc.stderr[-2000:]

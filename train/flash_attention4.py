@@ -28,6 +28,7 @@ changes. The training report's ``flash_attention_4`` says whether it ran and, if
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -105,8 +106,8 @@ def routed(original: Callable[..., Any], fa4_varlen: Callable[..., Any],
         return original(q, k, v, cu_seqlens, max_seqlen, scale=scale, window_size=window_size,
                         enable_gqa=enable_gqa)
 
-    # install() is idempotent by this mark
-    varlen_attn_call.forma_fa4 = True  # type: ignore[attr-defined]
+    # install() is idempotent by this mark, and puts the original back when FA4 is off for a later run
+    varlen_attn_call.forma_original = original  # type: ignore[attr-defined]
     return varlen_attn_call
 
 
@@ -131,9 +132,17 @@ def unavailable_reason() -> str | None:
 
 
 def install() -> bool:
-    """Send Unsloth's packed attention calls to FlashAttention-4 where it can run; True if installed."""
+    """Send Unsloth's packed attention calls to FlashAttention-4 where it can run; True if installed.
+
+    Where it cannot (or ``FORMA_FA4=0``), a wrapper left by an earlier run in this process is taken out again, so
+    the report never says "off" while FlashAttention-4 still runs."""
     reason = unavailable_reason()
-    if reason is None:
+    if reason is not None:
+        loaded = sys.modules.get("unsloth.utils.attention_dispatch")
+        original = getattr(getattr(loaded, "_varlen_attn_call", None), "forma_original", None)
+        if original is not None:
+            loaded._varlen_attn_call = original  # type: ignore[union-attr]
+    else:
         try:
             from unsloth.utils import attention_dispatch as dispatch
         except ImportError as exc:
@@ -142,7 +151,7 @@ def install() -> bool:
             current = getattr(dispatch, "_varlen_attn_call", None)
             if current is None:
                 reason = "this Unsloth has no _varlen_attn_call to route"
-            elif not getattr(current, "forma_fa4", False):
+            elif getattr(current, "forma_original", None) is None:
                 from flash_attn.cute import flash_attn_varlen_func
 
                 dispatch._varlen_attn_call = routed(current, flash_attn_varlen_func)
