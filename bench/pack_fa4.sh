@@ -17,8 +17,12 @@ set -euo pipefail
 checkout=${1:?usage: bash bench/pack_fa4.sh FLASH_ATTENTION_CHECKOUT [OUT.tar.xz]}
 out=${2:-/tmp/fa4site.tar.xz}
 commit=6a94f8b906cf5ab944385d64707f9387f3dd6be9
+if ! git -C "$checkout" cat-file -e "$commit^{commit}" 2>/dev/null; then
+  echo "pack_fa4: $checkout is not a flash-attention checkout holding commit $commit" >&2
+  exit 2
+fi
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$out.partial"' EXIT
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   nvidia-cutlass-dsl==4.5.3 nvidia-cutlass-dsl-libs-base==4.5.3 quack-kernels==0.5.0 \
@@ -28,5 +32,7 @@ for w in "$work"/wheels/*.whl; do (cd "$work/site" && python3 -m zipfile -e "$w"
 echo '"""FlashAttention-4 (CuTe DSL) sources only (BSD-3-Clause, Dao-AILab/flash-attention)."""' \
   > "$work/site/flash_attn/__init__.py"
 git -C "$checkout" archive "$commit" flash_attn/cute | tar x -C "$work/site"
-tar cf - -C "$work" site | xz -T0 -6 > "$out"
+# written aside and renamed, so an interrupted run never leaves a truncated archive under the final name
+tar cf - -C "$work" site | xz -T0 -6 > "$out.partial"
+mv "$out.partial" "$out"
 echo "packed $(du -h "$out" | cut -f1) into $out"
