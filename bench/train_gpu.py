@@ -355,7 +355,7 @@ def run_forma(model_dir: Path, data: Path, out: Path, variant: dict[str, Any] | 
             "loss_first": m["train_loss_first"], "loss_last": m["train_loss_last"],
             "loss_curve": [round(loss, 5) for _, loss in report["loss_curves"]["train"]],
             "fused": {k: report.get(k) for k in ("fused_qkv_layers", "fused_mlp_layers", "fused_mlp",
-                                                    "rope_grad_layout", "flash_attention_4")},
+                                                    "rope_grad_layout", "flash_attention_4", "dense_base")},
             "tokens_per_step": m["trained_tokens"] / max(1, m["steps"]), "versions": report["versions"],
             "packed_attention": report.get("packed_attention"), "memory_plan": report.get("memory_plan"),
             "deferred_logging": report.get("deferred_logging"),

@@ -110,6 +110,11 @@ KERNEL_CHECK = textwrap.dedent("""
     got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *args, use_triton=True, kind=kind)
     for name, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
+    kept = DW.clone()  # h kept by the forward: the kernel leaves DW alone and gives the same gradients
+    got = fused_mlp.swiglu_backward(kept, e0.clone(), g0.clone(), *args, use_triton=True, kind=kind, store_h=False)
+    assert got[0] is None and torch.equal(kept, DW)
+    for name, a, b in zip(("d_up", "d_gate", "G"), got[1:], ref[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
     print("KERNELS OK")
 """)
 
@@ -199,6 +204,7 @@ def test_candidate_tiles_compile_for_the_h200_without_spilling_registers(kind: s
     fwd, bwd = (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows) if kind == "rows" else \
         (k.lora_swiglu_fwd, k.lora_swiglu_bwd)
     for fn in (fwd, bwd):
-        used = resources(fn, {"R": 16, "BM": bm, "BN": bn}, warps, stages, ints={"T", "N", "stride_xa"},
+        used = resources(fn, {"R": 16, "BM": bm, "BN": bn, **({"STORE_H": True} if fn is bwd else {})}, warps,
+                         stages, ints={"T", "N", "stride_xa"},
                          floats={"SG", "SU", "SD"})
         assert used["stack"] == 0, (fn.__name__, tile, used)

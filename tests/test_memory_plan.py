@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.memory_plan import choose, estimate, mfu
+from train.memory_plan import choose, estimate, mfu, with_extras
 
 QWEN_3B = {"layers": 36, "hidden": 2048, "params": 3.09e9}
 
@@ -53,3 +53,31 @@ def test_a_micro_batch_too_big_for_the_card_is_split_keeping_the_tokens_per_step
     assert (bigger.micro_batch, bigger.accumulation_factor) == (16, 1)  # a forced mode keeps the micro-batch
     fits = choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139, batch_size=16)
     assert (fits.micro_batch, fits.accumulation_factor) == (16, 1)
+
+
+#: Qwen2.5-3B's linear parameters (no embedding) and MLP width, as train/sft.py's plan counts them
+EXTRAS = {"quantization": "4bit", "linear_params": 3.09e9 - 151_936 * 2048, "layers": 36, "intermediate": 11_008}
+
+
+def test_the_speed_extras_are_taken_where_the_budget_holds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORMA_DENSE_BASE", raising=False)
+    monkeypatch.delenv("FORMA_KEEP_MLP_H", raising=False)
+    h200 = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139), **EXTRAS)
+    assert h200.mode == "none" and h200.dense_base and h200.keep_mlp_h, h200.extras_why
+    assert "dense_base: ~5.2 GiB" in h200.extras_why and "keep_mlp_h: ~24.2 GiB" in h200.extras_why
+    # 105 GiB free: the 84 GiB budget holds the ~75 GiB of no checkpointing and the dense base, not h as well
+    mid = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=105), **EXTRAS)
+    assert mid.mode == "none" and mid.dense_base and not mid.keep_mlp_h
+    assert "keep_mlp_h: would need ~24.2 GiB more than the budget holds" in mid.extras_why
+    for free in (22, None):  # a 24 GB card checkpoints; unknown memory offloads: no extras either way
+        plan = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=free), **EXTRAS)
+        assert not plan.dense_base and not plan.keep_mlp_h and plan.extras_why == ""
+    forced = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139, forced=True),
+                         **EXTRAS)
+    assert forced.mode == "gpu" and not forced.dense_base  # a forced checkpointing mode saves memory: no extras
+    bf16 = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="16bit", free_gib=139),
+                       **{**EXTRAS, "quantization": "16bit"})
+    assert not bf16.dense_base and "no 4-bit base" in bf16.extras_why
+    monkeypatch.setenv("FORMA_DENSE_BASE", "0")
+    off = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139), **EXTRAS)
+    assert not off.dense_base and off.keep_mlp_h and "dense_base: off (FORMA_DENSE_BASE=0)" in off.extras_why

@@ -77,8 +77,9 @@ def _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R: tl
 
 @triton.jit
 def _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU,
-                  R: tl.constexpr):
-    """One tile of the backward: writes (h, d_up, d_gate) over (DW, E0, G0) and returns (d_up, d_gate)."""
+                  R: tl.constexpr, STORE_H: tl.constexpr):
+    """One tile of the backward: writes (h, d_up, d_gate) over (DW, E0, G0) and returns (d_up, d_gate). Without
+    STORE_H, h is not written (the forward kept it) and DW is left as it was: one write of a [T, N] matrix less."""
     dw0 = tl.load(DW + offs, mask=mask, other=0.0)
     ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d's [R, BN] tile
     dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
@@ -87,7 +88,8 @@ def _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask
     f = (se * e).to(dw0.dtype)
     d_up = dw * f
     d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
-    tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
+    if STORE_H:
+        tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
     tl.store(E0 + offs, d_up, mask=mask)
     tl.store(G0 + offs, d_gate, mask=mask)
     return d_up, d_gate
@@ -105,13 +107,13 @@ def lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, stride_xa, SG, SU,
 
 @triton.jit
 def lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
-                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                    R: tl.constexpr, STORE_H: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Tile design: over (DW, E0, G0) writes (h, d_up, d_gate) of one [BM, BN] tile; h's gradient is
     DW + SD DYB A_d."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
     rn, in_n, mask, offs = _columns(T, N, rm, in_m, tl.program_id(1) * BN, BN)
     dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
-    _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU, R)
+    _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU, R, STORE_H)
 
 
 @triton.jit
@@ -132,7 +134,7 @@ def lora_swiglu_fwd_rows(E0, G0, H, HA, XA, BG, BU, AD, T, N, stride_xa, SG, SU,
 
 @triton.jit
 def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
-                         R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                         R: tl.constexpr, STORE_H: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Row design: over (DW, E0, G0) writes (h, d_up, d_gate), where h's gradient is DW + SD DYB A_d; GB [T, 2R]
     gets (SG d_gate B_g, SU d_up B_u), summed over the width in registers."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
@@ -142,7 +144,7 @@ def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, S
     for n0 in range(0, N, BN):
         rn, in_n, mask, offs = _columns(T, N, rm, in_m, n0, BN)
         d_up, d_gate = _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs,
-                                     SD, SG, SU, R)
+                                     SD, SG, SU, R, STORE_H)
         b_rows = rn[:, None] * R + rk[None, :]  # B's [BN, R] tile
         gg = tl.dot(d_gate, tl.load(BG + b_rows, mask=in_n[:, None], other=0.0), gg)
         gu = tl.dot(d_up, tl.load(BU + b_rows, mask=in_n[:, None], other=0.0), gu)

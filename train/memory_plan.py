@@ -18,6 +18,12 @@ factor, so the tokens per optimiser step (and so the training) stay the same; on
 A smaller micro-batch is not tried while a checkpointing mode fits the configured one: which of the two is faster
 was not measured (issue 17).
 
+With no checkpointing and room left, two speed extras follow, each only if the budget still holds it (in this
+order, as the first is small and saves work in every projection): ``dense_base`` keeps the frozen 4-bit base
+dequantised once in bf16 (train/dense_base.py; ~2 bytes per linear parameter) and ``keep_mlp_h`` keeps each layer's
+SwiGLU output for the backward (train/fused_mlp.py; 2 bytes per token per layer per intermediate unit). A forced
+checkpointing mode takes neither: it was chosen to save memory.
+
 A config can force a mode (``gradient_checkpointing: unsloth | true | false``); ``auto`` asks this module, and a
 forced mode keeps the configured micro-batch. The training report records the choice, the estimate and why.
 
@@ -29,8 +35,10 @@ for MFU. The peak is the bf16 dense rate the card reaches on plain matrix produc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
+
+from train import switched_off
 
 Mode = Literal["none", "gpu", "offload"]
 
@@ -42,6 +50,8 @@ HEADROOM = 0.80
 #: bf16 dense matmul rate reached on plain products (TFLOP/s), by card name; measured on this workplace's H200
 #: (KINDS.md: ~790) and taken as the same for the H100 SXM, whose matrix units are the same.
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+#: The environment variable that turns each speed extra off (for A/B runs: ``bench/train_gpu.py sweep``).
+SWITCHES = {"dense_base": "FORMA_DENSE_BASE", "keep_mlp_h": "FORMA_KEEP_MLP_H"}
 #: How the config spells each mode for Unsloth's ``use_gradient_checkpointing``.
 UNSLOTH_VALUE: dict[Mode, bool | str] = {"none": False, "gpu": True, "offload": "unsloth"}
 
@@ -56,6 +66,10 @@ class MemoryPlan:
     #: rows (packed) or chats per forward pass, and the factor the config's gradient accumulation is multiplied by
     micro_batch: int = 1
     accumulation_factor: int = 1
+    #: speed extras (see the module doc) and why they were or were not taken
+    dense_base: bool = False
+    keep_mlp_h: bool = False
+    extras_why: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,12 +86,41 @@ def estimate(layers: int, hidden: int, params: float, tokens: int, weight_bytes:
             "gpu": round(weights + inputs + one_layer, 2), "offload": round(weights + one_layer, 2)}
 
 
+def with_extras(plan: MemoryPlan, *, quantization: str, linear_params: float, layers: int, intermediate: int
+                ) -> MemoryPlan:
+    """``plan`` with the speed extras its budget still holds (see the module doc); only without checkpointing."""
+    if plan.mode != "none" or plan.free_gib is None or not linear_params:
+        return plan
+    gib = 2.0**30
+    budget = plan.free_gib * HEADROOM
+    used = plan.estimate_gib["none"]
+    taken: dict[str, bool] = {}
+    notes = []
+    sizes = {"dense_base": linear_params * 2 / gib if quantization == "4bit" else 0.0,
+             "keep_mlp_h": plan.tokens_per_step * layers * intermediate * 2 / gib}
+    for name, size in sizes.items():
+        if name == "dense_base" and quantization != "4bit":
+            notes.append("dense_base: no 4-bit base to dequantise")
+            continue
+        if switched_off(SWITCHES[name]):
+            notes.append(f"{name}: off ({SWITCHES[name]}=0)")
+            continue
+        taken[name] = used + size <= budget
+        if taken[name]:
+            used += size
+        notes.append(f"{name}: {'~' if taken[name] else 'would need ~'}{size:.1f} GiB"
+                     f"{'' if taken[name] else ' more than the budget holds'}")
+    why = "; ".join(notes) + f" (~{used:.1f} of {budget:.1f} GiB)"
+    return replace(plan, dense_base=taken.get("dense_base", False), keep_mlp_h=taken.get("keep_mlp_h", False),
+                   extras_why=why)
+
+
 def choose(*, layers: int, hidden: int, params: float, tokens: int, quantization: str,
            free_gib: float | None, forced: bool | str | None = None, batch_size: int = 1) -> MemoryPlan:
     """The fastest mode whose estimate fits ``HEADROOM`` of the free memory; ``forced`` (the config) wins.
 
     ``tokens`` is one micro-batch of ``batch_size`` rows at most; when no mode fits it, the micro-batch is split
-    (see the module doc).
+    (see the module doc). The speed extras are :func:`with_extras`'s to add.
     """
     weight_bytes = 0.56 if quantization == "4bit" else 2.0  # NF4 with its scales, or bf16
     est = estimate(layers, hidden, params, tokens, weight_bytes)

@@ -21,10 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
-from train import deferred_log, flash_attention4, fused_mlp, fused_qkv, rope_layout, unsloth_compat
+from train import (
+    deferred_log,
+    dense_base,
+    flash_attention4,
+    fused_mlp,
+    fused_qkv,
+    rope_layout,
+    switched_off,
+    unsloth_compat,
+)
 from train.config import TrainConfig
 from train.data import ChatData, check_chat_template, load_chats, tokenize_chats
-from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu
+from train.memory_plan import UNSLOTH_VALUE, MemoryPlan, choose, mfu, with_extras
 from train.report import loss_curves, steady_tokens_per_s, write_report
 
 CHECKPOINTS = "checkpoints"
@@ -253,9 +262,11 @@ def memory_plan(config: TrainConfig, pre: Any) -> MemoryPlan:
         import torch
 
         free = torch.cuda.mem_get_info()[0] / 2**30
-    return choose(layers=layers, hidden=hidden, params=params, tokens=tokens, quantization=config.quantization,
+    plan = choose(layers=layers, hidden=hidden, params=params, tokens=tokens, quantization=config.quantization,
                   free_gib=free, forced=None if config.gradient_checkpointing == "auto"
                   else config.gradient_checkpointing, batch_size=config.batch_size)
+    return with_extras(plan, quantization=config.quantization, linear_params=params - vocab * hidden,
+                       layers=layers, intermediate=inter)
 
 
 def _param_count(model: Any) -> float:
@@ -316,9 +327,18 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
     qkv = fused_qkv.install(model)  # Qwen2's biased q/k/v: one fused LoRA Function where Unsloth leaves PEFT's path
     # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels, tuned on the micro-batch's tokens (at most
     # 32,768: the tuning's copies are transient memory at load time, ~4 GB there for Qwen2.5-3B)
+    fused_mlp.OPTIONS["keep_h"] = plan.keep_mlp_h  # before install: its warm-up tunes the kernel variant that runs
     mlp = fused_mlp.install(model, dtype=dtype, tokens=min(32768, plan.micro_batch * config.max_seq_length))
     if qkv or mlp:
         print(f"fused LoRA: q/k/v with a bias in {qkv} layers, SwiGLU MLP in {mlp} layers{_mlp_choice(mlp)}",
+              file=sys.stderr, flush=True)
+    dense_base.STATE.clear()
+    if plan.dense_base and not cpu:
+        # the fused MLP's backward takes its rank-16 G from dX's product through 2r zero columns after gate and up
+        pad = 2 * config.lora.r if mlp and not switched_off("FORMA_FOLD_G") else 0
+        dense = dense_base.install(model, dtype, pad={"gate_proj": pad, "up_proj": pad})
+        print(f"frozen base kept dequantised: {dense} projections, {dense_base.STATE['gib']} GiB"
+              f"{'; MLP outputs kept for the backward' if plan.keep_mlp_h else ''} ({plan.extras_why})",
               file=sys.stderr, flush=True)
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
@@ -398,6 +418,7 @@ def _make_trainer(config: TrainConfig, pre: Any, model: Any, tokenizer: Any, tra
 def _save(run: _Run) -> tuple[Path, Path | None]:
     """The adapter, and (when the config asks) the merged 16-bit model that GGUF export reads."""
     config = run.config
+    dense_base.restore(run.model)  # the 4-bit base back before saving and merging: the model as it was loaded
     adapter_dir = config.output_dir / "adapter"
     run.model.save_pretrained(str(adapter_dir))
     run.tokenizer.save_pretrained(str(adapter_dir))
@@ -463,6 +484,7 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
                                 for m in run.model.modules()),
         "fused_mlp": dict(fused_mlp.CHOICE) or None,  # the kernel design warm-up chose, and its timings
         "rope_grad_layout": rope_layout.installed(),
+        "dense_base": dict(dense_base.STATE) or None,  # the 4-bit base kept dequantised (speed extra), and its size
         "flash_attention_4": dict(flash_attention4.STATE) if config.packing and pre.device == "cuda" else None,
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
