@@ -179,6 +179,9 @@ def make_model(data: Path, model_dir: Path, arch: str = "qwen25-3b", layers: int
         shutil.copy(f, model_dir / f.name)
     stamp.write_text(json.dumps({"arch": arch, "config": settings, "seed": 0}) + "\n")
     params = sum(p.numel() for p in model.parameters())
+    del model
+    if device == "cuda":  # give the cached blocks back: the runs that follow plan from the card's free memory
+        torch.cuda.empty_cache()
     print(f"model: {params / 1e9:.3f} B parameters, made and saved in {time.time() - t:.1f} s", flush=True)
 
 

@@ -1,6 +1,6 @@
 """The frozen 4-bit base kept dequantised (train/dense_base.py) on a real QLoRA model: a two-layer Qwen2 whose
-projections are bitsandbytes NF4 layers (quantised on the CPU), wrapped by PEFT; and the fused MLP's backward that
-takes its rank-16 G from dX's product through the padded columns (train/fused_mlp.py)."""
+projections are bitsandbytes NF4 layers (quantised on the CPU), wrapped by PEFT; and the fused MLP
+(train/fused_mlp.py) on that dense base, with and without the forward's h kept for the backward."""
 
 from __future__ import annotations
 
@@ -59,21 +59,12 @@ def test_install_swaps_in_the_dequantised_weights_and_restore_puts_the_4bit_ones
     originals = [b.weight for b in bases]
     assert len(bases) == 14 and all(w.quant_state is not None for w in originals)
 
-    assert dense_base.install(model, torch.float32, pad={"gate_proj": 2 * R, "up_proj": 2 * R}) == 14
-    assert dense_base.STATE["layers"] == 14 and dense_base.STATE["pad"] == {"gate_proj": 32, "up_proj": 32}
-    for name, module in model.named_modules():
-        proj = name.rsplit(".", 1)[-1]
-        if proj not in PROJS:
-            continue
-        W, original = module.base_layer.weight, originals[bases.index(module.base_layer)]
+    assert dense_base.install(model, torch.float32) == 14
+    assert dense_base.STATE["layers"] == 14
+    for base, original in zip(bases, originals, strict=True):
+        W = base.weight
         assert getattr(W, "quant_state", None) is None and not W.requires_grad and W.dtype == torch.float32
         assert torch.equal(W, dequantize_4bit(original.data, original.quant_state))
-        full = dense_base.padded(W, 2 * R)
-        if proj in ("gate_proj", "up_proj"):
-            assert full is not None and full.shape == (W.shape[0], W.shape[1] + 2 * R)
-            assert full.data_ptr() == W.data_ptr() and not full[:, W.shape[1]:].any()
-        else:
-            assert full is None and dense_base.padded(W, 1) is None  # a plain contiguous weight has no room
     during = model(input_ids=ids).logits.detach()  # PEFT's path: the dense base layer answers with F.linear
     torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-5)
 
@@ -96,19 +87,18 @@ def _grads(fn: Any, mlp: Any, X: Any, grad: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("keep_h", [False, True])
-def test_fused_mlp_on_the_padded_dense_base_takes_G_from_dX_and_matches_peft(keep_h: bool,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The backward that reads G off dX's product (B written into the padded columns), with and without the
-    forward's h kept, gives PEFT's outputs and every gradient; and it is the path that ran."""
+def test_fused_mlp_on_the_dense_base_matches_peft(keep_h: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused MLP on the dense base, with and without the forward's h kept for the backward (the kernel then
+    writes no h), gives PEFT's outputs and every gradient; and with h kept, h is what the backward used."""
     from train import dense_base, fused_mlp
 
     model = _qlora()
     mlp = model.base_model.model.model.layers[1].mlp
-    dense_base.install(model, torch.float32, pad={"gate_proj": 2 * R, "up_proj": 2 * R})
+    dense_base.install(model, torch.float32)
     monkeypatch.setitem(fused_mlp.OPTIONS, "keep_h", keep_h)
-    folds = []
-    real_fold = fused_mlp._fold_G
-    monkeypatch.setattr(fused_mlp, "_fold_G", lambda *a: folds.append(real_fold(*a)) or folds[-1])
+    calls = []
+    real_backward = fused_mlp.swiglu_backward
+    monkeypatch.setattr(fused_mlp, "swiglu_backward", lambda *a, **k: calls.append(k) or real_backward(*a, **k))
     X = torch.randn(2, 9, 64)
     grad = torch.randn(2, 9, 64)
 
@@ -117,7 +107,7 @@ def test_fused_mlp_on_the_padded_dense_base_takes_G_from_dX_and_matches_peft(kee
 
     ours = _grads(fused_mlp.apply_fused_mlp, mlp, X, grad)
     theirs = _grads(peft, mlp, X, grad)
-    assert folds and folds[0] is not None  # the padded weights were found: G came from dX's product
+    assert calls == [{"store_h": not keep_h}]
     assert sorted(ours) == sorted(theirs) and len([k for k in theirs if "lora_" in k]) == 6
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=2e-4, atol=2e-5, msg=key)

@@ -143,14 +143,11 @@ def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: flo
 
 def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: Any, Bu: Any,
                     sd: float, sg: float, su: float, use_triton: bool | None = None,
-                    kind: str | None = None, want_G: bool = True, store_h: bool = True) -> tuple[Any, Any, Any, Any]:
+                    kind: str | None = None, store_h: bool = True) -> tuple[Any, Any, Any, Any]:
     """``(h, d_up, d_gate, G)``, the first three written over ``(DW, e0, g0)``: the gradient of h is
     ``DW + sd dYB Ad``, and ``G = [sg d_gate Bg, su d_up Bu]`` ([T, 2r], what the A gradients and dX need).
 
-    ``store_h`` False: h is not written (None is returned for it; the forward kept h) and DW is left as it was.
-    ``want_G`` False: G is not computed where it would cost products of its own (the tile design and the torch
-    arithmetic; None is returned), because the caller gets it from its dX product (see ``_fold_G``); the row
-    design makes G inside its kernel and always returns it."""
+    ``store_h`` False: h is not written (None is returned for it; the forward kept h) and DW is left as it was."""
     import torch
 
     r = Bg.shape[1]
@@ -167,8 +164,6 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
             return h, e0, g0, G
         bwd[_grid(T, N, kind)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r,
                                STORE_H=store_h, **tiles)
-        if not want_G:
-            return h, e0, g0, None
         G = torch.cat([g0 @ Bg, e0 @ Bu], dim=1)  # e0, g0 now hold d_up, d_gate
         G[:, :r].mul_(sg)
         G[:, r:].mul_(su)
@@ -182,13 +177,12 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
     f = (se * e).to(dtype)
     d_up = dw * f
     d_gate = ((dw * g).to(acc) * se * (1.0 + e * (1.0 - se))).to(dtype)
-    G_ref = torch.cat([sg * (d_gate.to(acc) @ Bg.to(acc)), su * (d_up.to(acc) @ Bu.to(acc))], dim=1).to(dtype) \
-        if want_G else None
+    G = torch.cat([sg * (d_gate.to(acc) @ Bg.to(acc)), su * (d_up.to(acc) @ Bu.to(acc))], dim=1).to(dtype)
     if store_h:
         DW.copy_(f * g)
     e0.copy_(d_up)
     g0.copy_(d_gate)
-    return (DW if store_h else None), e0, g0, G_ref
+    return (DW if store_h else None), e0, g0, G
 
 
 def _mlp_function() -> Any:
@@ -242,55 +236,24 @@ def _mlp_function() -> Any:
             W = fast_dequantize(Wd, Qd, dtype=dtype)
             DW = dY2 @ W  # the base part of h's gradient; the kernel adds sd dYB Ad
             del W
-            fold = _fold_G(DW, Wg, Qg, Wu, Qu, r)
             h, d_up, d_gate, G = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su,  # G [T, 2r]
-                                                 want_G=fold is None, store_h=not kept)
+                                                 store_h=not kept)
             h = kept[0] if kept else h
             dAd = scaled(dYB.t() @ h, sd)  # [r, N]
             dBd = scaled(dY2.t() @ hA, sd)  # [out, r]
             del h, kept
             dBg = scaled(d_gate.t() @ XA[:, :r], sg)
             dBu = scaled(d_up.t() @ XA[:, r:], su)
-            if fold is not None:  # dX's product also yields G: [d_gate d_up] [[Wg, sg Bg, 0], [Wu, 0, su Bu]]
-                gate_full, up_full = fold
-                n_in = X2.shape[1]
-                torch.mul(Bg, sg, out=gate_full[:, n_in:n_in + r])
-                torch.mul(Bu, su, out=up_full[:, n_in + r:n_in + 2 * r])
-                dXG = d_gate @ gate_full[:, :n_in + 2 * r]
-                dXG.addmm_(d_up, up_full[:, :n_in + 2 * r])
-                G = dXG[:, n_in:].contiguous()
-                dA = G.t() @ X2
-                dX = torch.addmm(dXG[:, :n_in], G, A_gu)
-                del dXG
-            else:
-                dA = G.t() @ X2  # [2r, in]: one read of X for both A gradients
-                dX = G @ A_gu
-                W = fast_dequantize(Wg, Qg, dtype=dtype)
-                dX.addmm_(d_gate, W)
-                W = fast_dequantize(Wu, Qu, dtype=dtype)
-                dX.addmm_(d_up, W)
-                del W
+            dA = G.t() @ X2  # [2r, in]: one read of X for both A gradients
+            dX = G @ A_gu
+            W = fast_dequantize(Wg, Qg, dtype=dtype)
+            dX.addmm_(d_gate, W)
+            W = fast_dequantize(Wu, Qu, dtype=dtype)
+            dX.addmm_(d_up, W)
+            del W
             return (dX.view(X.shape), None, None, dA[:r], dBg, None, None, dA[r:], dBu, None, None, dAd, dBd, None)
 
     return LoRASwiGLU
-
-
-def _fold_G(DW: Any, Wg: Any, Qg: Any, Wu: Any, Qu: Any, r: int) -> tuple[Any, Any] | None:
-    """The padded dense gate and up weights (train/dense_base.py) when the backward should take G from its dX
-    product, else None.
-
-    Why: G = [sg d_gate Bg, su d_up Bu] is two rank-16 products that each read a tokens x 11,008 gradient only to
-    reduce it to 16 columns (~13 ms a step on the H200, at memory speed). dX's product reads the same gradients
-    already; with ``sg Bg`` and ``su Bu`` written into 2r zero columns after each base weight, its output gains the
-    2r columns of G for 1.6% more width. Not with the row design, whose kernel makes G as it goes."""
-    if Qg is not None or Qu is not None or (_use_triton(DW, None) and design() == "rows"):
-        return None
-    from train import dense_base
-
-    gate_full, up_full = dense_base.padded(Wg, 2 * r), dense_base.padded(Wu, 2 * r)
-    if gate_full is None or up_full is None:
-        return None
-    return gate_full, up_full
 
 
 def apply_fused_mlp(self: Any, X: Any) -> Any:

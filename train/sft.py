@@ -28,7 +28,6 @@ from train import (
     fused_mlp,
     fused_qkv,
     rope_layout,
-    switched_off,
     unsloth_compat,
 )
 from train.config import TrainConfig
@@ -334,9 +333,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
               file=sys.stderr, flush=True)
     dense_base.STATE.clear()
     if plan.dense_base and not cpu:
-        # the fused MLP's backward takes its rank-16 G from dX's product through 2r zero columns after gate and up
-        pad = 2 * config.lora.r if mlp and not switched_off("FORMA_FOLD_G") else 0
-        dense = dense_base.install(model, dtype, pad={"gate_proj": pad, "up_proj": pad})
+        dense = dense_base.install(model, dtype)
         print(f"frozen base kept dequantised: {dense} projections, {dense_base.STATE['gib']} GiB"
               f"{'; MLP outputs kept for the backward' if plan.keep_mlp_h else ''} ({plan.extras_why})",
               file=sys.stderr, flush=True)
