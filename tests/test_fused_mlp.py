@@ -119,7 +119,7 @@ KERNEL_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind", ["tiles", "rows", "partials"])
+@pytest.mark.parametrize("kind", ["tiles", "rows"])
 def test_triton_kernels_match_the_torch_arithmetic_in_the_interpreter(kind: str, tmp_path: Path) -> None:
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
@@ -136,7 +136,7 @@ CHOICE_CHECK = textwrap.dedent("""
     torch.manual_seed(0)
     kw = dict(n=200, r=16, dtype=torch.float32, tokens=70, device="cpu", reps=1, check_rows=40)
     choice = fused_mlp.warm_up(**kw)
-    assert choice["design"] in fused_mlp.DESIGNS and set(choice["ms_per_layer"]) == set(fused_mlp.DESIGNS), choice
+    assert choice["design"] in ("tiles", "rows") and set(choice["ms_per_layer"]) == {"tiles", "rows"}, choice
     assert not choice["left_out"] and fused_mlp.design() == choice["design"], choice
 
     class Wrong:  # the row kernels launch, then one output is off by one
@@ -157,15 +157,13 @@ CHOICE_CHECK = textwrap.dedent("""
     fwd, bwd, tiles = fused_mlp._triton_kernels("rows")
     fused_mlp._CACHE["kernels-rows"] = (Wrong(fwd), bwd, tiles)
     choice = fused_mlp.warm_up(**kw)
-    assert choice["design"] in ("tiles", "partials"), choice
-    assert "differs from the torch arithmetic" in choice["left_out"]["rows"], choice
+    assert choice["design"] == "tiles" and "differs from the torch arithmetic" in choice["left_out"]["rows"], choice
     fused_mlp._CACHE["kernels-rows"] = (Broken(), bwd, tiles)
     choice = fused_mlp.warm_up(**kw)
-    assert choice["design"] in ("tiles", "partials") and "PassManager" in choice["left_out"]["rows"], choice
-    for kind in ("tiles", "partials"):
-        fused_mlp._CACHE["kernels-" + kind] = (Broken(), Broken(), tiles)
+    assert choice["design"] == "tiles" and "PassManager" in choice["left_out"]["rows"], choice
+    fused_mlp._CACHE["kernels-tiles"] = (Broken(), Broken(), tiles)
     choice = fused_mlp.warm_up(**kw)
-    assert choice["design"] is None and set(choice["left_out"]) == set(fused_mlp.DESIGNS), choice
+    assert choice["design"] is None and set(choice["left_out"]) == {"tiles", "rows"}, choice
     os.environ["FORMA_FUSED_MLP"] = "rows"
     fused_mlp._CACHE["kernels-rows"] = (fwd, bwd, tiles)
     choice = fused_mlp.warm_up(**kw)
@@ -189,8 +187,7 @@ def _candidates() -> list[tuple[str, tuple[int, int, int, int]]]:
     kernels = importlib.import_module("train.fused_mlp_kernels")
     measured = {(bm, bn, w) for bm, bn, w in kernels.TILES_MEASURED}
     return [(kind, (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages))
-            for kind, configs in (("tiles", kernels.CONFIGS), ("rows", kernels.CONFIGS_ROWS),
-                                  ("partials", kernels.CONFIGS_PARTIALS)) for c in configs
+            for kind, configs in (("tiles", kernels.CONFIGS), ("rows", kernels.CONFIGS_ROWS)) for c in configs
             if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps) not in measured]
 
 
@@ -204,11 +201,10 @@ def test_candidate_tiles_compile_for_the_h200_without_spilling_registers(kind: s
     if not tool("ptxas").is_file() or not tool("cuobjdump").is_file():
         pytest.skip("this Triton wheel has no NVIDIA tools")
     bm, bn, warps, stages = tile
-    fwd, bwd = {"rows": (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows),
-                "partials": (k.lora_swiglu_fwd_partials, k.lora_swiglu_bwd_partials),
-                }.get(kind, (k.lora_swiglu_fwd, k.lora_swiglu_bwd))
+    fwd, bwd = (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows) if kind == "rows" else \
+        (k.lora_swiglu_fwd, k.lora_swiglu_bwd)
     for fn in (fwd, bwd):
         used = resources(fn, {"R": 16, "BM": bm, "BN": bn, **({"STORE_H": True} if fn is bwd else {})}, warps,
-                         stages, ints={"T", "N", "NT", "stride_xa"},
+                         stages, ints={"T", "N", "stride_xa"},
                          floats={"SG", "SU", "SD"})
         assert used["stack"] == 0, (fn.__name__, tile, used)

@@ -16,13 +16,11 @@ The rounding follows Unsloth's kernels (``e``, ``g``, ``silu(e)`` and the gradie
 arithmetic in float32), so the loss curve is Unsloth's within bf16 noise. It also reads X once for both A products
 (their A matrices stacked) and keeps ``h A_d^T`` from the forward instead of recomputing it.
 
-Three kernel designs (train/fused_mlp_kernels.py): ``tiles`` (what ran on the H200 until 2026-12-02); ``rows``,
-which folds ``h A_d^T`` and ``d_gate B_g``, ``d_up B_u`` into the kernels by walking whole rows (slower on the H200:
-its accumulators across the width cost more than the reads it saves); and ``partials``, tiles that also write each
-tile's share of those three products as partial sums, reduced by one ``sum`` (not yet timed on a GPU).
-:func:`warm_up` picks one at load time on the card itself: each is checked against the torch arithmetic and timed,
-and the fastest that agrees runs (the training report's ``fused_mlp`` says which, with the times).
-``FORMA_FUSED_MLP=tiles``, ``rows`` or ``partials`` forces one.
+Two kernel designs (train/fused_mlp_kernels.py): ``tiles``, timed on the H200 (docs/train.md), and ``rows``, which
+also folds ``h A_d^T`` and ``d_gate B_g``, ``d_up B_u`` into the kernels and so reads a tokens x 11,008 matrix three
+times fewer a layer (checked on the CPU, not yet timed on a GPU by us). :func:`warm_up` picks one at load time on
+the card itself: each is checked against the torch arithmetic and timed, and the faster that agrees runs (the
+training report's ``fused_mlp`` says which, with the times). ``FORMA_FUSED_MLP=tiles`` or ``rows`` forces one.
 
 It runs where Unsloth's own fused MLP runs and the LoRA is plain (one adapter, no dropout, no LoRA bias, a rank
 that is a multiple of 16 for the tensor-core product), on CUDA; anything else keeps Unsloth's path. Off with
@@ -42,7 +40,7 @@ from train import OFF, lora_guard
 
 #: FORMA_FUSED_MLP values: off, on (the design chosen at load), or a design forced.
 ON = ("", "1", "true", "yes", "on", "auto")
-DESIGNS = ("tiles", "rows", "partials")
+DESIGNS = ("tiles", "rows")
 #: What :func:`warm_up` found on this card: the design chosen, each design's forward + backward milliseconds a layer
 #: at the warm-up's token count, and why a design was left out (it did not compile or disagreed with torch).
 CHOICE: dict[str, Any] = {}
@@ -64,7 +62,7 @@ def setting() -> str:
     if value in DESIGNS:
         return value
     raise FormaError(f"FORMA_FUSED_MLP={value!r} is not a setting of the fused LoRA MLP", where="FORMA_FUSED_MLP",
-                     hint="use 0 (off), auto (the default), tiles, rows or partials")
+                     hint="use 0 (off), auto (the default), tiles or rows")
 
 
 def forced_design() -> str | None:
@@ -86,14 +84,14 @@ def _triton_kernels(kind: str) -> tuple[Any, Any, dict[str, int]]:
         return _CACHE[key]  # type: ignore[no-any-return]
     from train import fused_mlp_kernels as k
 
-    fwd, bwd, configs = {"rows": (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows, k.CONFIGS_ROWS),
-                         "partials": (k.lora_swiglu_fwd_partials, k.lora_swiglu_bwd_partials, k.CONFIGS_PARTIALS),
-                         }.get(kind, (k.lora_swiglu_fwd, k.lora_swiglu_bwd, k.CONFIGS))
+    fwd, bwd = (k.lora_swiglu_fwd_rows, k.lora_swiglu_bwd_rows) if kind == "rows" else \
+        (k.lora_swiglu_fwd, k.lora_swiglu_bwd)
     if os.environ.get("TRITON_INTERPRET") == "1":  # the tests: no GPU to time configs on, one small tile
         _CACHE[key] = (fwd, bwd, {"BM": 32, "BN": 64})
     else:  # tuned once per (N, R); the backward writes over its inputs, so tuning restores them between tries
         import triton
 
+        configs = k.CONFIGS_ROWS if kind == "rows" else k.CONFIGS
         _CACHE[key] = (triton.autotune(configs=configs, key=["N", "R"])(fwd),
                        triton.autotune(configs=configs, key=["N", "R", "STORE_H"],
                                        restore_value=["DW", "E0", "G0"])(bwd), {})
@@ -105,14 +103,6 @@ def _use_triton(t: Any, use_triton: bool | None) -> bool:
     if use_triton is not None:
         return use_triton
     return bool(t.is_cuda) or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _partial_slots(N: int, tiles: dict[str, int]) -> int:
-    """How many partial sums a row gets in the partials design: one per BN-wide tile (its BN is fixed when tuned)."""
-    from train import fused_mlp_kernels as k
-
-    bn = tiles.get("BN", k.PARTIALS_BN)
-    return -(-N // bn)
 
 
 def _grid(T: int, N: int, kind: str) -> Any:
@@ -141,12 +131,6 @@ def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: flo
             fwd[_grid(T, N, kind)](e0, g0, h, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), float(sg), float(su), R=r,
                                    **tiles)
             return h, hA
-        if kind == "partials":
-            NT = _partial_slots(N, tiles)
-            HP = torch.empty(T, NT, r, device=e0.device, dtype=e0.dtype)
-            fwd[_grid(T, N, kind)](e0, g0, h, HP, XA, Bg, Bu, Ad, T, N, NT, XA.stride(0), float(sg), float(su),
-                                   R=r, **tiles)
-            return h, HP.sum(dim=1, dtype=torch.float32).to(e0.dtype)
         fwd[_grid(T, N, kind)](e0, g0, h, XA, Bg, Bu, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
         return h, h @ Ad.t()
     dtype = e0.dtype
@@ -178,12 +162,6 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
             bwd[_grid(T, N, kind)](DW, e0, g0, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r,
                                    STORE_H=store_h, **tiles)
             return h, e0, g0, G
-        if kind == "partials":
-            NT = _partial_slots(N, tiles)
-            GP = torch.empty(T, NT, 2 * r, device=DW.device, dtype=DW.dtype)
-            bwd[_grid(T, N, kind)](DW, e0, g0, GP, dYB, Ad, XA, Bg, Bu, T, N, NT, XA.stride(0), *scales, R=r,
-                                   STORE_H=store_h, **tiles)
-            return h, e0, g0, GP.sum(dim=1, dtype=torch.float32).to(DW.dtype)
         bwd[_grid(T, N, kind)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r,
                                STORE_H=store_h, **tiles)
         G = torch.cat([g0 @ Bg, e0 @ Bu], dim=1)  # e0, g0 now hold d_up, d_gate

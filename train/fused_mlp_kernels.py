@@ -6,12 +6,6 @@ Two designs, the same arithmetic; train/fused_mlp.py's ``warm_up`` times both on
   matrices. It adds the gate and up LoRA terms (one small tensor-core product each) before SwiGLU. The rank-16
   products that reduce over the width (``h A_d^T`` in the forward, ``d_gate B_g`` and ``d_up B_u`` in the backward)
   stay cuBLAS products in train/fused_mlp.py, each one more read of a tokens x N matrix.
-* **partials**: the tile design whose programs also write their tile's share of those three rank-16 products, a
-  [BM, R] partial sum per tile (summed in float32, stored in the compute dtype), into a [T, N / BN, R] buffer that
-  one ``sum`` over the middle axis reduces (in float32): each product then costs a write and a read of N / BN x R
-  values a row (at BN 64 and R 16, a quarter of a [T, N] matrix each way) instead of one more read of a [T, N]
-  matrix, with no atomics and no loop (what made the row design slower: its accumulators across the width). Not yet
-  timed on a GPU; the load-time choice times it against the others on the card.
 * **rows** (checked on the CPU in Triton's interpreter, not yet timed on a GPU by us): one program per BM token rows
   walks across the width in BN-wide tiles and folds each tile into those rank-16 products as it goes, so their sums
   stay in registers (no atomics, no partial buffers) and three reads of a tokens x N matrix a layer go away.
@@ -45,14 +39,8 @@ TILES = ((32, 64, 8), (64, 32, 8), (16, 128, 8), (32, 32, 4), (64, 64, 8), (32, 
 #: The row design's: its loop keeps accumulators and the rows' rank-16 operands live (69-127 registers forward,
 #: 101-176 backward at these sizes, no spill).
 ROWS = ((32, 32, 4), (64, 32, 8), (128, 32, 8), (32, 64, 8), (64, 64, 8))
-#: The partials design's tiles: one fixed width, so the caller knows how many partial sums a row gets (N / BN).
-#: Compiled for sm_90 (tests/test_fused_mlp.py) these take 72-128 registers a thread forward and 110-185 backward,
-#: no spill; at BN 128 the backward takes all 255 and spills, at BN 256 both spill.
-PARTIALS_BN = 64
-PARTIALS = ((16, PARTIALS_BN, 4), (32, PARTIALS_BN, 8), (64, PARTIALS_BN, 8))
 CONFIGS = [_config(bm, bn, w, 3) for bm, bn, w in TILES_MEASURED] + [_config(*t) for t in TILES]
 CONFIGS_ROWS = [_config(*t) for t in ROWS]
-CONFIGS_PARTIALS = [_config(*t) for t in PARTIALS]
 
 
 @triton.jit
@@ -163,38 +151,3 @@ def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, S
     out = GB + rm[:, None].to(tl.int64) * (2 * R) + rk[None, :]
     tl.store(out, (gg * SG).to(GB.dtype.element_ty), mask=in_m[:, None])
     tl.store(out + R, (gu * SU).to(GB.dtype.element_ty), mask=in_m[:, None])
-
-
-@triton.jit
-def lora_swiglu_fwd_partials(E0, G0, H, HP, XA, BG, BU, AD, T, N, NT, stride_xa, SG, SU,
-                             R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Partials design: H = silu(e) * g on one [BM, BN] tile, and the tile's share of H A_d^T into HP [T, NT, R]
-    (slot ``program_id(1)``)."""
-    rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
-    pid_n = tl.program_id(1)
-    rn, in_n, mask, offs = _columns(T, N, rm, in_m, pid_n * BN, BN)
-    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
-    h = (e * tl.sigmoid(e)).to(g.dtype) * g
-    tl.store(H + offs, h, mask=mask)
-    ad_t = tl.load(AD + rk[None, :] * N + rn[:, None], mask=in_n[:, None], other=0.0)  # A_d^T's [BN, R] tile
-    part = HP + (rm[:, None].to(tl.int64) * NT + pid_n) * R + rk[None, :]
-    tl.store(part, tl.dot(h, ad_t).to(HP.dtype.element_ty), mask=in_m[:, None])
-
-
-@triton.jit
-def lora_swiglu_bwd_partials(DW, E0, G0, GP, DYB, AD, XA, BG, BU, T, N, NT, stride_xa, SD, SG, SU,
-                             R: tl.constexpr, STORE_H: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Partials design: the tile design's backward, and the tile's share of (SG d_gate B_g, SU d_up B_u) into
-    GP [T, NT, 2R] (slot ``program_id(1)``)."""
-    rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
-    pid_n = tl.program_id(1)
-    rn, in_n, mask, offs = _columns(T, N, rm, in_m, pid_n * BN, BN)
-    dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
-    d_up, d_gate = _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs,
-                                 SD, SG, SU, R, STORE_H)
-    b_rows = rn[:, None] * R + rk[None, :]  # B's [BN, R] tile
-    gg = tl.dot(d_gate, tl.load(BG + b_rows, mask=in_n[:, None], other=0.0)) * SG
-    gu = tl.dot(d_up, tl.load(BU + b_rows, mask=in_n[:, None], other=0.0)) * SU
-    part = GP + (rm[:, None].to(tl.int64) * NT + pid_n) * (2 * R) + rk[None, :]
-    tl.store(part, gg.to(GP.dtype.element_ty), mask=in_m[:, None])
-    tl.store(part + R, gu.to(GP.dtype.element_ty), mask=in_m[:, None])
