@@ -81,3 +81,15 @@ def test_the_speed_extras_are_taken_where_the_budget_holds_them(monkeypatch: pyt
     monkeypatch.setenv("FORMA_DENSE_BASE", "0")
     off = with_extras(choose(**QWEN_3B, tokens=16 * 2048, quantization="4bit", free_gib=139), **EXTRAS)
     assert not off.dense_base and off.keep_mlp_h and "dense_base: off (FORMA_DENSE_BASE=0)" in off.extras_why
+
+
+def test_parameter_counts_follow_grouped_kv_heads() -> None:
+    """Qwen2.5-3B's published shape: 3.0857 B weights (the bench's model reports 3.086 B with norms and biases), of
+    which the decoder's linear layers are 2.7745 B: 5.17 GiB in bf16, what the dense base measured on the H200."""
+    from train.sft import parameter_counts
+
+    qwen25_3b = {"num_hidden_layers": 36, "hidden_size": 2048, "intermediate_size": 11008,
+                 "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936}
+    linear, total = parameter_counts(qwen25_3b)
+    assert total == pytest.approx(3.0857e9, rel=1e-4) and linear == pytest.approx(2.7745e9, rel=1e-4)
+    assert linear * 2 / 2**30 == pytest.approx(5.17, abs=0.01)

@@ -249,12 +249,24 @@ class _Run:
     plan: MemoryPlan
 
 
+def parameter_counts(shape: dict[str, Any]) -> tuple[int, int]:
+    """(the decoder's linear weights, those plus the embedding) of a Llama/Qwen2-shaped ``config.json``: what the
+    memory plan sizes the weights and the dense base by. Norms and biases are left out (~0.01%)."""
+    layers, hidden = int(shape.get("num_hidden_layers", 0)), int(shape.get("hidden_size", 0))
+    inter = int(shape.get("intermediate_size", 4 * hidden))
+    heads = int(shape.get("num_attention_heads", 1)) or 1
+    kv_width = int(shape.get("num_key_value_heads", heads)) * int(shape.get("head_dim", hidden // heads))
+    # q and o are hidden x hidden; k and v hidden x (K/V heads x head size): grouped K/V makes them narrower
+    linear = layers * (2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * inter)
+    return linear, linear + int(shape.get("vocab_size", 0)) * hidden
+
+
 def memory_plan(config: TrainConfig, pre: Any) -> MemoryPlan:
     """Checkpointing mode for this card and job (train/memory_plan.py); what the config forces wins."""
     shape = _model_config(pre.base_model)
     layers, hidden = int(shape.get("num_hidden_layers", 0)), int(shape.get("hidden_size", 0))
-    vocab, inter = int(shape.get("vocab_size", 0)), int(shape.get("intermediate_size", 4 * hidden))
-    params = layers * (4 * hidden * hidden + 3 * hidden * inter) + vocab * hidden
+    inter = int(shape.get("intermediate_size", 4 * hidden))
+    linear, params = parameter_counts(shape)
     tokens = config.batch_size * config.max_seq_length  # one micro-batch: packed rows, or padded chats at most
     free = None
     if pre.device == "cuda":
@@ -264,8 +276,8 @@ def memory_plan(config: TrainConfig, pre: Any) -> MemoryPlan:
     plan = choose(layers=layers, hidden=hidden, params=params, tokens=tokens, quantization=config.quantization,
                   free_gib=free, forced=None if config.gradient_checkpointing == "auto"
                   else config.gradient_checkpointing, batch_size=config.batch_size)
-    return with_extras(plan, quantization=config.quantization, linear_params=params - vocab * hidden,
-                       layers=layers, intermediate=inter)
+    return with_extras(plan, quantization=config.quantization, linear_params=linear, layers=layers,
+                       intermediate=inter)
 
 
 def _param_count(model: Any) -> float:
