@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.lora import outputs_and_grads
+
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 pytest.importorskip("peft")
@@ -75,17 +77,6 @@ def test_install_swaps_in_the_dequantised_weights_and_restore_puts_the_4bit_ones
     assert dense_base.restore(model) == 0
 
 
-def _grads(fn: Any, mlp: Any, X: Any, grad: Any) -> dict[str, Any]:
-    for p in mlp.parameters():
-        p.grad = None
-    X = X.detach().clone().requires_grad_(True)
-    out = fn(mlp, X)
-    out.backward(grad)
-    found = {"out": out.detach(), "dX": X.grad}
-    found.update({n: p.grad.detach().clone() for n, p in mlp.named_parameters() if p.requires_grad})
-    return found
-
-
 @pytest.mark.parametrize("keep_h", [False, True])
 def test_fused_mlp_on_the_dense_base_matches_peft(keep_h: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused MLP on the dense base, with and without the forward's h kept for the backward (the kernel then
@@ -105,8 +96,8 @@ def test_fused_mlp_on_the_dense_base_matches_peft(keep_h: bool, monkeypatch: pyt
     def peft(m: Any, x: Any) -> Any:
         return m.down_proj(torch.nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
 
-    ours = _grads(fused_mlp.apply_fused_mlp, mlp, X, grad)
-    theirs = _grads(peft, mlp, X, grad)
+    ours = outputs_and_grads(fused_mlp.apply_fused_mlp, mlp, X, grad)
+    theirs = outputs_and_grads(peft, mlp, X, grad)
     assert calls == [{"store_h": not keep_h}]
     assert sorted(ours) == sorted(theirs) and len([k for k in theirs if "lora_" in k]) == 6
     for key in theirs:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.lora import tiny_qwen2_lora
+from tests.helpers.lora import outputs_and_grads, tiny_qwen2_lora
 from train.unsloth_compat import import_unsloth
 
 torch = pytest.importorskip("torch")
@@ -35,17 +35,6 @@ def _peft_mlp(mlp: Any, X: Any) -> Any:
     return mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(X)) * mlp.up_proj(X))
 
 
-def _run(fn: Any, mlp: Any, X: Any, grad: Any) -> dict[str, Any]:
-    for p in mlp.parameters():
-        p.grad = None
-    X = X.detach().clone().requires_grad_(True)
-    out = fn(mlp, X)
-    out.backward(grad)
-    result = {"out": out.detach(), "dX": X.grad}
-    result.update({name: p.grad.detach().clone() for name, p in mlp.named_parameters() if p.requires_grad})
-    return result
-
-
 @pytest.mark.parametrize("lora_alpha", [16, 32])  # LoRA scale 1 and 2
 def test_fused_mlp_matches_peft_outputs_and_gradients(lora_alpha: int) -> None:
     from train import fused_mlp
@@ -53,8 +42,8 @@ def test_fused_mlp_matches_peft_outputs_and_gradients(lora_alpha: int) -> None:
     _, mlp = _mlp(lora_alpha)
     X = torch.randn(2, 7, 64, dtype=torch.float64)
     grad = torch.randn(2, 7, 64, dtype=torch.float64)
-    ours = _run(fused_mlp.apply_fused_mlp, mlp, X, grad)
-    peft = _run(_peft_mlp, mlp, X, grad)
+    ours = outputs_and_grads(fused_mlp.apply_fused_mlp, mlp, X, grad)
+    peft = outputs_and_grads(_peft_mlp, mlp, X, grad)
     assert sorted(ours) == sorted(peft) and len([k for k in peft if "lora_" in k]) == 6
     for key in peft:
         assert ours[key].shape == peft[key].shape, key

@@ -23,3 +23,16 @@ def tiny_qwen2_lora(targets: list[str], r: int, lora_alpha: int, dropout: float 
                                       init_lora_weights=False))
     model.train()
     return model
+
+
+def outputs_and_grads(fn: Any, module: Any, X: Any, grad: Any) -> dict[str, Any]:
+    """``fn(module, X)`` and its backward from ``grad``: the output, X's gradient and every trainable parameter's,
+    by name (the gradients of one call only: earlier ones are cleared first)."""
+    for p in module.parameters():
+        p.grad = None
+    X = X.detach().clone().requires_grad_(True)
+    out = fn(module, X)
+    out.backward(grad)
+    result = {"out": out.detach(), "dX": X.grad}
+    result.update({name: p.grad.detach().clone() for name, p in module.named_parameters() if p.requires_grad})
+    return result
