@@ -157,6 +157,9 @@ CHOICE_CHECK = textwrap.dedent("""
     fused_mlp._CACHE["kernels-rows"] = (fwd, bwd, tiles)
     choice = fused_mlp.warm_up(**kw)
     assert choice["design"] == "rows" and choice["forced"] == "rows" and list(choice["ms_per_layer"]) == ["rows"]
+    fused_mlp.OPTIONS["keep_h"] = True  # the variant that writes no h is the one timed and checked
+    choice = fused_mlp.warm_up(**kw)
+    assert choice["design"] == "rows" and not choice["left_out"], choice
     print("CHOICE OK")
 """)
 

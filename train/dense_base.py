@@ -3,19 +3,19 @@
 Why this exists: the base of a QLoRA run never changes, yet every LoRA projection dequantises its NF4 weight to the
 compute dtype again at each use: forward and backward, seven projections a layer, 252 kernels a step for
 Qwen2.5-3B (~5 ms of a ~0.82 s step on the H200, plus the launch gaps between them; docs/train.md). On a card
-where the step's plan leaves room (``memory_plan.choose``: no checkpointing and the dense copy fits the budget,
-~5.4 GiB for Qwen2.5-3B), the projections here are dequantised once at load, and each LoRA layer's
-``base_layer.weight`` becomes that bf16 copy. Unsloth's ``get_lora_parameters`` then finds no quant state and its
-``fast_dequantize`` hands the weight back as it is, so Unsloth's Functions and forma's (train/fused_qkv.py,
-train/fused_mlp.py) run unchanged on the same numbers: the copy is exactly what the per-use dequantisation made.
-The copy is made with bitsandbytes' ``dequantize_4bit``, the
-same NF4 decoding (Unsloth's own kernels are CUDA-only, and this also runs in the CPU tests). The 4-bit weight is
-kept aside and put back by :func:`restore` before the adapter is saved and merged, so saving,
-merging and GGUF export see the model as loaded. A base layer whose weight is dense answers ``forward`` with a
-plain ``F.linear`` (bitsandbytes' forward needs the quant state), so a path that falls back to PEFT still runs.
+where the step's plan leaves room (``memory_plan.with_extras``: no checkpointing, and the dense copy fits the
+budget: 5.2 GiB for Qwen2.5-3B), the projections are dequantised once at load with bitsandbytes' own
+``dequantize_4bit`` (the same NF4 decoding; Unsloth's kernels for it are CUDA-only, this also runs in the CPU
+tests), and each LoRA layer's ``base_layer.weight`` becomes that copy. Unsloth's ``get_lora_parameters`` then finds
+no quant state and its ``fast_dequantize`` hands the weight back as it is, so Unsloth's Functions and forma's
+(train/fused_qkv.py, train/fused_mlp.py) run unchanged on the numbers the per-use dequantisation made.
 
-Measured on the H200 (docs/train.md, 2026-12-02 third session): +0.5 points of MFU in an A/B sweep (61.5% -> 62.0%
-at the median step) for 5.2 GiB. A variant that padded the gate and up copies with the LoRA ``B`` columns, so that
+The 4-bit weights are kept aside and put back by :func:`restore` before the adapter is saved and merged, so
+saving, merging and GGUF export see the model as loaded. A base layer whose weight is dense answers ``forward``
+with a plain ``F.linear`` (bitsandbytes' forward needs the quant state), so a path that falls back to PEFT runs.
+
+Measured on the H200 (docs/train.md, 2026-12-02, third session): +0.6 points of MFU alone in an A/B sweep (61.6%
+-> 62.2% at the median step). A variant that padded the gate and up copies with the LoRA ``B`` columns, so that
 dX's product would also yield the rank-16 products ``d_gate B_g`` and ``d_up B_u``, gained nothing (the wider
 product cost what the two skinny ones had) and was taken out.
 """

@@ -345,10 +345,12 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
               file=sys.stderr, flush=True)
     dense_base.STATE.clear()
     if plan.dense_base and not cpu:
-        dense = dense_base.install(model, dtype)
-        print(f"frozen base kept dequantised: {dense} projections, {dense_base.STATE['gib']} GiB"
-              f"{'; MLP outputs kept for the backward' if plan.keep_mlp_h else ''} ({plan.extras_why})",
-              file=sys.stderr, flush=True)
+        dense_base.install(model, dtype)
+    if plan.extras_why and not cpu:  # what the room on the card bought, and why the rest was not taken
+        taken = [f"frozen base kept dequantised ({dense_base.STATE['layers']} projections, "
+                 f"{dense_base.STATE['gib']} GiB)"] if dense_base.STATE.get("layers") else []
+        taken += ["MLP outputs kept for the backward"] if plan.keep_mlp_h and mlp else []
+        print(f"speed extras: {', '.join(taken) or 'none'} ({plan.extras_why})", file=sys.stderr, flush=True)
     return model, tokenizer, train_tok, eval_tok, time.time() - load_started
 
 
