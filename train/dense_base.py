@@ -27,10 +27,11 @@ from typing import Any
 
 #: What :func:`install` did: layers made dense and the GiB the dense copies take.
 STATE: dict[str, Any] = {}
-_KEPT: list[tuple[Any, Any]] = []  # (base layer, its 4-bit weight) to put back
+#: The attribute of a base layer that holds its 4-bit weight while the dense copy is in use.
+KEPT = "forma_weight_4bit"
 
 
-def _dense_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+def _dense_forward(self: Any, x: Any) -> Any:
     """A dense base layer's forward: bitsandbytes' ``Linear4bit.forward`` needs the quant state it no longer has."""
     import torch.nn.functional as F
 
@@ -49,14 +50,14 @@ def install(model: Any, dtype: Any) -> int:
     import torch
     from bitsandbytes.functional import dequantize_4bit  # bitsandbytes' own: the CPU has it too, Unsloth's not
 
-    restore(model)  # an earlier run in this process left its copies: start from the 4-bit weights
+    restore(model)  # copies an earlier install left: start from the 4-bit weights
     count, nbytes = 0, 0
     for base in _quantised_lora_bases(model):
         W4 = base.weight
         with torch.no_grad():
             dense = dequantize_4bit(W4.data, W4.quant_state).to(dtype)
         nbytes += dense.numel() * dense.element_size()
-        _KEPT.append((base, W4))
+        base.__dict__[KEPT] = W4  # not through Module.__setattr__: it would register a second parameter
         base.weight = torch.nn.Parameter(dense, requires_grad=False)
         base.forward = types.MethodType(_dense_forward, base)
         count += 1
@@ -65,13 +66,13 @@ def install(model: Any, dtype: Any) -> int:
     return count
 
 
-def restore(model: Any | None = None) -> int:
-    """Put the 4-bit weights back (and bitsandbytes' forward); the count restored. Frees the dense copies.
-    (``model`` is for symmetry with :func:`install`: what to put back was recorded there.)"""
+def restore(model: Any) -> int:
+    """Put the 4-bit weights back (and bitsandbytes' forward) in ``model``; the count restored. Frees the copies."""
     restored = 0
-    while _KEPT:
-        base, W4 = _KEPT.pop()
-        base.weight = W4
-        base.__dict__.pop("forward", None)
-        restored += 1
+    for module in model.modules():
+        W4 = module.__dict__.pop(KEPT, None)
+        if W4 is not None:
+            module.weight = W4
+            module.__dict__.pop("forward", None)
+            restored += 1
     return restored

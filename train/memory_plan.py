@@ -96,7 +96,7 @@ def with_extras(plan: MemoryPlan, *, quantization: str, linear_params: float, la
     used = plan.estimate_gib["none"]
     taken: dict[str, bool] = {}
     notes = []
-    sizes = {"dense_base": linear_params * 2 / gib if quantization == "4bit" else 0.0,
+    sizes = {"dense_base": linear_params * 2 / gib,
              "keep_mlp_h": plan.tokens_per_step * layers * intermediate * 2 / gib}
     for name, size in sizes.items():
         if name == "dense_base" and quantization != "4bit":
