@@ -40,8 +40,6 @@ _CACHE: dict[str, Any] = {}
 ORIGINAL = "forma_original_forward"
 #: Whether that forward returns a tuple (Unsloth's) rather than the hidden states alone (transformers' 4.5x blocks).
 TUPLE = "forma_returns_tuple"
-#: The training forward of Unsloth's Llama/Qwen2 blocks, whose calls :func:`layer_forward` makes in the same order.
-UNSLOTH_FORWARD = "LlamaDecoderLayer_fast_forward"
 
 
 def _use_triton(t: Any, use_triton: bool | None) -> bool:
@@ -187,32 +185,28 @@ def install(model: Any, *, force: bool = False) -> int:
         return 0
     if not force and not torch.cuda.is_available():
         return 0
-    count, seen, skipped = 0, set(), {"forward": 0, "mlp": 0, "norms": 0}
+    try:
+        from unsloth.models.llama import LlamaDecoderLayer_fast_forward as unsloth_forward
+    except ImportError:
+        unsloth_forward = None
+    count = 0
     for module in model.modules():
         mlp = getattr(module, "mlp", None)
         if mlp is None or not hasattr(module, "self_attn"):
             continue
-        # by name: Unsloth assigns its function to the block class, and the object there is not always the one its
-        # module exports (seen on the H200: an identity check found no block)
-        name = getattr(type(module).forward, "__name__", "?")
-        seen.add(name)
-        if not force and name != UNSLOTH_FORWARD:
-            skipped["forward"] += 1
+        if not force and getattr(type(module).forward, "__code__", None) is not \
+                getattr(unsloth_forward, "__code__", False):
             continue
         if getattr(mlp.__dict__.get("forward"), "__func__", None) is not fused_mlp.apply_fused_mlp:
-            skipped["mlp"] += 1
             continue
         if not all(_frozen_usable_norm(getattr(module, n, None))
                    for n in ("input_layernorm", "post_attention_layernorm")):
-            skipped["norms"] += 1
             continue
         module.__dict__[ORIGINAL] = module.forward
-        module.__dict__[TUPLE] = name == UNSLOTH_FORWARD
+        module.__dict__[TUPLE] = unsloth_forward is not None and \
+            getattr(type(module).forward, "__code__", None) is unsloth_forward.__code__
         module.forward = types.MethodType(layer_forward, module)
         count += 1
-    if any(skipped.values()):  # why blocks kept their forward: another forward, an unfused MLP, a norm Y / W fails
-        STATE["skipped"] = {k: v for k, v in skipped.items() if v}
-        STATE["forwards"] = sorted(seen)
     STATE.update({"layers": count, "calls": 0})
     return count
 
