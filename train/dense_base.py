@@ -55,12 +55,8 @@ def stacked_gate_up(model: Any) -> dict[int, tuple[int, int, int]]:
     separate weights is three products, two of them accumulating into dX (cuBLAS's slower ``badd`` kernels in the
     H200 trace). With the weights stacked and this step's A copied into the spare rows, its ``[d_up | d_gate | G]``
     buffer times the stack is one product. Only an MLP whose gate and up are quantised LoRA layers of one shape
-    with one plain adapter is stacked; any other keeps separate copies. ``FORMA_STACK_GATE_UP=0`` stacks none."""
-    from train import switched_off
-
+    with one plain adapter is stacked; any other keeps separate copies."""
     plan: dict[int, tuple[int, int, int]] = {}
-    if switched_off("FORMA_STACK_GATE_UP"):
-        return plan
     for module in model.modules():
         gate, up = getattr(module, "gate_proj", None), getattr(module, "up_proj", None)
         bases: list[Any] = [getattr(p, "base_layer", None) for p in (gate, up)]
