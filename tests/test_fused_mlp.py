@@ -104,20 +104,6 @@ KERNEL_CHECK = textwrap.dedent("""
     assert got[0] is None and torch.equal(kept, DW)
     for name, a, b in zip(("d_up", "d_gate", "G"), got[1:], ref[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
-    # e0, g0 and G as column blocks of one [T, 2I + 2R] buffer (what the Function hands over): the kernels read and
-    # write them by their row stride, and the columns around each block are the other blocks, not overwritten
-    wide = torch.cat([e0, g0, torch.full((T, 2 * R), 7.0)], dim=1)
-    got = fused_mlp.swiglu_forward(wide[:, :I], wide[:, I:2 * I], *args[2:5], Ad, 1.5, 0.5, use_triton=True,
-                                   kind=kind)
-    ref_f = fused_mlp.swiglu_forward(e0, g0, *args[2:5], Ad, 1.5, 0.5, use_triton=False)
-    for name, a, b in zip(("h", "hA"), got, ref_f, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg="wide " + name)
-    got = fused_mlp.swiglu_backward(DW.clone(), wide[:, :I], wide[:, I:2 * I], *args, use_triton=True, kind=kind,
-                                    G=wide[:, 2 * I:])
-    assert got[3].data_ptr() == wide[:, 2 * I:].data_ptr()
-    for name, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg="wide " + name)
-    torch.testing.assert_close(wide, torch.cat(ref[1:], dim=1), rtol=1e-4, atol=1e-4, msg="wide buffer")
     print("KERNELS OK")
 """)
 
@@ -211,6 +197,6 @@ def test_candidate_tiles_compile_for_the_h200_without_spilling_registers(kind: s
         (k.lora_swiglu_fwd, k.lora_swiglu_bwd)
     for fn in (fwd, bwd):
         used = resources(fn, {"R": 16, "BM": bm, "BN": bn, **({"STORE_H": True} if fn is bwd else {})}, warps,
-                         stages, ints={"T", "N", "LD", "stride_xa", "stride_gb"},
+                         stages, ints={"T", "N", "stride_xa"},
                          floats={"SG", "SU", "SD"})
         assert used["stack"] == 0, (fn.__name__, tile, used)

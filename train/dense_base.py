@@ -29,8 +29,6 @@ from typing import Any
 STATE: dict[str, Any] = {}
 #: The attribute of a base layer that holds its 4-bit weight while the dense copy is in use.
 KEPT = "forma_weight_4bit"
-#: The attribute of an MLP whose up and gate copies are rows of one buffer (:func:`stacked_gate_up`).
-STACK = "forma_gate_up"
 
 
 def _dense_forward(self: Any, x: Any) -> Any:
@@ -47,63 +45,24 @@ def _quantised_lora_bases(model: Any) -> list[Any]:
     return [b for b in bases if getattr(getattr(b, "weight", None), "quant_state", None) is not None]
 
 
-def stacked_gate_up(model: Any) -> dict[int, tuple[int, int, int]]:
-    """``{id(base layer): (id(mlp), first row, rank)}`` for the up and gate projections whose dense copies are laid
-    out as rows of one buffer ``[W_up; W_gate; 2 x rank spare rows]`` (the MLP keeps it as :data:`STACK`).
-
-    Why: the fused MLP's backward (train/fused_mlp.py) computes dX = d_gate W_g + d_up W_u + G [A_g; A_u], which on
-    separate weights is three products, two of them accumulating into dX (cuBLAS's slower ``badd`` kernels in the
-    H200 trace). With the weights stacked and this step's A copied into the spare rows, its ``[d_up | d_gate | G]``
-    buffer times the stack is one product. Only an MLP whose gate and up are quantised LoRA layers of one shape
-    with one plain adapter is stacked; any other keeps separate copies."""
-    plan: dict[int, tuple[int, int, int]] = {}
-    for module in model.modules():
-        gate, up = getattr(module, "gate_proj", None), getattr(module, "up_proj", None)
-        bases: list[Any] = [getattr(p, "base_layer", None) for p in (gate, up)]
-        if any(getattr(getattr(b, "weight", None), "quant_state", None) is None for b in bases):
-            continue
-        ranks = {a.weight.shape[0] for p in (gate, up) for a in getattr(p, "lora_A", {}).values()}
-        if len(getattr(gate, "lora_A", {})) != 1 or len(getattr(up, "lora_A", {})) != 1 or len(ranks) != 1 or \
-                bases[0].weight.quant_state.shape != bases[1].weight.quant_state.shape:
-            continue
-        N, r = bases[0].weight.quant_state.shape[0], ranks.pop()
-        plan[id(bases[1])] = (id(module), 0, r)
-        plan[id(bases[0])] = (id(module), N, r)
-    return plan
-
-
 def install(model: Any, dtype: Any) -> int:
-    """Replace each quantised LoRA base weight with its dequantised copy in ``dtype``; the count replaced. Up and
-    gate copies of one MLP share a buffer (:func:`stacked_gate_up`)."""
+    """Replace each quantised LoRA base weight with its dequantised copy in ``dtype``; the count replaced."""
     import torch
     from bitsandbytes.functional import dequantize_4bit  # bitsandbytes' own: the CPU has it too, Unsloth's not
 
     restore(model)  # copies an earlier install left: start from the 4-bit weights
-    stacked = stacked_gate_up(model)
-    owners = {id(m): m for m in model.modules()}
     count, nbytes = 0, 0
     for base in _quantised_lora_bases(model):
         W4 = base.weight
         with torch.no_grad():
             dense = dequantize_4bit(W4.data, W4.quant_state).to(dtype)
-            if id(base) in stacked:
-                mlp_id, row, r = stacked[id(base)]
-                mlp = owners[mlp_id]
-                N, H = dense.shape
-                stack = mlp.__dict__.get(STACK)
-                if stack is None:
-                    stack = mlp.__dict__[STACK] = torch.zeros(2 * N + 2 * r, H, dtype=dtype, device=dense.device)
-                    nbytes += 2 * r * H * dense.element_size()
-                stack[row:row + N].copy_(dense)
-                dense = stack[row:row + N]
         nbytes += dense.numel() * dense.element_size()
         base.__dict__[KEPT] = W4  # not through Module.__setattr__: it would register a second parameter
         base.weight = torch.nn.Parameter(dense, requires_grad=False)
         base.forward = types.MethodType(_dense_forward, base)
         count += 1
     STATE.clear()
-    STATE.update({"layers": count, "gib": round(nbytes / 2**30, 2),
-                  "stacked_mlps": sum(STACK in m.__dict__ for m in model.modules())})
+    STATE.update({"layers": count, "gib": round(nbytes / 2**30, 2)})
     return count
 
 
@@ -111,7 +70,6 @@ def restore(model: Any) -> int:
     """Put the 4-bit weights back (and bitsandbytes' forward) in ``model``; the count restored. Frees the copies."""
     restored = 0
     for module in model.modules():
-        module.__dict__.pop(STACK, None)
         W4 = module.__dict__.pop(KEPT, None)
         if W4 is not None:
             module.weight = W4

@@ -113,19 +113,11 @@ def _grid(T: int, N: int, kind: str) -> Any:
     return lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(N, meta["BN"]))
 
 
-def _row_stride(e0: Any, g0: Any) -> int:
-    """The row stride E0 and G0 share: the kernels take them contiguous or as column blocks of one wider buffer."""
-    if e0.stride(1) != 1 or g0.stride(1) != 1 or e0.stride(0) != g0.stride(0) or e0.shape != g0.shape:
-        raise ValueError(f"e0 {tuple(e0.shape)}/{e0.stride()} and g0 {tuple(g0.shape)}/{g0.stride()} must be "
-                         "row-major with one row stride")
-    return int(e0.stride(0))
-
-
 def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: float, su: float,
                    use_triton: bool | None = None, kind: str | None = None) -> tuple[Any, Any]:
     """``(h, h Ad^T)`` with ``h = silu(e) * g``, ``e = e0 + sg XA[:, :r] Bg^T``, ``g = g0 + su XA[:, r:] Bu^T``
-    (e0, g0: [T, N], row-major with one row stride; h comes back contiguous; Ad: [r, N]). ``use_triton`` None: a
-    kernel on CUDA, the torch arithmetic elsewhere; ``kind`` None: the design ``FORMA_FUSED_MLP`` names."""
+    (e0, g0: [T, N]; Ad: [r, N]). ``use_triton`` None: a kernel on CUDA, the torch arithmetic elsewhere; ``kind``
+    None: the design ``FORMA_FUSED_MLP`` names."""
     import torch
 
     r = Bg.shape[1]
@@ -133,14 +125,13 @@ def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: flo
         kind = kind or design()
         fwd, _, tiles = _triton_kernels(kind)
         T, N = e0.shape
-        ld = _row_stride(e0, g0)
-        h = torch.empty(T, N, device=e0.device, dtype=e0.dtype)
+        h = torch.empty_like(e0)
         if kind == "rows":
             hA = torch.empty(T, r, device=e0.device, dtype=e0.dtype)
-            fwd[_grid(T, N, kind)](e0, g0, h, hA, XA, Bg, Bu, Ad, T, N, ld, XA.stride(0), float(sg), float(su), R=r,
+            fwd[_grid(T, N, kind)](e0, g0, h, hA, XA, Bg, Bu, Ad, T, N, XA.stride(0), float(sg), float(su), R=r,
                                    **tiles)
             return h, hA
-        fwd[_grid(T, N, kind)](e0, g0, h, XA, Bg, Bu, T, N, ld, XA.stride(0), float(sg), float(su), R=r, **tiles)
+        fwd[_grid(T, N, kind)](e0, g0, h, XA, Bg, Bu, T, N, XA.stride(0), float(sg), float(su), R=r, **tiles)
         return h, h @ Ad.t()
     dtype = e0.dtype
     acc = torch.promote_types(dtype, torch.float32)  # the kernel's float32 arithmetic (float64 stays float64)
@@ -152,33 +143,28 @@ def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: flo
 
 def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: Any, Bu: Any,
                     sd: float, sg: float, su: float, use_triton: bool | None = None,
-                    kind: str | None = None, store_h: bool = True, G: Any = None) -> tuple[Any, Any, Any, Any]:
+                    kind: str | None = None, store_h: bool = True) -> tuple[Any, Any, Any, Any]:
     """``(h, d_up, d_gate, G)``, the first three written over ``(DW, e0, g0)``: the gradient of h is
-    ``DW + sd dYB Ad``, and ``G = [sg d_gate Bg, su d_up Bu]`` ([T, 2r], what the A gradients and dX need),
-    written into ``G`` when given (a [T, 2r] view with unit column stride: the tail columns of the buffer that
-    e0 and g0 are column blocks of, so that dX is one product; see the Function below).
+    ``DW + sd dYB Ad``, and ``G = [sg d_gate Bg, su d_up Bu]`` ([T, 2r], what the A gradients and dX need).
 
     ``store_h`` False: h is not written (None is returned for it; the forward kept h) and DW is left as it was."""
     import torch
 
     r = Bg.shape[1]
-    T, N = DW.shape
-    if G is None:
-        G = torch.empty(T, 2 * r, device=DW.device, dtype=DW.dtype)
     if _use_triton(DW, use_triton):
         kind = kind or design()
         _, bwd, tiles = _triton_kernels(kind)
+        T, N = DW.shape
         scales = (float(sd), float(sg), float(su))
-        ld = _row_stride(e0, g0)
         h = DW if store_h else None
         if kind == "rows":
-            bwd[_grid(T, N, kind)](DW, e0, g0, G, dYB, Ad, XA, Bg, Bu, T, N, ld, XA.stride(0), G.stride(0), *scales,
-                                   R=r, STORE_H=store_h, **tiles)
+            G = torch.empty(T, 2 * r, device=DW.device, dtype=DW.dtype)
+            bwd[_grid(T, N, kind)](DW, e0, g0, G, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r,
+                                   STORE_H=store_h, **tiles)
             return h, e0, g0, G
-        bwd[_grid(T, N, kind)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, ld, XA.stride(0), *scales, R=r,
+        bwd[_grid(T, N, kind)](DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), *scales, R=r,
                                STORE_H=store_h, **tiles)
-        torch.mm(g0, Bg, out=G[:, :r])  # e0, g0 now hold d_up, d_gate
-        torch.mm(e0, Bu, out=G[:, r:])
+        G = torch.cat([g0 @ Bg, e0 @ Bu], dim=1)  # e0, g0 now hold d_up, d_gate
         G[:, :r].mul_(sg)
         G[:, r:].mul_(su)
         return h, e0, g0, G
@@ -191,7 +177,7 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
     f = (se * e).to(dtype)
     d_up = dw * f
     d_gate = ((dw * g).to(acc) * se * (1.0 + e * (1.0 - se))).to(dtype)
-    G.copy_(torch.cat([sg * (d_gate.to(acc) @ Bg.to(acc)), su * (d_up.to(acc) @ Bu.to(acc))], dim=1))
+    G = torch.cat([sg * (d_gate.to(acc) @ Bg.to(acc)), su * (d_up.to(acc) @ Bu.to(acc))], dim=1).to(dtype)
     if store_h:
         DW.copy_(f * g)
     e0.copy_(d_up)
@@ -213,24 +199,17 @@ def _mlp_function() -> Any:
         @staticmethod
         @torch_amp_custom_fwd
         def forward(ctx: Any, X: Any, Wg: Any, Qg: Any, Ag: Any, Bg: Any, Wu: Any, Qu: Any, Au: Any, Bu: Any,
-                    Wd: Any, Qd: Any, Ad: Any, Bd: Any, scales: tuple[float, float, float], stack: Any = None) -> Any:
+                    Wd: Any, Qd: Any, Ad: Any, Bd: Any, scales: tuple[float, float, float]) -> Any:
             dtype = X.dtype
             sg, su, sd = scales
             X2 = X.reshape(-1, X.shape[-1])
-            T, N, r = X2.shape[0], Bg.shape[0], Bg.shape[1]
             A_gu = torch.cat([Ag, Au]).to(dtype)
             XA = X2 @ A_gu.t()  # [T, 2r]: one read of X for both A products
-            # e0 | g0 | G side by side: the backward's kernel writes d_up, d_gate over e0, g0 and G goes in the last
-            # 2r columns, so that on a stacked base dX is one product over the whole row (see stacked_gate_up)
-            buf = torch.empty(T, 2 * N + 2 * r, device=X.device, dtype=dtype)
-            e0, g0 = buf[:, :N], buf[:, N:2 * N]
             W = fast_dequantize(Wg, Qg, dtype=dtype)
-            torch.mm(X2, W.t(), out=e0)
+            e0 = X2 @ W.t()
             W = fast_dequantize(Wu, Qu, dtype=dtype)
-            torch.mm(X2, W.t(), out=g0)
+            g0 = X2 @ W.t()
             del W
-            if stack is not None:
-                stack[2 * N:].copy_(A_gu)  # this step's A, for the backward's one product
             Bg_, Bu_, Ad_, Bd_ = (t.to(dtype).contiguous() for t in (Bg, Bu, Ad, Bd))
             h, hA = swiglu_forward(e0, g0, XA, Bg_, Bu_, Ad_, sg, su)  # hA [T, r] kept for Bd's gradient
             W = fast_dequantize(Wd, Qd, dtype=dtype)
@@ -239,27 +218,26 @@ def _mlp_function() -> Any:
             out.addmm_(hA, Bd_.t(), alpha=sd)
             ctx.weights = (Wg, Qg, Wu, Qu, Wd, Qd)
             ctx.scales = scales
-            ctx.stack = stack
             kept = (h,) if OPTIONS["keep_h"] else ()  # else the backward kernel rebuilds h
-            ctx.save_for_backward(X, buf, XA, hA, A_gu, Bg_, Bu_, Ad_, Bd_, *kept)
+            ctx.save_for_backward(X, e0, g0, XA, hA, A_gu, Bg_, Bu_, Ad_, Bd_, *kept)
             return out.view(*X.shape[:-1], out.shape[-1])
 
         @staticmethod
         @torch_amp_custom_bwd
         def backward(ctx: Any, dY: Any) -> Any:
-            X, buf, XA, hA, A_gu, Bg, Bu, Ad, Bd, *kept = ctx.saved_tensors
+            X, e0, g0, XA, hA, A_gu, Bg, Bu, Ad, Bd, *kept = ctx.saved_tensors
             Wg, Qg, Wu, Qu, Wd, Qd = ctx.weights
             sg, su, sd = ctx.scales
             dtype = X.dtype
-            N, r = Bg.shape
+            r = Bg.shape[1]
             X2 = X.reshape(-1, X.shape[-1])
             dY2 = dY.reshape(-1, dY.shape[-1]).to(dtype)
             dYB = dY2 @ Bd  # [T, r]
             W = fast_dequantize(Wd, Qd, dtype=dtype)
             DW = dY2 @ W  # the base part of h's gradient; the kernel adds sd dYB Ad
             del W
-            h, d_up, d_gate, G = swiglu_backward(DW, buf[:, :N], buf[:, N:2 * N], dYB, Ad, XA, Bg, Bu, sd, sg, su,
-                                                 store_h=not kept, G=buf[:, 2 * N:])  # G [T, 2r]
+            h, d_up, d_gate, G = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su,  # G [T, 2r]
+                                                 store_h=not kept)
             h = kept[0] if kept else h
             dAd = scaled(dYB.t() @ h, sd)  # [r, N]
             dBd = scaled(dY2.t() @ hA, sd)  # [out, r]
@@ -267,17 +245,13 @@ def _mlp_function() -> Any:
             dBg = scaled(d_gate.t() @ XA[:, :r], sg)
             dBu = scaled(d_up.t() @ XA[:, r:], su)
             dA = G.t() @ X2  # [2r, in]: one read of X for both A gradients
-            if ctx.stack is not None:  # [d_up | d_gate | G] @ [W_u; W_g; A_g; A_u]: one product, no accumulation
-                dX = buf @ ctx.stack
-            else:
-                dX = G @ A_gu
-                W = fast_dequantize(Wg, Qg, dtype=dtype)
-                dX.addmm_(d_gate, W)
-                W = fast_dequantize(Wu, Qu, dtype=dtype)
-                dX.addmm_(d_up, W)
-                del W
-            return (dX.view(X.shape), None, None, dA[:r], dBg, None, None, dA[r:], dBu, None, None, dAd, dBd, None,
-                    None)
+            dX = G @ A_gu
+            W = fast_dequantize(Wg, Qg, dtype=dtype)
+            dX.addmm_(d_gate, W)
+            W = fast_dequantize(Wu, Qu, dtype=dtype)
+            dX.addmm_(d_up, W)
+            del W
+            return (dX.view(X.shape), None, None, dA[:r], dBg, None, None, dA[r:], dBu, None, None, dAd, dBd, None)
 
     return LoRASwiGLU
 
@@ -292,22 +266,7 @@ def apply_fused_mlp(self: Any, X: Any) -> Any:
         _CACHE["function"] = _mlp_function()
     (Wg, Qg, Ag, Bg, Sg), (Wu, Qu, Au, Bu, Su), (Wd, Qd, Ad, Bd, Sd) = params
     return lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd,
-                       (float(Sg), float(Su), float(Sd)), _stack_for(self, Wg, Wu, Ag, X.dtype))
-
-
-def _stack_for(mlp: Any, Wg: Any, Wu: Any, Ag: Any, dtype: Any) -> Any:
-    """The MLP's stacked gate/up base (:func:`train.dense_base.stacked_gate_up`) when this call's weights are its
-    rows and it has room for this rank in the compute dtype; else None, and dX takes three products."""
-    from train import dense_base
-
-    stack = mlp.__dict__.get(dense_base.STACK)
-    if stack is None or stack.dtype != dtype:
-        return None
-    N, r = Wg.shape[0], Ag.shape[0]
-    if stack.shape[0] != 2 * N + 2 * r or Wu.data_ptr() != stack.data_ptr() or \
-            Wg.data_ptr() != stack[N:].data_ptr():
-        return None
-    return stack
+                       (float(Sg), float(Su), float(Sd)))
 
 
 def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:
@@ -328,7 +287,7 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
     def once() -> None:
         swiglu_forward(t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0, kind=kind)
         swiglu_backward(t["dw"], t["e0"], t["g0"], t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0,
-                        kind=kind, store_h=not OPTIONS["keep_h"], G=t["G"])  # the variant training runs, tuned here
+                        kind=kind, store_h=not OPTIONS["keep_h"])  # the variant training will run, tuned here
 
     once()
     if cuda:
@@ -372,9 +331,8 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
     import torch
 
     dev = {"device": device, "dtype": dtype}
-    wide = torch.randn(tokens, 2 * n + 2 * r, **dev)  # e0 | g0 | G, laid out as the Function lays them out
-    tensors = {"e0": wide[:, :n], "g0": wide[:, n:2 * n], "G": wide[:, 2 * n:], "dw": torch.randn(tokens, n, **dev),
-               "XA": torch.randn(tokens, 2 * r, **dev),
+    tensors = {"e0": torch.randn(tokens, n, **dev), "g0": torch.randn(tokens, n, **dev),
+               "dw": torch.randn(tokens, n, **dev), "XA": torch.randn(tokens, 2 * r, **dev),
                "dYB": torch.randn(tokens, r, **dev), "Bg": torch.randn(n, r, **dev) * 0.05,
                "Bu": torch.randn(n, r, **dev) * 0.05, "Ad": torch.randn(r, n, **dev) * 0.05}
     # the check's tokens, copied before the timing's backward passes write over the tensors
@@ -392,7 +350,7 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
             ms[kind] = round(took, 4)
         except Exception as exc:  # a kernel this card's Triton cannot compile or run: the other design may
             left_out[kind] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    del tensors, sample, wide
+    del tensors, sample
     if device == "cuda":
         torch.cuda.empty_cache()
     CHOICE.clear()

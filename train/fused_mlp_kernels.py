@@ -55,20 +55,18 @@ def _rows(XA, T, stride_xa, R: tl.constexpr, BM: tl.constexpr):
 
 
 @triton.jit
-def _columns(T, N, LD, rm, in_m, n0, BN: tl.constexpr):
-    """Columns n0 .. n0 + BN: their index, mask, the tile's mask, its offsets in a contiguous [T, N] matrix (h, DW)
-    and in E0 / G0, whose rows are LD apart (halves of one wider buffer, see train/fused_mlp.py)."""
+def _columns(T, N, rm, in_m, n0, BN: tl.constexpr):
+    """Columns n0 .. n0 + BN: their index, mask, the tile's mask and its offsets in a [T, N] matrix."""
     rn = n0 + tl.arange(0, BN)
     in_n = rn < N
-    rows = rm[:, None].to(tl.int64)
-    return rn, in_n, in_m[:, None] & in_n[None, :], rows * N + rn[None, :], rows * LD + rn[None, :]
+    return rn, in_n, in_m[:, None] & in_n[None, :], rm[:, None].to(tl.int64) * N + rn[None, :]
 
 
 @triton.jit
-def _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs_eg, SG, SU, R: tl.constexpr):
+def _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R: tl.constexpr):
     """e (float32, rounded to the compute dtype first, as Unsloth's e is) and g (compute dtype), LoRA added."""
-    e0 = tl.load(E0 + offs_eg, mask=mask, other=0.0)
-    g0 = tl.load(G0 + offs_eg, mask=mask, other=0.0)
+    e0 = tl.load(E0 + offs, mask=mask, other=0.0)
+    g0 = tl.load(G0 + offs, mask=mask, other=0.0)
     b_cols = rn[None, :] * R + rk[:, None]  # B is [N, R]: this is B^T's [R, BN] tile
     bg = tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)
     bu = tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)
@@ -78,56 +76,55 @@ def _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs_eg, SG, SU, R:
 
 
 @triton.jit
-def _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, offs_eg, SD, SG, SU,
+def _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU,
                   R: tl.constexpr, STORE_H: tl.constexpr):
     """One tile of the backward: writes (h, d_up, d_gate) over (DW, E0, G0) and returns (d_up, d_gate). Without
     STORE_H, h is not written (the forward kept it) and DW is left as it was: one write of a [T, N] matrix less."""
     dw0 = tl.load(DW + offs, mask=mask, other=0.0)
     ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=in_n[None, :], other=0.0)  # A_d's [R, BN] tile
     dw = (dw0.to(tl.float32) + tl.dot(dyb, ad) * SD).to(dw0.dtype)
-    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs_eg, SG, SU, R)
+    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
     se = tl.sigmoid(e)
     f = (se * e).to(dw0.dtype)
     d_up = dw * f
     d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw0.dtype)
     if STORE_H:
         tl.store(DW + offs, f * g, mask=mask)  # h, for the down projection's LoRA gradients
-    tl.store(E0 + offs_eg, d_up, mask=mask)
-    tl.store(G0 + offs_eg, d_gate, mask=mask)
+    tl.store(E0 + offs, d_up, mask=mask)
+    tl.store(G0 + offs, d_gate, mask=mask)
     return d_up, d_gate
 
 
 @triton.jit
-def lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, LD, stride_xa, SG, SU,
+def lora_swiglu_fwd(E0, G0, H, XA, BG, BU, T, N, stride_xa, SG, SU,
                     R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Tile design: H = silu(e) * g on one [BM, BN] tile."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
-    rn, in_n, mask, offs, offs_eg = _columns(T, N, LD, rm, in_m, tl.program_id(1) * BN, BN)
-    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs_eg, SG, SU, R)
+    rn, in_n, mask, offs = _columns(T, N, rm, in_m, tl.program_id(1) * BN, BN)
+    e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
     tl.store(H + offs, (e * tl.sigmoid(e)).to(g.dtype) * g, mask=mask)
 
 
 @triton.jit
-def lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, LD, stride_xa, SD, SG, SU,
+def lora_swiglu_bwd(DW, E0, G0, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
                     R: tl.constexpr, STORE_H: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Tile design: over (DW, E0, G0) writes (h, d_up, d_gate) of one [BM, BN] tile; h's gradient is
     DW + SD DYB A_d."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
-    rn, in_n, mask, offs, offs_eg = _columns(T, N, LD, rm, in_m, tl.program_id(1) * BN, BN)
+    rn, in_n, mask, offs = _columns(T, N, rm, in_m, tl.program_id(1) * BN, BN)
     dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
-    _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, offs_eg, SD, SG, SU, R,
-                  STORE_H)
+    _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs, SD, SG, SU, R, STORE_H)
 
 
 @triton.jit
-def lora_swiglu_fwd_rows(E0, G0, H, HA, XA, BG, BU, AD, T, N, LD, stride_xa, SG, SU,
+def lora_swiglu_fwd_rows(E0, G0, H, HA, XA, BG, BU, AD, T, N, stride_xa, SG, SU,
                          R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Row design: H = silu(e) * g; HA = H A_d^T (A_d is [R, N]), summed over the width in registers."""
     rm, rk, in_m, xa_g, xa_u = _rows(XA, T, stride_xa, R, BM)
     ha = tl.zeros((BM, R), dtype=tl.float32)
     for n0 in range(0, N, BN):
-        rn, in_n, mask, offs, offs_eg = _columns(T, N, LD, rm, in_m, n0, BN)
-        e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs_eg, SG, SU, R)
+        rn, in_n, mask, offs = _columns(T, N, rm, in_m, n0, BN)
+        e, g = _gate_up(E0, G0, xa_g, xa_u, BG, BU, rn, rk, in_n, mask, offs, SG, SU, R)
         h = (e * tl.sigmoid(e)).to(g.dtype) * g
         tl.store(H + offs, h, mask=mask)
         ad_t = tl.load(AD + rk[None, :] * N + rn[:, None], mask=in_n[:, None], other=0.0)  # A_d^T's [BN, R] tile
@@ -136,7 +133,7 @@ def lora_swiglu_fwd_rows(E0, G0, H, HA, XA, BG, BU, AD, T, N, LD, stride_xa, SG,
 
 
 @triton.jit
-def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, LD, stride_xa, stride_gb, SD, SG, SU,
+def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, SD, SG, SU,
                          R: tl.constexpr, STORE_H: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Row design: over (DW, E0, G0) writes (h, d_up, d_gate), where h's gradient is DW + SD DYB A_d; GB [T, 2R]
     gets (SG d_gate B_g, SU d_up B_u), summed over the width in registers."""
@@ -145,12 +142,12 @@ def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, LD, stride_x
     gg = tl.zeros((BM, R), dtype=tl.float32)
     gu = tl.zeros((BM, R), dtype=tl.float32)
     for n0 in range(0, N, BN):
-        rn, in_n, mask, offs, offs_eg = _columns(T, N, LD, rm, in_m, n0, BN)
+        rn, in_n, mask, offs = _columns(T, N, rm, in_m, n0, BN)
         d_up, d_gate = _swiglu_grads(DW, E0, G0, dyb, AD, xa_g, xa_u, BG, BU, N, rn, rk, in_n, mask, offs,
-                                     offs_eg, SD, SG, SU, R, STORE_H)
+                                     SD, SG, SU, R, STORE_H)
         b_rows = rn[:, None] * R + rk[None, :]  # B's [BN, R] tile
         gg = tl.dot(d_gate, tl.load(BG + b_rows, mask=in_n[:, None], other=0.0), gg)
         gu = tl.dot(d_up, tl.load(BU + b_rows, mask=in_n[:, None], other=0.0), gu)
-    out = GB + rm[:, None].to(tl.int64) * stride_gb + rk[None, :]
+    out = GB + rm[:, None].to(tl.int64) * (2 * R) + rk[None, :]
     tl.store(out, (gg * SG).to(GB.dtype.element_ty), mask=in_m[:, None])
     tl.store(out + R, (gu * SU).to(GB.dtype.element_ty), mask=in_m[:, None])
