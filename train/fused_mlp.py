@@ -199,8 +199,7 @@ def _mlp_function() -> Any:
         @staticmethod
         @torch_amp_custom_fwd
         def forward(ctx: Any, X: Any, Wg: Any, Qg: Any, Ag: Any, Bg: Any, Wu: Any, Qu: Any, Au: Any, Bu: Any,
-                    Wd: Any, Qd: Any, Ad: Any, Bd: Any, scales: tuple[float, float, float],
-                    residual: Any = None) -> Any:
+                    Wd: Any, Qd: Any, Ad: Any, Bd: Any, scales: tuple[float, float, float]) -> Any:
             dtype = X.dtype
             sg, su, sd = scales
             X2 = X.reshape(-1, X.shape[-1])
@@ -214,11 +213,9 @@ def _mlp_function() -> Any:
             Bg_, Bu_, Ad_, Bd_ = (t.to(dtype).contiguous() for t in (Bg, Bu, Ad, Bd))
             h, hA = swiglu_forward(e0, g0, XA, Bg_, Bu_, Ad_, sg, su)  # hA [T, r] kept for Bd's gradient
             W = fast_dequantize(Wd, Qd, dtype=dtype)
-            # with a residual (train/fused_residual.py), the block's residual add is the product's beta = 1 term
-            out = h @ W.t() if residual is None else torch.addmm(residual.reshape(-1, residual.shape[-1]), h, W.t())
+            out = h @ W.t()
             del W
             out.addmm_(hA, Bd_.t(), alpha=sd)
-            ctx.has_residual = residual is not None
             ctx.weights = (Wg, Qg, Wu, Qu, Wd, Qd)
             ctx.scales = scales
             kept = (h,) if OPTIONS["keep_h"] else ()  # else the backward kernel rebuilds h
@@ -254,25 +251,22 @@ def _mlp_function() -> Any:
             W = fast_dequantize(Wu, Qu, dtype=dtype)
             dX.addmm_(d_up, W)
             del W
-            return (dX.view(X.shape), None, None, dA[:r], dBg, None, None, dA[r:], dBu, None, None, dAd, dBd, None,
-                    dY if ctx.has_residual else None)
+            return (dX.view(X.shape), None, None, dA[:r], dBg, None, None, dA[r:], dBu, None, None, dAd, dBd, None)
 
     return LoRASwiGLU
 
 
-def apply_fused_mlp(self: Any, X: Any, residual: Any = None) -> Any:
-    """The MLP forward hook: the fused Function where the LoRA is plain, else Unsloth's own fused MLP. With
-    ``residual`` (train/fused_residual.py), ``residual + mlp(X)``, the add inside the last product."""
+def apply_fused_mlp(self: Any, X: Any) -> Any:
+    """The MLP forward hook: the fused Function where the LoRA is plain, else Unsloth's own fused MLP."""
     lora = lora_guard.fast_lora("apply_lora_mlp_swiglu")
     params = lora_guard.plain_lora((self.gate_proj, self.up_proj, self.down_proj), X, rank_multiple=16)
     if params is None:  # rank 16, 32, ...: the kernels' tensor-core product takes 16 at a time
-        out = lora.apply_lora_mlp_swiglu(self, X)
-        return out if residual is None else residual + out
+        return lora.apply_lora_mlp_swiglu(self, X)
     if "function" not in _CACHE:
         _CACHE["function"] = _mlp_function()
     (Wg, Qg, Ag, Bg, Sg), (Wu, Qu, Au, Bu, Su), (Wd, Qd, Ad, Bd, Sd) = params
     return lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd,
-                       (float(Sg), float(Su), float(Sd)), residual)
+                       (float(Sg), float(Su), float(Sd)))
 
 
 def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:

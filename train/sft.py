@@ -27,7 +27,6 @@ from train import (
     flash_attention4,
     fused_mlp,
     fused_qkv,
-    fused_residual,
     rope_layout,
     unsloth_compat,
 )
@@ -347,11 +346,6 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
     dense_base.STATE.clear()
     if plan.dense_base and not cpu:
         dense_base.install(model, dtype)
-    fused_residual.STATE.clear()
-    # the residual adds folded into the norm backward and the MLP product
-    if mlp and plan.mode == "none" and not cpu and fused_residual.install(model):
-        print(f"fused residual adds: {fused_residual.STATE['layers']} blocks (norm backward, MLP product)",
-              file=sys.stderr, flush=True)
     if plan.extras_why and not cpu:  # what the room on the card bought, and why the rest was not taken
         taken = [f"frozen base kept dequantised ({dense_base.STATE['layers']} projections, "
                  f"{dense_base.STATE['gib']} GiB)"] if dense_base.STATE.get("layers") else []
@@ -502,7 +496,6 @@ def _report(run: _Run, metrics: dict[str, Any], curves: dict[str, Any], clock: l
         "fused_mlp": dict(fused_mlp.CHOICE) or None,  # the kernel design warm-up chose, and its timings
         "rope_grad_layout": rope_layout.installed(),
         "dense_base": dict(dense_base.STATE) or None,  # the 4-bit base kept dequantised (speed extra), and its size
-        "fused_residual": dict(fused_residual.STATE) or None,  # blocks whose residual adds are folded, and calls
         "flash_attention_4": dict(flash_attention4.STATE) if config.packing and pre.device == "cuda" else None,
         "memory_plan": run.plan.as_dict(),
         "mfu": mfu(_param_count(run.model), metrics.get("tokens_per_s_steady"),
