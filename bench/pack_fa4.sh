@@ -31,7 +31,8 @@ mkdir -p "$work/site/flash_attn"
 for w in "$work"/wheels/*.whl; do (cd "$work/site" && python3 -m zipfile -e "$w" .); done
 echo '"""FlashAttention-4 (CuTe DSL) sources only (BSD-3-Clause, Dao-AILab/flash-attention)."""' \
   > "$work/site/flash_attn/__init__.py"
-git -C "$checkout" archive "$commit" flash_attn/cute | tar x -C "$work/site"
+# the subtree by its own tree object: a snapshot whose large files are absent (assets/*.pdf) still packs
+git -C "$checkout" archive --prefix=flash_attn/cute/ "$commit:flash_attn/cute" | tar x -C "$work/site"
 # written aside and renamed, so an interrupted run never leaves a truncated archive under the final name
 tar cf - -C "$work" site | xz -T0 -6 > "$out.partial"
 mv "$out.partial" "$out"

@@ -151,3 +151,106 @@ def lora_swiglu_bwd_rows(DW, E0, G0, GB, DYB, AD, XA, BG, BU, T, N, stride_xa, S
     out = GB + rm[:, None].to(tl.int64) * (2 * R) + rk[None, :]
     tl.store(out, (gg * SG).to(GB.dtype.element_ty), mask=in_m[:, None])
     tl.store(out + R, (gu * SU).to(GB.dtype.element_ty), mask=in_m[:, None])
+
+
+@triton.jit
+def _grouped_tile(pid, T, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program ``pid``'s (row, column) tile of a [T, N] product, in groups of GROUP_M row tiles so that programs
+    running together share the B columns they read through L2 (the ordering of Triton's matmul tutorial)."""
+    tiles_n = tl.cdiv(N, BN)
+    in_group = GROUP_M * tiles_n
+    first_m = (pid // in_group) * GROUP_M
+    size_m = min(tl.cdiv(T, BM) - first_m, GROUP_M)
+    return first_m + (pid % in_group) % size_m, (pid % in_group) // size_m
+
+
+@triton.jit
+def gemm_swiglu_fwd(x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU,
+                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """Product design, forward: the gate and up projections with their LoRA terms,
+    ``e = X W_g^T + SG XA_g B_g^T`` and ``g = X W_u^T + SU XA_u B_u^T``, as one dual product whose operands the
+    tensor copy engine reads (TMA descriptors over X [T, K] and W_g, W_u [N, K]), with SwiGLU as its epilogue:
+    writes e and g (what the backward needs, LoRA terms in) and h = silu(e) g. No e0 or g0 goes to memory and
+    nothing reads them back."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), T, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, R)
+    in_m = rm < T
+    in_n = rn < N
+    xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
+    b_cols = rn[None, :] * R + rk[:, None]  # B is [N, R]: B^T's [R, BN] tile
+    # the rank-R terms first, as one more step of each product: no second accumulator
+    acc_e = tl.dot(tl.load(xa_rows, mask=in_m[:, None], other=0.0),
+                   tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)) * SG
+    acc_g = tl.dot(tl.load(xa_rows + R, mask=in_m[:, None], other=0.0),
+                   tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)) * SU
+    for ki in range(0, tl.cdiv(K, BK)):  # past K the copy engine reads zeros
+        a = x_desc.load([pid_m * BM, ki * BK])
+        acc_e = tl.dot(a, wg_desc.load([pid_n * BN, ki * BK]).T, acc_e)
+        acc_g = tl.dot(a, wu_desc.load([pid_n * BN, ki * BK]).T, acc_g)
+    mask = in_m[:, None] & in_n[None, :]
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    e = acc_e.to(E.dtype.element_ty)
+    g = acc_g.to(G.dtype.element_ty)
+    tl.store(E + offs, e, mask=mask)
+    tl.store(G + offs, g, mask=mask)
+    ef = e.to(tl.float32)  # as Unsloth: e in the compute dtype, silu in float32, the product in the compute dtype
+    tl.store(H + offs, (ef * tl.sigmoid(ef)).to(g.dtype) * g, mask=mask)
+
+
+@triton.jit
+def gemm_swiglu_bwd(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD,
+                    R: tl.constexpr, STORE_H: tl.constexpr, CHUNKS: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """Product design, backward: h's gradient ``DY W_d + SD DYB A_d`` (TMA descriptors over DY [T, K] and W_d
+    [K, N]) with the SwiGLU backward as its epilogue, so that gradient never goes to memory. (d_up, d_gate) are
+    written over (E, G), which hold e and g as :func:`gemm_swiglu_fwd` wrote them; with STORE_H, h into H. The
+    epilogue runs on CHUNKS column pieces of the tile in turn (2 or 4): a whole tile's float32 temporaries spill."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), T, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, R)
+    in_m = rm < T
+    dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
+    ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=(rn < N)[None, :], other=0.0)
+    acc = tl.dot(dyb, ad) * SD  # the rank-R term first: one more step of the product
+    for ki in range(0, tl.cdiv(K, BK)):
+        acc = tl.dot(dy_desc.load([pid_m * BM, ki * BK]), w_desc.load([ki * BK, pid_n * BN]), acc)
+    dw = acc.to(H.dtype.element_ty)
+    half0, half1 = _halves(dw, BM, BN)
+    rn0 = pid_n * BN + tl.arange(0, BN // CHUNKS)
+    if CHUNKS == 4:
+        q0, q1 = _halves(half0, BM, BN // 2)
+        q2, q3 = _halves(half1, BM, BN // 2)
+        _swiglu_bwd_chunk(q0, H, E, G, rm, rn0, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(q1, H, E, G, rm, rn0 + BN // 4, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(q2, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(q3, H, E, G, rm, rn0 + 3 * (BN // 4), in_m, N, STORE_H)
+    else:
+        _swiglu_bwd_chunk(half0, H, E, G, rm, rn0, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(half1, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+
+
+@triton.jit
+def _halves(x, BM: tl.constexpr, BN: tl.constexpr):
+    """The left and right column halves of a [BM, BN] tile."""
+    return tl.split(tl.permute(tl.reshape(x, (BM, 2, BN // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _swiglu_bwd_chunk(dw, H, E, G, rm, rn, in_m, N, STORE_H: tl.constexpr):
+    """The SwiGLU backward on columns ``rn`` of h's gradient ``dw`` (Unsloth's rounding): (d_up, d_gate) over
+    (E, G), h into H with STORE_H."""
+    mask = in_m[:, None] & (rn < N)[None, :]
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    e = tl.load(E + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0)
+    se = tl.sigmoid(e)
+    f = (se * e).to(dw.dtype)
+    d_up = dw * f
+    d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw.dtype)
+    if STORE_H:
+        tl.store(H + offs, f * g, mask=mask)
+    tl.store(E + offs, d_up, mask=mask)
+    tl.store(G + offs, d_gate, mask=mask)

@@ -1,0 +1,284 @@
+"""GPU check: the MLP's SwiGLU as the epilogue of the matrix product that feeds it, against cuBLAS + the tile kernels.
+
+Why: in the step's trace the fused SwiGLU kernels take ~74 ms a step and read back matrices a cuBLAS product has
+just written. Done as the product's epilogue (train/fused_mlp_kernels.py ``gemm_swiglu_fwd``, ``gemm_swiglu_bwd``),
+the backward's ``DY W_d`` never goes to memory (one write and one read of a tokens x 11,008 matrix a layer less) and
+the forward's e0 and g0 are not read back. That pays only if Triton's main loop keeps up with cuBLAS, so each
+config is timed with its epilogue and without (the main loop alone), next to cuBLAS's products alone.
+
+Shapes: one layer of Qwen2.5-3B at a 16-row packed step (32,768 tokens, 2,048 -> 11,008, rank 16), bf16.
+Prints the largest differences (relative to the largest value) and a table of medians; run on the GPU machine:
+python3 bench/probe/gemm_swiglu_check.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+import triton
+import triton.language as tl
+from triton.testing import do_bench
+
+from train import fused_mlp_kernels as k
+
+T, D, N, R = 32768, 2048, 11008, 16
+DEVICE = "cuda"
+if os.environ.get("TRITON_INTERPRET") == "1":  # a dry run of this script on a CPU, in Triton's interpreter
+    T, D, N, DEVICE = 200, 128, 384, "cpu"
+
+    def do_bench(fn: Any, **_: Any) -> float:
+        fn()
+        return 1.0 + len(str(fn)) % 7 / 10
+#: (BM, BN, BK, stages, warps) tried for each kernel.
+#: Measured 2026-12-03 on the H200 and dropped: the same kernels with pointer loads (Triton's main loop at 504-605
+#: TFLOP/s against cuBLAS's 656-682), the e and g LoRA terms rebuilt in the backward's epilogue (~1 ms a layer), and
+#: a persistent TMA loop (flattened tile loop: 197-284 TFLOP/s). A plain TMA loop, one tile a program: 643-647.
+#: (BM, BN, BK, stages, warps) for the forward; the backward adds the epilogue's column chunks.
+FWD = [(128, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 64, 64, 4, 4), (128, 64, 64, 3, 8)]
+BWD = [(128, 256, 64, 3, 8, 4), (128, 256, 64, 4, 8, 4), (128, 128, 64, 4, 8, 2), (128, 128, 64, 4, 8, 4),
+       (128, 128, 64, 3, 8, 2)]
+
+#: Persistent variants (one program per multiprocessor walking the tiles; tile loop not flattened), with and
+#: without Triton's warp specialization: (BM, BN, BK, stages, warps, chunks, warp_specialize).
+BWD_P = [(128, 256, 64, 3, 8, 4, False), (128, 256, 64, 3, 8, 4, True), (128, 128, 64, 3, 8, 2, False),
+         (128, 128, 64, 3, 8, 2, True), (128, 128, 64, 3, 4, 2, True)]
+FWD_P = [(128, 128, 64, 4, 8, False), (128, 128, 64, 4, 8, True), (128, 128, 64, 3, 4, True)]
+SMS = 132 if DEVICE == "cuda" else 3
+
+
+@triton.jit
+def _bwd_persistent(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R: tl.constexpr, STORE_H: tl.constexpr,
+                    CHUNKS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr, WS: tl.constexpr):
+    tiles = tl.cdiv(T, BM) * tl.cdiv(N, BN)
+    rk = tl.arange(0, R)
+    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
+        pid_m, pid_n = k._grouped_tile(tile, T, N, BM, BN, GROUP_M)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        in_m = rm < T
+        dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
+        ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=(rn < N)[None, :], other=0.0)
+        acc = tl.dot(dyb, ad) * SD
+        for ki in range(0, tl.cdiv(K, BK)):
+            acc = tl.dot(dy_desc.load([pid_m * BM, ki * BK]), w_desc.load([ki * BK, pid_n * BN]), acc)
+        dw = acc.to(H.dtype.element_ty)
+        half0, half1 = k._halves(dw, BM, BN)
+        rn0 = pid_n * BN + tl.arange(0, BN // CHUNKS)
+        if CHUNKS == 4:
+            q0, q1 = k._halves(half0, BM, BN // 2)
+            q2, q3 = k._halves(half1, BM, BN // 2)
+            k._swiglu_bwd_chunk(q0, H, E, G, rm, rn0, in_m, N, STORE_H)
+            k._swiglu_bwd_chunk(q1, H, E, G, rm, rn0 + BN // 4, in_m, N, STORE_H)
+            k._swiglu_bwd_chunk(q2, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+            k._swiglu_bwd_chunk(q3, H, E, G, rm, rn0 + 3 * (BN // 4), in_m, N, STORE_H)
+        else:
+            k._swiglu_bwd_chunk(half0, H, E, G, rm, rn0, in_m, N, STORE_H)
+            k._swiglu_bwd_chunk(half1, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+
+
+@triton.jit
+def _fwd_persistent(x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU, R: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                    PROGRAMS: tl.constexpr, WS: tl.constexpr):
+    tiles = tl.cdiv(T, BM) * tl.cdiv(N, BN)
+    rk = tl.arange(0, R)
+    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
+        pid_m, pid_n = k._grouped_tile(tile, T, N, BM, BN, GROUP_M)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        in_m = rm < T
+        in_n = rn < N
+        xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
+        b_cols = rn[None, :] * R + rk[:, None]
+        acc_e = tl.dot(tl.load(xa_rows, mask=in_m[:, None], other=0.0),
+                       tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)) * SG
+        acc_g = tl.dot(tl.load(xa_rows + R, mask=in_m[:, None], other=0.0),
+                       tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)) * SU
+        for ki in range(0, tl.cdiv(K, BK)):
+            a = x_desc.load([pid_m * BM, ki * BK])
+            acc_e = tl.dot(a, wg_desc.load([pid_n * BN, ki * BK]).T, acc_e)
+            acc_g = tl.dot(a, wu_desc.load([pid_n * BN, ki * BK]).T, acc_g)
+        mask = in_m[:, None] & in_n[None, :]
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        e = acc_e.to(E.dtype.element_ty)
+        g = acc_g.to(G.dtype.element_ty)
+        tl.store(E + offs, e, mask=mask)
+        tl.store(G + offs, g, mask=mask)
+        ef = e.to(tl.float32)
+        tl.store(H + offs, (ef * tl.sigmoid(ef)).to(g.dtype) * g, mask=mask)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def med(fn: Any) -> float:
+    return float(do_bench(fn, warmup=50, rep=300, return_mode="median"))
+
+
+def main() -> int:
+    from triton.tools.tensor_descriptor import TensorDescriptor as TD
+
+    torch.manual_seed(0)
+    dev = {"device": DEVICE, "dtype": torch.bfloat16 if DEVICE == "cuda" else torch.float32}
+    X = torch.randn(T, D, **dev)
+    Wg, Wu = torch.randn(N, D, **dev) * D ** -0.5, torch.randn(N, D, **dev) * D ** -0.5
+    Wd = torch.randn(D, N, **dev) * N ** -0.5
+    dY = torch.randn(T, D, **dev)
+    XA = torch.randn(T, 2 * R, **dev)
+    Bg, Bu = torch.randn(N, R, **dev) * 0.05, torch.randn(N, R, **dev) * 0.05
+    Ad = torch.randn(R, N, **dev) * 0.05
+    dYB = torch.randn(T, R, **dev)
+    sd, sg, su = 2.0, 2.0, 2.0
+    flops = 2 * T * D * N
+    rows: list[tuple[str, float, str]] = []
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    # --- forward: cuBLAS e0, g0 + the tile kernel (the tile the autotuner picked on the H200: 16 x 256, 8 warps)
+    e0 = X @ Wg.t()
+    g0 = X @ Wu.t()
+    h_ref = torch.empty_like(e0)
+
+    def tiles_fwd() -> None:
+        k.lora_swiglu_fwd[(triton.cdiv(T, 16), triton.cdiv(N, 256))](
+            e0, g0, h_ref, XA, Bg, Bu, T, N, XA.stride(0), sg, su, R=R, BM=16, BN=256, num_warps=8, num_stages=2)
+
+    tiles_fwd()
+    t_gemm2 = med(lambda: (torch.mm(X, Wg.t(), out=e0), torch.mm(X, Wu.t(), out=g0)))
+    t_tf = med(tiles_fwd)
+    base_fwd = t_gemm2 + t_tf
+    rows.append(("fwd cuBLAS 2 products", t_gemm2, f"{2 * flops / t_gemm2 / 1e9:.0f} TF/s"))
+    rows.append(("fwd tile kernel", t_tf, ""))
+    rows.append(("fwd baseline total", base_fwd, ""))
+    e_ref = (e0.float() + sg * XA[:, :R].float() @ Bg.float().t()).to(X.dtype)
+    g_ref = (g0.float() + su * XA[:, R:].float() @ Bu.float().t()).to(X.dtype)
+    E, G, H = torch.empty_like(e0), torch.empty_like(e0), torch.empty_like(e0)
+    for bm, bn, bk, st, nw in FWD:
+        descs = (TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]))
+        grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
+
+        def run(descs: Any = descs, grid: tuple[int] = grid, bm: int = bm, bn: int = bn, bk: int = bk,
+                st: int = st, nw: int = nw) -> Any:
+            return k.gemm_swiglu_fwd[grid](*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm,
+                                           BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
+        name = f"fwd fused {bm}x{bn}x{bk} s{st} w{nw}"
+        try:
+            for t_ in (E, G, H):
+                t_.fill_(float("nan"))  # poisoned: every element must be written
+            c = run()
+            sync()
+            diff = max(rel(E, e_ref), rel(G, g_ref), rel(H, h_ref))
+            t = med(run)
+            rows.append((name, t, f"{2 * flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
+                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_fwd:+.3f}"))
+        except Exception as exc:
+            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+    for bm, bn, bk, st, nw, ws in FWD_P:
+        descs = (TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]))
+
+        def run_p(descs: Any = descs, bm: int = bm, bn: int = bn, bk: int = bk, st: int = st, nw: int = nw,
+                  ws: bool = ws) -> Any:
+            return _fwd_persistent[(SMS,)](*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm,
+                                           BN=bn, BK=bk, GROUP_M=8, PROGRAMS=SMS, WS=ws, num_warps=nw,
+                                           num_stages=st)
+        name = f"fwd persistent {bm}x{bn}x{bk} s{st} w{nw}{' ws' if ws else ''}"
+        try:
+            for t_ in (E, G, H):
+                t_.fill_(float("nan"))
+            c = run_p()
+            sync()
+            diff = max(rel(E, e_ref), rel(G, g_ref), rel(H, h_ref))
+            t = med(run_p)
+            rows.append((name, t, f"{2 * flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
+                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_fwd:+.3f}"))
+        except Exception as exc:
+            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+    bm, bn, bk, st, nw = FWD[0]
+    k.gemm_swiglu_fwd[(triton.cdiv(T, bm) * triton.cdiv(N, bn),)](
+        TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]), E, G, H, XA, Bg,
+        Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
+    e_keep, g_keep = E.clone(), G.clone()  # e and g as the fused forward leaves them, for the backward
+
+    # --- backward: cuBLAS DW + the tile kernel (16 x 128, 8 warps), h kept (no h written); inputs restored
+    e0_keep, g0_keep = e0.clone(), g0.clone()
+    DW = dY @ Wd
+
+    def restore0() -> None:
+        e0.copy_(e0_keep)
+        g0.copy_(g0_keep)
+
+    def restore() -> None:
+        E.copy_(e_keep)
+        G.copy_(g_keep)
+
+    def tiles_bwd() -> None:
+        k.lora_swiglu_bwd[(triton.cdiv(T, 16), triton.cdiv(N, 128))](
+            DW, e0, g0, dYB, Ad, XA, Bg, Bu, T, N, XA.stride(0), sd, sg, su, R=R, STORE_H=False, BM=16, BN=128,
+            num_warps=8, num_stages=2)
+
+    restore0()
+    tiles_bwd()
+    d_up_ref, d_gate_ref = e0.clone(), g0.clone()
+    t_restore = med(restore)
+    t_gemm = med(lambda: torch.mm(dY, Wd, out=DW))
+    t_tb = med(lambda: (restore0(), tiles_bwd())) - t_restore
+    base_bwd = t_gemm + t_tb
+    rows.append(("bwd cuBLAS product", t_gemm, f"{flops / t_gemm / 1e9:.0f} TF/s"))
+    rows.append(("bwd tile kernel", t_tb, ""))
+    rows.append(("bwd baseline total", base_bwd, ""))
+    for bm, bn, bk, st, nw, ch in BWD:
+        descs = (TD.from_tensor(dY, [bm, bk]), TD.from_tensor(Wd, [bk, bn]))
+        grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
+
+        def run_b(descs: Any = descs, grid: tuple[int] = grid, bm: int = bm, bn: int = bn, bk: int = bk,
+                  st: int = st, nw: int = nw, ch: int = ch) -> Any:
+            return k.gemm_swiglu_bwd[grid](*descs, DW, E, G, dYB, Ad, T, N, D, sd, R=R, STORE_H=False, CHUNKS=ch,
+                                           BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
+        name = f"bwd fused {bm}x{bn}x{bk} s{st} w{nw} c{ch}"
+        try:
+            restore()
+            c = run_b()
+            sync()
+            diff = max(rel(E, d_up_ref), rel(G, d_gate_ref))
+            t = med(lambda run_b=run_b: (restore(), run_b())) - t_restore
+            rows.append((name, t, f"{flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
+                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_bwd:+.3f}"))
+        except Exception as exc:
+            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+    for bm, bn, bk, st, nw, ch, ws in BWD_P:
+        descs = (TD.from_tensor(dY, [bm, bk]), TD.from_tensor(Wd, [bk, bn]))
+
+        def run_bp(descs: Any = descs, bm: int = bm, bn: int = bn, bk: int = bk, st: int = st, nw: int = nw,
+                   ch: int = ch, ws: bool = ws) -> Any:
+            return _bwd_persistent[(SMS,)](*descs, DW, E, G, dYB, Ad, T, N, D, sd, R=R, STORE_H=False, CHUNKS=ch,
+                                           BM=bm, BN=bn, BK=bk, GROUP_M=8, PROGRAMS=SMS, WS=ws, num_warps=nw,
+                                           num_stages=st)
+        name = f"bwd persistent {bm}x{bn}x{bk} s{st} w{nw} c{ch}{' ws' if ws else ''}"
+        try:
+            restore()
+            c = run_bp()
+            sync()
+            diff = max(rel(E, d_up_ref), rel(G, d_gate_ref))
+            t = med(lambda run_bp=run_bp: (restore(), run_bp())) - t_restore
+            rows.append((name, t, f"{flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
+                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_bwd:+.3f}"))
+        except Exception as exc:
+            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+    print(f"{'what':44s} {'ms':>8s}  notes")
+    for name, t, note in rows:
+        print(f"{name:44s} {t:8.3f}  {note}")
+    bad = [name for name, t, note in rows if "diff" in note and not float(note.split("diff ")[1].split()[0]) < 2e-2]
+    if bad:
+        print("past bf16 noise:", bad)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
