@@ -40,7 +40,7 @@ from train import OFF, lora_guard
 
 #: FORMA_FUSED_MLP values: off, on (the design chosen at load), or a design forced.
 ON = ("", "1", "true", "yes", "on", "auto")
-DESIGNS = ("tiles", "rows", "gemm")
+DESIGNS = ("tiles", "rows")
 #: What :func:`warm_up` found on this card: the design chosen, each design's forward + backward milliseconds a layer
 #: at the warm-up's token count, and why a design was left out (it did not compile or disagreed with torch).
 CHOICE: dict[str, Any] = {}
@@ -52,8 +52,7 @@ _CACHE: dict[str, Any] = {}
 
 
 def setting() -> str:
-    """``FORMA_FUSED_MLP`` read: ``off``, ``auto`` (the default: the design is timed at load), ``tiles``, ``rows``
-    or ``gemm``.
+    """``FORMA_FUSED_MLP`` read: ``off``, ``auto`` (the default: the design is timed at load), ``tiles`` or ``rows``.
     Anything else is an error naming the variable (a typo such as ``row`` would otherwise quietly mean ``auto``)."""
     value = os.environ.get("FORMA_FUSED_MLP", "auto").strip().lower()
     if value in OFF:
@@ -63,12 +62,11 @@ def setting() -> str:
     if value in DESIGNS:
         return value
     raise FormaError(f"FORMA_FUSED_MLP={value!r} is not a setting of the fused LoRA MLP", where="FORMA_FUSED_MLP",
-                     hint="use 0 (off), auto (the default), tiles, rows or gemm")
+                     hint="use 0 (off), auto (the default), tiles or rows")
 
 
 def forced_design() -> str | None:
-    """The design ``FORMA_FUSED_MLP`` forces (``tiles``, ``rows`` or ``gemm``), else None (``auto``: timed at
-    load)."""
+    """The design ``FORMA_FUSED_MLP`` forces (``tiles`` or ``rows``), else None (``auto``: timed at load)."""
     value = setting()
     return value if value in DESIGNS else None
 
@@ -187,92 +185,6 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
     return (DW if store_h else None), e0, g0, G
 
 
-#: Tiles of the product design's kernels, (BM, BN, BK, stages, warps[, epilogue chunks]): the fastest of those timed
-#: on the H200 (bench/probe/gemm_swiglu_check.py, 2026-12-03); a small one under Triton's interpreter (the tests).
-GEMM_TILES = {"fwd": (128, 128, 64, 4, 8), "bwd": (128, 128, 64, 3, 8, 2)}
-GEMM_TILES_INTERPRETED = {"fwd": (32, 64, 32, 1, 4), "bwd": (32, 64, 32, 1, 4, 2)}
-
-
-def gemm_supported(device: Any = None) -> bool:
-    """Whether the product design's kernels can run: a CUDA card with the tensor copy engine (Hopper, sm_90, or
-    later), or Triton's interpreter (the tests)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    import torch
-
-    return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def _gemm_tiles(kind: str) -> tuple[int, ...]:
-    return (GEMM_TILES_INTERPRETED if os.environ.get("TRITON_INTERPRET") == "1" else GEMM_TILES)[kind]
-
-
-def gemm_forward(X2: Any, Wg: Any, Wu: Any, XA: Any, Bg: Any, Bu: Any, sg: float, su: float,
-                 use_triton: bool | None = None) -> tuple[Any, Any, Any]:
-    """Product design, forward: ``(e, g, h)`` with ``e = X2 Wg^T + sg XA[:, :r] Bg^T``, ``g = X2 Wu^T + su XA[:, r:]
-    Bu^T`` and ``h = silu(e) g`` (X2 [T, K]; Wg, Wu [N, K]): one Triton kernel that runs the two products with
-    SwiGLU as their epilogue (train/fused_mlp_kernels.py ``gemm_swiglu_fwd``), or the torch arithmetic."""
-    import torch
-
-    T, K = X2.shape
-    N, r = Wg.shape[0], Bg.shape[1]
-    if _use_triton(X2, use_triton):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        from train import fused_mlp_kernels as k
-
-        bm, bn, bk, stages, warps = _gemm_tiles("fwd")
-        e, g, h = (torch.empty(T, N, device=X2.device, dtype=X2.dtype) for _ in range(3))
-        k.gemm_swiglu_fwd[(-(-T // bm) * -(-N // bn),)](
-            TensorDescriptor.from_tensor(X2, [bm, bk]), TensorDescriptor.from_tensor(Wg, [bn, bk]),
-            TensorDescriptor.from_tensor(Wu, [bn, bk]), e, g, h, XA, Bg, Bu, T, N, K, XA.stride(0), float(sg),
-            float(su), R=r, BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
-        return e, g, h
-    dtype = X2.dtype
-    acc = torch.promote_types(dtype, torch.float32)
-    X_ = X2.to(acc)
-    e = (X_ @ Wg.to(acc).t() + sg * (XA[:, :r].to(acc) @ Bg.to(acc).t())).to(dtype)
-    g = (X_ @ Wu.to(acc).t() + su * (XA[:, r:].to(acc) @ Bu.to(acc).t())).to(dtype)
-    ef = e.to(acc)
-    return e, g, (ef * torch.sigmoid(ef)).to(dtype) * g
-
-
-def gemm_backward(dY2: Any, Wd: Any, e: Any, g: Any, dYB: Any, Ad: Any, sd: float, store_h: bool = True,
-                  use_triton: bool | None = None) -> tuple[Any, Any, Any]:
-    """Product design, backward: ``(h, d_up, d_gate)``, the last two written over ``(e, g)``, where h's gradient is
-    ``dY2 Wd + sd dYB Ad`` (dY2 [T, K]; Wd [K, N]) and e, g are :func:`gemm_forward`'s. One Triton kernel: the
-    product with the SwiGLU backward as its epilogue, so h's gradient never goes to memory
-    (``gemm_swiglu_bwd``), or the torch arithmetic. ``store_h`` False: h is not written (None is returned)."""
-    import torch
-
-    T, K = dY2.shape
-    N, r = Wd.shape[1], Ad.shape[0]
-    if _use_triton(dY2, use_triton):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        from train import fused_mlp_kernels as k
-
-        bm, bn, bk, stages, warps, chunks = _gemm_tiles("bwd")
-        h = torch.empty_like(e) if store_h else e  # without STORE_H the kernel never touches this argument
-        k.gemm_swiglu_bwd[(-(-T // bm) * -(-N // bn),)](
-            TensorDescriptor.from_tensor(dY2, [bm, bk]), TensorDescriptor.from_tensor(Wd, [bk, bn]), h, e, g, dYB,
-            Ad, T, N, K, float(sd), R=r, STORE_H=store_h, CHUNKS=chunks, BM=bm, BN=bn, BK=bk, GROUP_M=8,
-            num_warps=warps, num_stages=stages)
-        return (h if store_h else None), e, g
-    dtype = dY2.dtype
-    acc = torch.promote_types(dtype, torch.float32)
-    dw = (dY2.to(acc) @ Wd.to(acc) + sd * (dYB.to(acc) @ Ad.to(acc))).to(dtype)
-    ef = e.to(acc)
-    se = torch.sigmoid(ef)
-    f = (se * ef).to(dtype)
-    d_up = dw * f
-    d_gate = ((dw * g).to(acc) * se * (1.0 + ef * (1.0 - se))).to(dtype)
-    h = f * g if store_h else None
-    e.copy_(d_up)
-    g.copy_(d_gate)
-    return h, e, g
-
-
 def _mlp_function() -> Any:
     """The autograd Function, built on first use so importing this module imports neither torch nor Unsloth."""
     import torch
@@ -293,19 +205,13 @@ def _mlp_function() -> Any:
             X2 = X.reshape(-1, X.shape[-1])
             A_gu = torch.cat([Ag, Au]).to(dtype)
             XA = X2 @ A_gu.t()  # [T, 2r]: one read of X for both A products
+            W = fast_dequantize(Wg, Qg, dtype=dtype)
+            e0 = X2 @ W.t()
+            W = fast_dequantize(Wu, Qu, dtype=dtype)
+            g0 = X2 @ W.t()
+            del W
             Bg_, Bu_, Ad_, Bd_ = (t.to(dtype).contiguous() for t in (Bg, Bu, Ad, Bd))
-            ctx.gemm = design() == "gemm" and (not X.is_cuda or gemm_supported(X.device))
-            if ctx.gemm:  # e0 and g0 are never written: e and g (LoRA terms in) are kept for the backward
-                e0, g0, h = gemm_forward(X2.contiguous(), fast_dequantize(Wg, Qg, dtype=dtype),
-                                         fast_dequantize(Wu, Qu, dtype=dtype), XA, Bg_, Bu_, sg, su)
-                hA = h @ Ad_.t()
-            else:
-                W = fast_dequantize(Wg, Qg, dtype=dtype)
-                e0 = X2 @ W.t()
-                W = fast_dequantize(Wu, Qu, dtype=dtype)
-                g0 = X2 @ W.t()
-                del W
-                h, hA = swiglu_forward(e0, g0, XA, Bg_, Bu_, Ad_, sg, su)  # hA [T, r] kept for Bd's gradient
+            h, hA = swiglu_forward(e0, g0, XA, Bg_, Bu_, Ad_, sg, su)  # hA [T, r] kept for Bd's gradient
             W = fast_dequantize(Wd, Qd, dtype=dtype)
             out = h @ W.t()
             del W
@@ -328,17 +234,10 @@ def _mlp_function() -> Any:
             dY2 = dY.reshape(-1, dY.shape[-1]).to(dtype)
             dYB = dY2 @ Bd  # [T, r]
             W = fast_dequantize(Wd, Qd, dtype=dtype)
-            if ctx.gemm:  # e0, g0 hold e and g here; h's gradient is never written
-                h, d_up, d_gate = gemm_backward(dY2.contiguous(), W, e0, g0, dYB, Ad, sd, store_h=not kept)
-                del W
-                G = torch.cat([d_gate @ Bg, d_up @ Bu], dim=1)  # [T, 2r]
-                G[:, :r].mul_(sg)
-                G[:, r:].mul_(su)
-            else:
-                DW = dY2 @ W  # the base part of h's gradient; the kernel adds sd dYB Ad
-                del W
-                h, d_up, d_gate, G = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su,  # G [T, 2r]
-                                                     store_h=not kept)
+            DW = dY2 @ W  # the base part of h's gradient; the kernel adds sd dYB Ad
+            del W
+            h, d_up, d_gate, G = swiglu_backward(DW, e0, g0, dYB, Ad, XA, Bg, Bu, sd, sg, su,  # G [T, 2r]
+                                                 store_h=not kept)
             h = kept[0] if kept else h
             dAd = scaled(dYB.t() @ h, sd)  # [r, N]
             dBd = scaled(dY2.t() @ hA, sd)  # [out, r]
@@ -384,20 +283,11 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
 
     t = tensors
     cuda = t["e0"].is_cuda
-    store_h = not OPTIONS["keep_h"]  # the variant training will run, tuned here
 
     def once() -> None:
-        if kind == "gemm":  # its products are inside its kernels
-            e, g, _ = gemm_forward(t["X"], t["Wg"], t["Wu"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0)
-            gemm_backward(t["dY"], t["Wd"], e, g, t["dYB"], t["Ad"], 1.0, store_h=store_h)
-            return
-        if "X" in t:  # the cuBLAS products the kernel designs need, so that all designs time the same work
-            torch.mm(t["X"], t["Wg"].t(), out=t["e0"])
-            torch.mm(t["X"], t["Wu"].t(), out=t["g0"])
-            torch.mm(t["dY"], t["Wd"], out=t["dw"])
         swiglu_forward(t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0, kind=kind)
         swiglu_backward(t["dw"], t["e0"], t["g0"], t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0,
-                        kind=kind, store_h=store_h)
+                        kind=kind, store_h=not OPTIONS["keep_h"])  # the variant training will run, tuned here
 
     once()
     if cuda:
@@ -413,27 +303,19 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
 def _check_design(kind: str, t: dict[str, Any]) -> float:
     """Largest relative difference between design ``kind`` and the torch arithmetic on ``t`` (left as it was), in
     the backward variant training will run (with or without h written)."""
-    store_h = not OPTIONS["keep_h"]
-    start = 0 if store_h else 1  # without h written, the first output is None on both sides
-    if kind == "gemm":
-        fwd_in = (t["X"], t["Wg"], t["Wu"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0)
-        got_f, ref_f = gemm_forward(*fwd_in), gemm_forward(*fwd_in, use_triton=False)
-        got_b = gemm_backward(t["dY"], t["Wd"], ref_f[0].clone(), ref_f[1].clone(), t["dYB"], t["Ad"], 1.0,
-                              store_h=store_h)
-        ref_b = gemm_backward(t["dY"], t["Wd"], ref_f[0].clone(), ref_f[1].clone(), t["dYB"], t["Ad"], 1.0,
-                              store_h=store_h, use_triton=False)
-        return max(_max_rel_diff(got_f, ref_f), _max_rel_diff(got_b[start:], ref_b[start:]))
     fwd = (t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0)
     diff = _max_rel_diff(swiglu_forward(*fwd, kind=kind), swiglu_forward(*fwd, use_triton=False))
     bwd = (t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0)
+    store_h = not OPTIONS["keep_h"]
     got = swiglu_backward(t["dw"].clone(), t["e0"].clone(), t["g0"].clone(), *bwd, kind=kind, store_h=store_h)
     ref = swiglu_backward(t["dw"].clone(), t["e0"].clone(), t["g0"].clone(), *bwd, use_triton=False,
                           store_h=store_h)
+    start = 0 if store_h else 1  # without h written, the first output is None on both sides
     return max(diff, _max_rel_diff(got[start:], ref[start:]))
 
 
 def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda", reps: int = 3,
-            check_rows: int = 1024, tolerance: float = 2e-2, d: int = 0) -> dict[str, Any]:
+            check_rows: int = 1024, tolerance: float = 2e-2) -> dict[str, Any]:
     """Compile and tune the kernels for an MLP of width ``n`` and LoRA rank ``r`` on ``tokens`` random tokens, and
     choose the design: each one is checked against the torch arithmetic (on ``check_rows`` tokens; a difference
     past ``tolerance`` of the largest value, a few bf16 steps, leaves it out) and timed (forward + backward); the
@@ -445,10 +327,6 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
     the step's own peak. Done before training, the copies are ``tokens`` rows and gone before the step begins. The
     chosen tile depends on the width and rank only (the autotuner's key), so it carries over. Why time the designs
     on the card: the row design reads less memory but does more per program, and which wins depends on the card.
-
-    With ``d`` (the model's hidden size) every design is timed with the matrix products it needs (the product
-    design, ``gemm``, runs them inside its kernels; the others leave them to cuBLAS), and ``gemm`` is among the
-    designs where its kernels can run (:func:`gemm_supported`); without ``d``, only the kernel designs are timed.
     """
     import torch
 
@@ -457,22 +335,12 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
                "dw": torch.randn(tokens, n, **dev), "XA": torch.randn(tokens, 2 * r, **dev),
                "dYB": torch.randn(tokens, r, **dev), "Bg": torch.randn(n, r, **dev) * 0.05,
                "Bu": torch.randn(n, r, **dev) * 0.05, "Ad": torch.randn(r, n, **dev) * 0.05}
-    if d:
-        tensors.update({"X": torch.randn(tokens, d, **dev), "dY": torch.randn(tokens, d, **dev),
-                        "Wg": torch.randn(n, d, **dev) * d ** -0.5, "Wu": torch.randn(n, d, **dev) * d ** -0.5,
-                        "Wd": torch.randn(d, n, **dev) * n ** -0.5})
     # the check's tokens, copied before the timing's backward passes write over the tensors
-    rows = ("e0", "g0", "dw", "XA", "dYB", "X", "dY")
-    sample = {k: (v[:check_rows].clone() if k in rows else v) for k, v in tensors.items()}
+    sample = {k: (v[:check_rows].clone() if k in ("e0", "g0", "dw", "XA", "dYB") else v) for k, v in tensors.items()}
     forced = forced_design()
-    candidates = [forced] if forced else [kind for kind in DESIGNS if kind != "gemm" or
-                                          (d and gemm_supported(None if device == "cpu" else device))]
     ms: dict[str, float] = {}
     left_out: dict[str, str] = {}
-    for kind in candidates:
-        if kind == "gemm" and not d:
-            left_out[kind] = "the product design is timed only with the model's hidden size (d)"
-            continue
+    for kind in [forced] if forced else DESIGNS:
         try:  # timed first: the first call tunes the tiles, and they should suit `tokens`, not the check's rows
             took = _time_design(kind, tensors, reps)
             diff = _check_design(kind, sample)
@@ -514,9 +382,7 @@ def install(model: Any, *, force: bool = False, dtype: Any = None, tokens: int =
         gate = targets[0].gate_proj
         active = list(getattr(gate, "active_adapters", None) or ["default"])  # PEFT's LoraLayer
         shape = gate.lora_B[active[0]].weight.shape if active[0] in gate.lora_B else None
-        d = int(getattr(gate, "in_features", 0) or 0)
-        if shape is not None and shape[1] % 16 == 0 and \
-                warm_up(shape[0], shape[1], dtype, tokens, d=d)["design"] is None:
+        if shape is not None and shape[1] % 16 == 0 and warm_up(shape[0], shape[1], dtype, tokens)["design"] is None:
             return 0
     for module in targets:
         module.forward = types.MethodType(apply_fused_mlp, module)
