@@ -1,10 +1,11 @@
 """GPU check: the MLP's SwiGLU as the epilogue of the matrix product that feeds it, against cuBLAS + the tile kernels.
 
 Why: in the step's trace the fused SwiGLU kernels take ~74 ms a step and read back matrices a cuBLAS product has
-just written. Done as the product's epilogue (train/fused_mlp_kernels.py ``gemm_swiglu_fwd``, ``gemm_swiglu_bwd``),
-the backward's ``DY W_d`` never goes to memory (one write and one read of a tokens x 11,008 matrix a layer less) and
-the forward's e0 and g0 are not read back. That pays only if Triton's main loop keeps up with cuBLAS, so each
-config is timed with its epilogue and without (the main loop alone), next to cuBLAS's products alone.
+just written. Done as the product's epilogue (``gemm_swiglu_fwd``, ``gemm_swiglu_bwd`` below, operands read through
+TMA descriptors), the backward's ``DY W_d`` never goes to memory (one write and one read of a tokens x 11,008 matrix
+a layer less) and the forward's e0 and g0 are not read back. That pays only if Triton's main loop keeps up with
+cuBLAS. The kernels were a third design of train/fused_mlp.py for one session (2026-12-03) and were taken out
+again: the step moved 0.2% (docs/train.md); they stay here so the measurement can be repeated.
 
 Shapes: one layer of Qwen2.5-3B at a 16-row packed step (32,768 tokens, 2,048 -> 11,008, rank 16), bf16.
 Prints the largest differences (relative to the largest value) and a table of medians; run on the GPU machine:
@@ -36,6 +37,112 @@ if os.environ.get("TRITON_INTERPRET") == "1":  # a dry run of this script on a C
         fn()
         return 1.0 + len(str(fn)) % 7 / 10
 #: (BM, BN, BK, stages, warps) tried for each kernel.
+# --- the kernels measured here (tried as a third design of train/fused_mlp.py, taken out: docs/train.md)
+
+
+@triton.jit
+def _grouped_tile(pid, T, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program ``pid``'s (row, column) tile of a [T, N] product, in groups of GROUP_M row tiles so that programs
+    running together share the B columns they read through L2 (the ordering of Triton's matmul tutorial)."""
+    tiles_n = tl.cdiv(N, BN)
+    in_group = GROUP_M * tiles_n
+    first_m = (pid // in_group) * GROUP_M
+    size_m = min(tl.cdiv(T, BM) - first_m, GROUP_M)
+    return first_m + (pid % in_group) % size_m, (pid % in_group) // size_m
+
+
+@triton.jit
+def gemm_swiglu_fwd(x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU,
+                    R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """The forward kernel measured here: the gate and up projections with their LoRA terms,
+    ``e = X W_g^T + SG XA_g B_g^T`` and ``g = X W_u^T + SU XA_u B_u^T``, as one dual product whose operands the
+    tensor copy engine reads (TMA descriptors over X [T, K] and W_g, W_u [N, K]), with SwiGLU as its epilogue:
+    writes e and g (what the backward needs, LoRA terms in) and h = silu(e) g. No e0 or g0 goes to memory and
+    nothing reads them back."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), T, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, R)
+    in_m = rm < T
+    in_n = rn < N
+    xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
+    b_cols = rn[None, :] * R + rk[:, None]  # B is [N, R]: B^T's [R, BN] tile
+    # the rank-R terms first, as one more step of each product: no second accumulator
+    acc_e = tl.dot(tl.load(xa_rows, mask=in_m[:, None], other=0.0),
+                   tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)) * SG
+    acc_g = tl.dot(tl.load(xa_rows + R, mask=in_m[:, None], other=0.0),
+                   tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)) * SU
+    for ki in range(0, tl.cdiv(K, BK)):  # past K the copy engine reads zeros
+        a = x_desc.load([pid_m * BM, ki * BK])
+        acc_e = tl.dot(a, wg_desc.load([pid_n * BN, ki * BK]).T, acc_e)
+        acc_g = tl.dot(a, wu_desc.load([pid_n * BN, ki * BK]).T, acc_g)
+    mask = in_m[:, None] & in_n[None, :]
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    e = acc_e.to(E.dtype.element_ty)
+    g = acc_g.to(G.dtype.element_ty)
+    tl.store(E + offs, e, mask=mask)
+    tl.store(G + offs, g, mask=mask)
+    ef = e.to(tl.float32)  # as Unsloth: e in the compute dtype, silu in float32, the product in the compute dtype
+    tl.store(H + offs, (ef * tl.sigmoid(ef)).to(g.dtype) * g, mask=mask)
+
+
+@triton.jit
+def gemm_swiglu_bwd(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD,
+                    R: tl.constexpr, STORE_H: tl.constexpr, CHUNKS: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """The backward kernel measured here: h's gradient ``DY W_d + SD DYB A_d`` (TMA descriptors over DY [T, K] and W_d
+    [K, N]) with the SwiGLU backward as its epilogue, so that gradient never goes to memory. (d_up, d_gate) are
+    written over (E, G), which hold e and g as :func:`gemm_swiglu_fwd` wrote them; with STORE_H, h into H. The
+    epilogue runs on CHUNKS column pieces of the tile in turn (2 or 4): a whole tile's float32 temporaries spill."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), T, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, R)
+    in_m = rm < T
+    dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
+    ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=(rn < N)[None, :], other=0.0)
+    acc = tl.dot(dyb, ad) * SD  # the rank-R term first: one more step of the product
+    for ki in range(0, tl.cdiv(K, BK)):
+        acc = tl.dot(dy_desc.load([pid_m * BM, ki * BK]), w_desc.load([ki * BK, pid_n * BN]), acc)
+    dw = acc.to(H.dtype.element_ty)
+    half0, half1 = _halves(dw, BM, BN)
+    rn0 = pid_n * BN + tl.arange(0, BN // CHUNKS)
+    if CHUNKS == 4:
+        q0, q1 = _halves(half0, BM, BN // 2)
+        q2, q3 = _halves(half1, BM, BN // 2)
+        _swiglu_bwd_chunk(q0, H, E, G, rm, rn0, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(q1, H, E, G, rm, rn0 + BN // 4, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(q2, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(q3, H, E, G, rm, rn0 + 3 * (BN // 4), in_m, N, STORE_H)
+    else:
+        _swiglu_bwd_chunk(half0, H, E, G, rm, rn0, in_m, N, STORE_H)
+        _swiglu_bwd_chunk(half1, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+
+
+@triton.jit
+def _halves(x, BM: tl.constexpr, BN: tl.constexpr):
+    """The left and right column halves of a [BM, BN] tile."""
+    return tl.split(tl.permute(tl.reshape(x, (BM, 2, BN // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _swiglu_bwd_chunk(dw, H, E, G, rm, rn, in_m, N, STORE_H: tl.constexpr):
+    """The SwiGLU backward on columns ``rn`` of h's gradient ``dw`` (Unsloth's rounding): (d_up, d_gate) over
+    (E, G), h into H with STORE_H."""
+    mask = in_m[:, None] & (rn < N)[None, :]
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    e = tl.load(E + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0)
+    se = tl.sigmoid(e)
+    f = (se * e).to(dw.dtype)
+    d_up = dw * f
+    d_gate = ((dw * g).to(tl.float32) * se * (1.0 + e * (1.0 - se))).to(dw.dtype)
+    if STORE_H:
+        tl.store(H + offs, f * g, mask=mask)
+    tl.store(E + offs, d_up, mask=mask)
+    tl.store(G + offs, d_gate, mask=mask)
+
+
 #: Measured 2026-12-03 on the H200 and dropped: the same kernels with pointer loads (Triton's main loop at 504-605
 #: TFLOP/s against cuBLAS's 656-682), the e and g LoRA terms rebuilt in the backward's epilogue (~1 ms a layer), and
 #: a persistent TMA loop (flattened tile loop: 197-284 TFLOP/s). A plain TMA loop, one tile a program: 643-647.
@@ -59,7 +166,7 @@ def _bwd_persistent(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R: tl.conste
     tiles = tl.cdiv(T, BM) * tl.cdiv(N, BN)
     rk = tl.arange(0, R)
     for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
-        pid_m, pid_n = k._grouped_tile(tile, T, N, BM, BN, GROUP_M)
+        pid_m, pid_n = _grouped_tile(tile, T, N, BM, BN, GROUP_M)
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
         in_m = rm < T
@@ -69,18 +176,18 @@ def _bwd_persistent(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R: tl.conste
         for ki in range(0, tl.cdiv(K, BK)):
             acc = tl.dot(dy_desc.load([pid_m * BM, ki * BK]), w_desc.load([ki * BK, pid_n * BN]), acc)
         dw = acc.to(H.dtype.element_ty)
-        half0, half1 = k._halves(dw, BM, BN)
+        half0, half1 = _halves(dw, BM, BN)
         rn0 = pid_n * BN + tl.arange(0, BN // CHUNKS)
         if CHUNKS == 4:
-            q0, q1 = k._halves(half0, BM, BN // 2)
-            q2, q3 = k._halves(half1, BM, BN // 2)
-            k._swiglu_bwd_chunk(q0, H, E, G, rm, rn0, in_m, N, STORE_H)
-            k._swiglu_bwd_chunk(q1, H, E, G, rm, rn0 + BN // 4, in_m, N, STORE_H)
-            k._swiglu_bwd_chunk(q2, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
-            k._swiglu_bwd_chunk(q3, H, E, G, rm, rn0 + 3 * (BN // 4), in_m, N, STORE_H)
+            q0, q1 = _halves(half0, BM, BN // 2)
+            q2, q3 = _halves(half1, BM, BN // 2)
+            _swiglu_bwd_chunk(q0, H, E, G, rm, rn0, in_m, N, STORE_H)
+            _swiglu_bwd_chunk(q1, H, E, G, rm, rn0 + BN // 4, in_m, N, STORE_H)
+            _swiglu_bwd_chunk(q2, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+            _swiglu_bwd_chunk(q3, H, E, G, rm, rn0 + 3 * (BN // 4), in_m, N, STORE_H)
         else:
-            k._swiglu_bwd_chunk(half0, H, E, G, rm, rn0, in_m, N, STORE_H)
-            k._swiglu_bwd_chunk(half1, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+            _swiglu_bwd_chunk(half0, H, E, G, rm, rn0, in_m, N, STORE_H)
+            _swiglu_bwd_chunk(half1, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
 
 
 @triton.jit
@@ -90,7 +197,7 @@ def _fwd_persistent(x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stri
     tiles = tl.cdiv(T, BM) * tl.cdiv(N, BN)
     rk = tl.arange(0, R)
     for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
-        pid_m, pid_n = k._grouped_tile(tile, T, N, BM, BN, GROUP_M)
+        pid_m, pid_n = _grouped_tile(tile, T, N, BM, BN, GROUP_M)
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
         in_m = rm < T
@@ -166,7 +273,7 @@ def main() -> int:
 
         def run(descs: Any = descs, grid: tuple[int] = grid, bm: int = bm, bn: int = bn, bk: int = bk,
                 st: int = st, nw: int = nw) -> Any:
-            return k.gemm_swiglu_fwd[grid](*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm,
+            return gemm_swiglu_fwd[grid](*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm,
                                            BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
         name = f"fwd fused {bm}x{bn}x{bk} s{st} w{nw}"
         try:
@@ -201,7 +308,7 @@ def main() -> int:
         except Exception as exc:
             rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
     bm, bn, bk, st, nw = FWD[0]
-    k.gemm_swiglu_fwd[(triton.cdiv(T, bm) * triton.cdiv(N, bn),)](
+    gemm_swiglu_fwd[(triton.cdiv(T, bm) * triton.cdiv(N, bn),)](
         TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]), E, G, H, XA, Bg,
         Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
     e_keep, g_keep = E.clone(), G.clone()  # e and g as the fused forward leaves them, for the backward
@@ -239,7 +346,7 @@ def main() -> int:
 
         def run_b(descs: Any = descs, grid: tuple[int] = grid, bm: int = bm, bn: int = bn, bk: int = bk,
                   st: int = st, nw: int = nw, ch: int = ch) -> Any:
-            return k.gemm_swiglu_bwd[grid](*descs, DW, E, G, dYB, Ad, T, N, D, sd, R=R, STORE_H=False, CHUNKS=ch,
+            return gemm_swiglu_bwd[grid](*descs, DW, E, G, dYB, Ad, T, N, D, sd, R=R, STORE_H=False, CHUNKS=ch,
                                            BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
         name = f"bwd fused {bm}x{bn}x{bk} s{st} w{nw} c{ch}"
         try:
