@@ -59,7 +59,15 @@ def gemm_swiglu_fwd(x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stri
     tensor copy engine reads (TMA descriptors over X [T, K] and W_g, W_u [N, K]), with SwiGLU as its epilogue:
     writes e and g (what the backward needs, LoRA terms in) and h = silu(e) g. No e0 or g0 goes to memory and
     nothing reads them back."""
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), T, N, BM, BN, GROUP_M)
+    _fwd_tile(tl.program_id(0), x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU, R, BM, BN,
+              BK, GROUP_M)
+
+
+@triton.jit
+def _fwd_tile(tile, x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU, R: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """One output tile of :func:`gemm_swiglu_fwd` (shared with the persistent variant below)."""
+    pid_m, pid_n = _grouped_tile(tile, T, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, R)
@@ -94,7 +102,15 @@ def gemm_swiglu_bwd(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD,
     [K, N]) with the SwiGLU backward as its epilogue, so that gradient never goes to memory. (d_up, d_gate) are
     written over (E, G), which hold e and g as :func:`gemm_swiglu_fwd` wrote them; with STORE_H, h into H. The
     epilogue runs on CHUNKS column pieces of the tile in turn (2 or 4): a whole tile's float32 temporaries spill."""
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), T, N, BM, BN, GROUP_M)
+    _bwd_tile(tl.program_id(0), dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R, STORE_H, CHUNKS, BM, BN, BK,
+              GROUP_M)
+
+
+@triton.jit
+def _bwd_tile(tile, dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R: tl.constexpr, STORE_H: tl.constexpr,
+              CHUNKS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """One output tile of :func:`gemm_swiglu_bwd` (shared with the persistent variant below)."""
+    pid_m, pid_n = _grouped_tile(tile, T, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, R)
@@ -163,63 +179,19 @@ SMS = 132 if DEVICE == "cuda" else 3
 def _bwd_persistent(dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R: tl.constexpr, STORE_H: tl.constexpr,
                     CHUNKS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                     GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr, WS: tl.constexpr):
-    tiles = tl.cdiv(T, BM) * tl.cdiv(N, BN)
-    rk = tl.arange(0, R)
-    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
-        pid_m, pid_n = _grouped_tile(tile, T, N, BM, BN, GROUP_M)
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        in_m = rm < T
-        dyb = tl.load(DYB + rm[:, None].to(tl.int64) * R + rk[None, :], mask=in_m[:, None], other=0.0)
-        ad = tl.load(AD + rk[:, None] * N + rn[None, :], mask=(rn < N)[None, :], other=0.0)
-        acc = tl.dot(dyb, ad) * SD
-        for ki in range(0, tl.cdiv(K, BK)):
-            acc = tl.dot(dy_desc.load([pid_m * BM, ki * BK]), w_desc.load([ki * BK, pid_n * BN]), acc)
-        dw = acc.to(H.dtype.element_ty)
-        half0, half1 = _halves(dw, BM, BN)
-        rn0 = pid_n * BN + tl.arange(0, BN // CHUNKS)
-        if CHUNKS == 4:
-            q0, q1 = _halves(half0, BM, BN // 2)
-            q2, q3 = _halves(half1, BM, BN // 2)
-            _swiglu_bwd_chunk(q0, H, E, G, rm, rn0, in_m, N, STORE_H)
-            _swiglu_bwd_chunk(q1, H, E, G, rm, rn0 + BN // 4, in_m, N, STORE_H)
-            _swiglu_bwd_chunk(q2, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
-            _swiglu_bwd_chunk(q3, H, E, G, rm, rn0 + 3 * (BN // 4), in_m, N, STORE_H)
-        else:
-            _swiglu_bwd_chunk(half0, H, E, G, rm, rn0, in_m, N, STORE_H)
-            _swiglu_bwd_chunk(half1, H, E, G, rm, rn0 + BN // 2, in_m, N, STORE_H)
+    """:func:`gemm_swiglu_bwd` with PROGRAMS programs walking the tiles (not flattened: that broke the pipelining)."""
+    for tile in tl.range(tl.program_id(0), tl.cdiv(T, BM) * tl.cdiv(N, BN), PROGRAMS, warp_specialize=WS):
+        _bwd_tile(tile, dy_desc, w_desc, H, E, G, DYB, AD, T, N, K, SD, R, STORE_H, CHUNKS, BM, BN, BK, GROUP_M)
 
 
 @triton.jit
 def _fwd_persistent(x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU, R: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                     PROGRAMS: tl.constexpr, WS: tl.constexpr):
-    tiles = tl.cdiv(T, BM) * tl.cdiv(N, BN)
-    rk = tl.arange(0, R)
-    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
-        pid_m, pid_n = _grouped_tile(tile, T, N, BM, BN, GROUP_M)
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        in_m = rm < T
-        in_n = rn < N
-        xa_rows = XA + rm[:, None].to(tl.int64) * stride_xa + rk[None, :]
-        b_cols = rn[None, :] * R + rk[:, None]
-        acc_e = tl.dot(tl.load(xa_rows, mask=in_m[:, None], other=0.0),
-                       tl.load(BG + b_cols, mask=in_n[None, :], other=0.0)) * SG
-        acc_g = tl.dot(tl.load(xa_rows + R, mask=in_m[:, None], other=0.0),
-                       tl.load(BU + b_cols, mask=in_n[None, :], other=0.0)) * SU
-        for ki in range(0, tl.cdiv(K, BK)):
-            a = x_desc.load([pid_m * BM, ki * BK])
-            acc_e = tl.dot(a, wg_desc.load([pid_n * BN, ki * BK]).T, acc_e)
-            acc_g = tl.dot(a, wu_desc.load([pid_n * BN, ki * BK]).T, acc_g)
-        mask = in_m[:, None] & in_n[None, :]
-        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-        e = acc_e.to(E.dtype.element_ty)
-        g = acc_g.to(G.dtype.element_ty)
-        tl.store(E + offs, e, mask=mask)
-        tl.store(G + offs, g, mask=mask)
-        ef = e.to(tl.float32)
-        tl.store(H + offs, (ef * tl.sigmoid(ef)).to(g.dtype) * g, mask=mask)
+    """:func:`gemm_swiglu_fwd` with PROGRAMS programs walking the tiles."""
+    for tile in tl.range(tl.program_id(0), tl.cdiv(T, BM) * tl.cdiv(N, BN), PROGRAMS, warp_specialize=WS):
+        _fwd_tile(tile, x_desc, wg_desc, wu_desc, E, G, H, XA, BG, BU, T, N, K, stride_xa, SG, SU, R, BM, BN, BK,
+                  GROUP_M)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -267,46 +239,32 @@ def main() -> int:
     e_ref = (e0.float() + sg * XA[:, :R].float() @ Bg.float().t()).to(X.dtype)
     g_ref = (g0.float() + su * XA[:, R:].float() @ Bu.float().t()).to(X.dtype)
     E, G, H = torch.empty_like(e0), torch.empty_like(e0), torch.empty_like(e0)
-    for bm, bn, bk, st, nw in FWD:
-        descs = (TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]))
-        grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
-
-        def run(descs: Any = descs, grid: tuple[int] = grid, bm: int = bm, bn: int = bn, bk: int = bk,
-                st: int = st, nw: int = nw) -> Any:
-            return gemm_swiglu_fwd[grid](*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm,
-                                           BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
-        name = f"fwd fused {bm}x{bn}x{bk} s{st} w{nw}"
-        try:
-            for t_ in (E, G, H):
-                t_.fill_(float("nan"))  # poisoned: every element must be written
-            c = run()
-            sync()
-            diff = max(rel(E, e_ref), rel(G, g_ref), rel(H, h_ref))
-            t = med(run)
-            rows.append((name, t, f"{2 * flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
-                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_fwd:+.3f}"))
-        except Exception as exc:
-            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
-    for bm, bn, bk, st, nw, ws in FWD_P:
-        descs = (TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]))
-
-        def run_p(descs: Any = descs, bm: int = bm, bn: int = bn, bk: int = bk, st: int = st, nw: int = nw,
-                  ws: bool = ws) -> Any:
-            return _fwd_persistent[(SMS,)](*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su, R=R, BM=bm,
-                                           BN=bn, BK=bk, GROUP_M=8, PROGRAMS=SMS, WS=ws, num_warps=nw,
-                                           num_stages=st)
-        name = f"fwd persistent {bm}x{bn}x{bk} s{st} w{nw}{' ws' if ws else ''}"
+    def fwd_row(name: str, launch: Any) -> None:
+        """Check ``launch`` against the tile design's forward (outputs poisoned first: all must be written), time it."""
         try:
             for t_ in (E, G, H):
                 t_.fill_(float("nan"))
-            c = run_p()
+            c = launch()
             sync()
             diff = max(rel(E, e_ref), rel(G, g_ref), rel(H, h_ref))
-            t = med(run_p)
+            t = med(launch)
             rows.append((name, t, f"{2 * flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
                          f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_fwd:+.3f}"))
         except Exception as exc:
             rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+
+    for bm, bn, bk, st, nw, *ws in FWD + FWD_P:
+        descs = (TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]))
+        args = (*descs, E, G, H, XA, Bg, Bu, T, N, D, XA.stride(0), sg, su)
+        kw: dict[str, Any] = {"R": R, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "num_warps": nw, "num_stages": st}
+        if ws:  # the persistent variant
+            kw = {**kw, "PROGRAMS": SMS, "WS": ws[0]}
+            fwd_row(f"fwd persistent {bm}x{bn}x{bk} s{st} w{nw}{' ws' if ws[0] else ''}",
+                    lambda args=args, kw=kw: _fwd_persistent[(SMS,)](*args, **kw))
+        else:
+            grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
+            fwd_row(f"fwd fused {bm}x{bn}x{bk} s{st} w{nw}",
+                    lambda args=args, kw=kw, grid=grid: gemm_swiglu_fwd[grid](*args, **kw))
     bm, bn, bk, st, nw = FWD[0]
     gemm_swiglu_fwd[(triton.cdiv(T, bm) * triton.cdiv(N, bn),)](
         TD.from_tensor(X, [bm, bk]), TD.from_tensor(Wg, [bn, bk]), TD.from_tensor(Wu, [bn, bk]), E, G, H, XA, Bg,
@@ -340,44 +298,34 @@ def main() -> int:
     rows.append(("bwd cuBLAS product", t_gemm, f"{flops / t_gemm / 1e9:.0f} TF/s"))
     rows.append(("bwd tile kernel", t_tb, ""))
     rows.append(("bwd baseline total", base_bwd, ""))
+    def bwd_row(name: str, launch: Any) -> None:
+        """Check ``launch`` against the tile design's gradients (its inputs restored first) and time it."""
+        try:
+            restore()
+            c = launch()
+            sync()
+            diff = max(rel(E, d_up_ref), rel(G, d_gate_ref))
+            t = med(lambda: (restore(), launch())) - t_restore
+            rows.append((name, t, f"{flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
+                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_bwd:+.3f}"))
+        except Exception as exc:
+            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+
     for bm, bn, bk, st, nw, ch in BWD:
         descs = (TD.from_tensor(dY, [bm, bk]), TD.from_tensor(Wd, [bk, bn]))
+        kw: dict[str, Any] = {"R": R, "STORE_H": False, "CHUNKS": ch, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8,
+              "num_warps": nw,
+              "num_stages": st}
         grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
-
-        def run_b(descs: Any = descs, grid: tuple[int] = grid, bm: int = bm, bn: int = bn, bk: int = bk,
-                  st: int = st, nw: int = nw, ch: int = ch) -> Any:
-            return gemm_swiglu_bwd[grid](*descs, DW, E, G, dYB, Ad, T, N, D, sd, R=R, STORE_H=False, CHUNKS=ch,
-                                           BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
-        name = f"bwd fused {bm}x{bn}x{bk} s{st} w{nw} c{ch}"
-        try:
-            restore()
-            c = run_b()
-            sync()
-            diff = max(rel(E, d_up_ref), rel(G, d_gate_ref))
-            t = med(lambda run_b=run_b: (restore(), run_b())) - t_restore
-            rows.append((name, t, f"{flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
-                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_bwd:+.3f}"))
-        except Exception as exc:
-            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+        bwd_row(f"bwd fused {bm}x{bn}x{bk} s{st} w{nw} c{ch}",
+                lambda descs=descs, kw=kw, grid=grid: gemm_swiglu_bwd[grid](*descs, DW, E, G, dYB, Ad, T, N, D, sd,
+                                                                            **kw))
     for bm, bn, bk, st, nw, ch, ws in BWD_P:
         descs = (TD.from_tensor(dY, [bm, bk]), TD.from_tensor(Wd, [bk, bn]))
-
-        def run_bp(descs: Any = descs, bm: int = bm, bn: int = bn, bk: int = bk, st: int = st, nw: int = nw,
-                   ch: int = ch, ws: bool = ws) -> Any:
-            return _bwd_persistent[(SMS,)](*descs, DW, E, G, dYB, Ad, T, N, D, sd, R=R, STORE_H=False, CHUNKS=ch,
-                                           BM=bm, BN=bn, BK=bk, GROUP_M=8, PROGRAMS=SMS, WS=ws, num_warps=nw,
-                                           num_stages=st)
-        name = f"bwd persistent {bm}x{bn}x{bk} s{st} w{nw} c{ch}{' ws' if ws else ''}"
-        try:
-            restore()
-            c = run_bp()
-            sync()
-            diff = max(rel(E, d_up_ref), rel(G, d_gate_ref))
-            t = med(lambda run_bp=run_bp: (restore(), run_bp())) - t_restore
-            rows.append((name, t, f"{flops / t / 1e9:.0f} TF/s diff {diff:.1e} "
-                         f"{getattr(c, 'n_regs', '?')}r/{getattr(c, 'n_spills', '?')}sp vs base {t - base_bwd:+.3f}"))
-        except Exception as exc:
-            rows.append((name, float("nan"), f"{type(exc).__name__}: {str(exc)[:80]}"))
+        kw = {"R": R, "STORE_H": False, "CHUNKS": ch, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "PROGRAMS": SMS,
+              "WS": ws, "num_warps": nw, "num_stages": st}
+        bwd_row(f"bwd persistent {bm}x{bn}x{bk} s{st} w{nw} c{ch}{' ws' if ws else ''}",
+                lambda descs=descs, kw=kw: _bwd_persistent[(SMS,)](*descs, DW, E, G, dYB, Ad, T, N, D, sd, **kw))
     print(f"{'what':44s} {'ms':>8s}  notes")
     for name, t, note in rows:
         print(f"{name:44s} {t:8.3f}  {note}")
