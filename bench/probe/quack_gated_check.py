@@ -91,6 +91,7 @@ def main() -> int:
         t = med(lambda store_h=store_h: (torch.mm(dY, Wd, out=DW), tiles_bwd(store_h))) - copy_t
         rows.append((f"bwd today: cuBLAS + tile kernel{' (h written)' if store_h else ''}", t, ""))
     base_b = rows[-1][1]
+    torch.mm(dY, Wd, out=DW)  # the timing's last kernel wrote h over DW (the 2026-12-03 run missed this line)
     tiles_bwd(True)
     d_gate_ref, d_up_ref = g0.clone(), e0.clone()  # the tile kernel writes d_up over e0, d_gate over g0
     # quack's backward reads the interleaved pre-activation (e, g with LoRA terms: from the tile design's arithmetic)
