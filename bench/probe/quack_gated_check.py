@@ -17,25 +17,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import triton
-from triton.testing import do_bench
 
+from bench.probe.gemm_swiglu_check import med, rel  # the same difference and median timing
 from train import fused_mlp_kernels as k
 
 T, D, N, R = 32768, 2048, 11008, 16
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
-def med(fn: Any) -> float:
-    return float(do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
 def main() -> int:
