@@ -22,7 +22,9 @@ if ! git -C "$checkout" cat-file -e "$commit^{commit}" 2>/dev/null; then
   exit 2
 fi
 work=$(mktemp -d)
-trap 'rm -rf "$work" "$out.partial"' EXIT
+# killed (not Ctrl-C, which reaches the whole process group), the tar | xz pipeline would outlive this shell and keep
+# compressing: stop this shell's children first
+trap 'pkill -P $$ 2>/dev/null; rm -rf "$work" "$out.partial"' EXIT
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   nvidia-cutlass-dsl==4.5.3 nvidia-cutlass-dsl-libs-base==4.5.3 quack-kernels==0.5.0 \
