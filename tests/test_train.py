@@ -110,8 +110,8 @@ def test_a_bad_fused_mlp_setting_is_refused_before_the_model_loads(tmp_path: Pat
     monkeypatch.setenv("FORMA_FUSED_MLP", "row")
     with pytest.raises(FormaError, match="FORMA_FUSED_MLP='row'") as info:
         preflight(_config(tmp_path, smollm2, dataset))
-    assert "tiles or rows" in str(info.value)
-    for value in ("0", "auto", "tiles", "rows"):
+    assert "tiles, rows or quack" in str(info.value)
+    for value in ("0", "auto", "tiles", "rows", "quack"):
         monkeypatch.setenv("FORMA_FUSED_MLP", value)
         preflight(_config(tmp_path, smollm2, dataset))
 

@@ -22,6 +22,13 @@ times fewer a layer (checked on the CPU, not yet timed on a GPU by us). :func:`w
 the card itself: each is checked against the torch arithmetic and timed, and the faster that agrees runs (the
 training report's ``fused_mlp`` says which, with the times). ``FORMA_FUSED_MLP=tiles`` or ``rows`` forces one.
 
+A third design, ``quack`` (train/fused_mlp_gated.py), runs SwiGLU and its backward as the epilogue of CUTLASS
+products from quack-kernels, with the LoRA terms as more columns of K. It is a candidate where the frozen base is
+kept dense (``OPTIONS["dense_base"]``, from the memory plan) on a Hopper card with quack installed; the warm-up then
+times every design with the matrix products it needs, so that the kernel designs and the product design are timed
+on the same work. ``FORMA_FUSED_MLP=quack`` forces it (where it cannot run, Unsloth's MLP is kept, and the report
+says why).
+
 It runs where Unsloth's own fused MLP runs and the LoRA is plain (one adapter, no dropout, no LoRA bias, a rank
 that is a multiple of 16 for the tensor-core product), on CUDA; anything else keeps Unsloth's path. Off with
 ``FORMA_FUSED_MLP=0``. ``tests/test_fused_mlp.py`` checks the Function against PEFT's path on the CPU in float64
@@ -37,22 +44,26 @@ from typing import Any
 
 from common.errors import FormaError
 from train import OFF, lora_guard
+from train import fused_mlp_gated as gated
 
 #: FORMA_FUSED_MLP values: off, on (the design chosen at load), or a design forced.
 ON = ("", "1", "true", "yes", "on", "auto")
-DESIGNS = ("tiles", "rows")
+DESIGNS = ("tiles", "rows", "quack")
+#: The designs whose SwiGLU kernel is Forma's own (Triton), after cuBLAS products.
+KERNEL_DESIGNS = ("tiles", "rows")
 #: What :func:`warm_up` found on this card: the design chosen, each design's forward + backward milliseconds a layer
 #: at the warm-up's token count, and why a design was left out (it did not compile or disagreed with torch).
 CHOICE: dict[str, Any] = {}
 #: Set by ``forma train`` from the memory plan: ``keep_h`` keeps each layer's SwiGLU output h from the forward for
 #: the backward (tokens x 11,008 bf16 a layer: ~24 GiB for Qwen2.5-3B at 32,768 tokens), so the backward kernel
-#: writes one matrix less; only where the plan has room for it (train/memory_plan.py).
-OPTIONS: dict[str, Any] = {"keep_h": False}
+#: writes one matrix less; only where the plan has room for it (train/memory_plan.py). ``dense_base``: the plan keeps
+#: the frozen base dense (train/dense_base.py), which the ``quack`` design needs.
+OPTIONS: dict[str, Any] = {"keep_h": False, "dense_base": False}
 _CACHE: dict[str, Any] = {}
 
 
 def setting() -> str:
-    """``FORMA_FUSED_MLP`` read: ``off``, ``auto`` (the default: the design is timed at load), ``tiles`` or ``rows``.
+    """``FORMA_FUSED_MLP`` read: ``off``, ``auto`` (the default: the design is timed at load), or a design named.
     Anything else is an error naming the variable (a typo such as ``row`` would otherwise quietly mean ``auto``)."""
     value = os.environ.get("FORMA_FUSED_MLP", "auto").strip().lower()
     if value in OFF:
@@ -62,18 +73,26 @@ def setting() -> str:
     if value in DESIGNS:
         return value
     raise FormaError(f"FORMA_FUSED_MLP={value!r} is not a setting of the fused LoRA MLP", where="FORMA_FUSED_MLP",
-                     hint="use 0 (off), auto (the default), tiles or rows")
+                     hint="use 0 (off), auto (the default), tiles, rows or quack")
 
 
 def forced_design() -> str | None:
-    """The design ``FORMA_FUSED_MLP`` forces (``tiles`` or ``rows``), else None (``auto``: timed at load)."""
+    """The design ``FORMA_FUSED_MLP`` forces (``tiles``, ``rows`` or ``quack``), else None (``auto``: timed at
+    load)."""
     value = setting()
     return value if value in DESIGNS else None
 
 
 def design() -> str:
-    """The kernel design in use: the forced one, else what :func:`warm_up` chose, else ``tiles``."""
+    """The design in use: the forced one, else what :func:`warm_up` chose, else ``tiles``."""
     return forced_design() or CHOICE.get("design") or "tiles"
+
+
+def kernel_design() -> str:
+    """The SwiGLU kernel design the cuBLAS-product Function runs: :func:`design`, or ``tiles`` where that is
+    ``quack`` (a layer whose weights could not be packed for quack's products runs the tile kernels)."""
+    kind = design()
+    return kind if kind in KERNEL_DESIGNS else "tiles"
 
 
 def _triton_kernels(kind: str) -> tuple[Any, Any, dict[str, int]]:
@@ -122,7 +141,7 @@ def swiglu_forward(e0: Any, g0: Any, XA: Any, Bg: Any, Bu: Any, Ad: Any, sg: flo
 
     r = Bg.shape[1]
     if _use_triton(e0, use_triton):
-        kind = kind or design()
+        kind = kind or kernel_design()
         fwd, _, tiles = _triton_kernels(kind)
         T, N = e0.shape
         h = torch.empty_like(e0)
@@ -152,7 +171,7 @@ def swiglu_backward(DW: Any, e0: Any, g0: Any, dYB: Any, Ad: Any, XA: Any, Bg: A
 
     r = Bg.shape[1]
     if _use_triton(DW, use_triton):
-        kind = kind or design()
+        kind = kind or kernel_design()
         _, bwd, tiles = _triton_kernels(kind)
         T, N = DW.shape
         scales = (float(sd), float(sg), float(su))
@@ -265,8 +284,11 @@ def apply_fused_mlp(self: Any, X: Any) -> Any:
     if "function" not in _CACHE:
         _CACHE["function"] = _mlp_function()
     (Wg, Qg, Ag, Bg, Sg), (Wu, Qu, Au, Bu, Su), (Wd, Qd, Ad, Bd, Sd) = params
-    return lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd,
-                       (float(Sg), float(Su), float(Sd)))
+    scales = (float(Sg), float(Su), float(Sd))
+    buffers = gated.packed(self) if design() == "quack" else None
+    if buffers is not None:  # the base weights are views of the buffers quack's products read
+        return lora._apply(gated.function(), X, *buffers, Ag, Bg, Au, Bu, Ad, Bd, scales)
+    return lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd, scales)
 
 
 def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:
@@ -276,18 +298,27 @@ def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:
 
 
 def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
-    """Forward + backward milliseconds of design ``kind`` on ``tensors`` (after one call that compiles and tunes)."""
+    """Forward + backward milliseconds of design ``kind`` on ``tensors`` (after one call that compiles and tunes).
+    With the model's weights in ``tensors`` (``X``...), each design is timed with the matrix products it needs."""
     import time
 
     import torch
 
     t = tensors
     cuda = t["e0"].is_cuda
+    store_h = not OPTIONS["keep_h"]  # the variant training will run, tuned here
 
     def once() -> None:
+        if kind == "quack":  # its products carry the SwiGLU (and the LoRA terms, as more columns of K)
+            _quack_pass(t)
+            return
+        if "X" in t:  # the cuBLAS products the kernel designs need, so that all designs time the same work
+            torch.mm(t["X"], t["Wg"].t(), out=t["e0"])
+            torch.mm(t["X"], t["Wu"].t(), out=t["g0"])
+            torch.mm(t["dY"], t["Wd"], out=t["dw"])
         swiglu_forward(t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0, kind=kind)
         swiglu_backward(t["dw"], t["e0"], t["g0"], t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0,
-                        kind=kind, store_h=not OPTIONS["keep_h"])  # the variant training will run, tuned here
+                        kind=kind, store_h=store_h)
 
     once()
     if cuda:
@@ -300,9 +331,26 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
     return (time.perf_counter() - started) * 1000 / reps
 
 
+def _quack_pass(t: dict[str, Any], use_quack: bool | None = None) -> tuple[Any, ...]:
+    """The ``quack`` design's forward and backward products on ``t`` (as the Function runs them, LoRA columns
+    refreshed): ``(pre, h, dx, h from the backward)``."""
+    import torch
+
+    gu, dn = t["packed"]
+    gated.refresh(gu, dn, t["Bg"], t["Bu"], t["Ad"], (1.0, 1.0, 1.0))
+    T, n = t["X"].shape[0], gu.shape[0]
+    pre, h = t["X"].new_empty(T, 2 * n), t["X"].new_empty(T, n)
+    gated.gated(torch.cat([t["X"], t["XA"]], 1), gu.view(2 * n, gu.shape[2]).t(), pre, h, use_quack)
+    dx, h2 = t["X"].new_empty(T, 2 * n), t["X"].new_empty(T, n)
+    gated.dgated(torch.cat([t["dY"], t["dYB"]], 1), dn.t(), pre, dx, h2, use_quack)
+    return pre, h, dx, h2
+
+
 def _check_design(kind: str, t: dict[str, Any]) -> float:
     """Largest relative difference between design ``kind`` and the torch arithmetic on ``t`` (left as it was), in
     the backward variant training will run (with or without h written)."""
+    if kind == "quack":
+        return _max_rel_diff(_quack_pass(t), _quack_pass(t, use_quack=False))
     fwd = (t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0)
     diff = _max_rel_diff(swiglu_forward(*fwd, kind=kind), swiglu_forward(*fwd, use_triton=False))
     bwd = (t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0)
@@ -314,8 +362,25 @@ def _check_design(kind: str, t: dict[str, Any]) -> float:
     return max(diff, _max_rel_diff(got[start:], ref[start:]))
 
 
+def candidates(d: int, device: str) -> tuple[list[str], dict[str, str]]:
+    """The designs the warm-up tries, and why any is left out before trying: ``quack`` needs the model's hidden
+    size ``d`` (its products are timed with the weights), a dense base (``OPTIONS``) and a Hopper card with quack
+    (:func:`train.fused_mlp_gated.unavailable`)."""
+    forced = forced_design()
+    kinds = [forced] if forced else list(DESIGNS)
+    left_out: dict[str, str] = {}
+    if "quack" in kinds:
+        why = ("timed only with the model's hidden size" if not d else
+               "needs the frozen base kept dense (the memory plan's dense_base)" if not OPTIONS["dense_base"] else
+               gated.unavailable(None if device == "cpu" else device))
+        if why:
+            kinds.remove("quack")
+            left_out["quack"] = why
+    return kinds, left_out
+
+
 def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda", reps: int = 3,
-            check_rows: int = 1024, tolerance: float = 2e-2) -> dict[str, Any]:
+            check_rows: int = 1024, tolerance: float = 2e-2, d: int = 0) -> dict[str, Any]:
     """Compile and tune the kernels for an MLP of width ``n`` and LoRA rank ``r`` on ``tokens`` random tokens, and
     choose the design: each one is checked against the torch arithmetic (on ``check_rows`` tokens; a difference
     past ``tolerance`` of the largest value, a few bf16 steps, leaves it out) and timed (forward + backward); the
@@ -327,20 +392,31 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
     the step's own peak. Done before training, the copies are ``tokens`` rows and gone before the step begins. The
     chosen tile depends on the width and rank only (the autotuner's key), so it carries over. Why time the designs
     on the card: the row design reads less memory but does more per program, and which wins depends on the card.
+
+    With ``d`` (the model's hidden size) every design is timed with the matrix products it needs (``quack`` runs
+    them with SwiGLU in their epilogue; the others leave them to cuBLAS), and ``quack`` is among the designs where
+    it can run (:func:`candidates`); without ``d``, only the kernel designs are timed.
     """
     import torch
 
     dev = {"device": device, "dtype": dtype}
-    tensors = {"e0": torch.randn(tokens, n, **dev), "g0": torch.randn(tokens, n, **dev),
-               "dw": torch.randn(tokens, n, **dev), "XA": torch.randn(tokens, 2 * r, **dev),
-               "dYB": torch.randn(tokens, r, **dev), "Bg": torch.randn(n, r, **dev) * 0.05,
-               "Bu": torch.randn(n, r, **dev) * 0.05, "Ad": torch.randn(r, n, **dev) * 0.05}
+    tensors: dict[str, Any] = {
+        "e0": torch.randn(tokens, n, **dev), "g0": torch.randn(tokens, n, **dev), "dw": torch.randn(tokens, n, **dev),
+        "XA": torch.randn(tokens, 2 * r, **dev), "dYB": torch.randn(tokens, r, **dev),
+        "Bg": torch.randn(n, r, **dev) * 0.05, "Bu": torch.randn(n, r, **dev) * 0.05,
+        "Ad": torch.randn(r, n, **dev) * 0.05}
+    if d:
+        tensors.update({"X": torch.randn(tokens, d, **dev), "dY": torch.randn(tokens, d, **dev),
+                        "Wg": torch.randn(n, d, **dev) * d ** -0.5, "Wu": torch.randn(n, d, **dev) * d ** -0.5,
+                        "Wd": torch.randn(d, n, **dev) * n ** -0.5})
+    kinds, left_out = candidates(d, device)
+    if "quack" in kinds:
+        tensors["packed"] = gated.packed_weights(tensors["Wg"], tensors["Wu"], tensors["Wd"], r)
     # the check's tokens, copied before the timing's backward passes write over the tensors
-    sample = {k: (v[:check_rows].clone() if k in ("e0", "g0", "dw", "XA", "dYB") else v) for k, v in tensors.items()}
-    forced = forced_design()
+    rows = ("e0", "g0", "dw", "XA", "dYB", "X", "dY")
+    sample = {k: (v[:check_rows].clone() if k in rows else v) for k, v in tensors.items()}
     ms: dict[str, float] = {}
-    left_out: dict[str, str] = {}
-    for kind in [forced] if forced else DESIGNS:
+    for kind in kinds:
         try:  # timed first: the first call tunes the tiles, and they should suit `tokens`, not the check's rows
             took = _time_design(kind, tensors, reps)
             diff = _check_design(kind, sample)
@@ -348,13 +424,13 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
                 left_out[kind] = f"differs from the torch arithmetic by {diff:.2e} of the largest value"
                 continue
             ms[kind] = round(took, 4)
-        except Exception as exc:  # a kernel this card's Triton cannot compile or run: the other design may
+        except Exception as exc:  # a kernel this card cannot compile or run: another design may
             left_out[kind] = f"{type(exc).__name__}: {str(exc)[:300]}"
     del tensors, sample
     if device == "cuda":
         torch.cuda.empty_cache()
     CHOICE.clear()
-    CHOICE.update({"design": min(ms, key=ms.__getitem__) if ms else None, "forced": forced,
+    CHOICE.update({"design": min(ms, key=ms.__getitem__) if ms else None, "forced": forced_design(),
                    "ms_per_layer": ms, "tokens": tokens, "left_out": left_out})
     return dict(CHOICE)
 
@@ -382,8 +458,28 @@ def install(model: Any, *, force: bool = False, dtype: Any = None, tokens: int =
         gate = targets[0].gate_proj
         active = list(getattr(gate, "active_adapters", None) or ["default"])  # PEFT's LoraLayer
         shape = gate.lora_B[active[0]].weight.shape if active[0] in gate.lora_B else None
-        if shape is not None and shape[1] % 16 == 0 and warm_up(shape[0], shape[1], dtype, tokens)["design"] is None:
+        d = int(getattr(gate, "in_features", 0) or 0)
+        if shape is not None and shape[1] % 16 == 0 and \
+                warm_up(shape[0], shape[1], dtype, tokens, d=d)["design"] is None:
             return 0
     for module in targets:
         module.forward = types.MethodType(apply_fused_mlp, module)
     return len(targets)
+
+
+def pack(model: Any) -> int:
+    """Where the warm-up chose ``quack``: pack the dense base weights of every fused MLP for quack's products
+    (train/fused_mlp_gated.py); the count packed. Run after train/dense_base.py made the base dense; a layer whose
+    weights are still quantised keeps the tile kernels."""
+    if design() != "quack":
+        return 0
+    count = 0
+    for module in model.modules():
+        if getattr(module.__dict__.get("forward"), "__func__", None) is not apply_fused_mlp:
+            continue
+        gate = module.gate_proj
+        active = list(getattr(gate, "active_adapters", None) or ["default"])
+        if active[0] in gate.lora_A and gated.pack(module, gate.lora_A[active[0]].weight.shape[0]):
+            count += 1
+    CHOICE["packed_layers"] = count
+    return count

@@ -26,6 +26,7 @@ from train import (
     dense_base,
     flash_attention4,
     fused_mlp,
+    fused_mlp_gated,
     fused_qkv,
     rope_layout,
     unsloth_compat,
@@ -339,6 +340,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
     # on CUDA: the MLP's LoRA terms added inside the SwiGLU kernels, tuned on the micro-batch's tokens (at most
     # 32,768: the tuning's copies are transient memory at load time, ~4 GB there for Qwen2.5-3B)
     fused_mlp.OPTIONS["keep_h"] = plan.keep_mlp_h  # before install: its warm-up tunes the kernel variant that runs
+    fused_mlp.OPTIONS["dense_base"] = plan.dense_base and not cpu  # quack's products need the dense base
     mlp = fused_mlp.install(model, dtype=dtype, tokens=min(32768, plan.micro_batch * config.max_seq_length))
     if qkv or mlp:
         print(f"fused LoRA: q/k/v with a bias in {qkv} layers, SwiGLU MLP in {mlp} layers{_mlp_choice(mlp)}",
@@ -346,6 +348,7 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
     dense_base.STATE.clear()
     if plan.dense_base and not cpu:
         dense_base.install(model, dtype)
+        fused_mlp.pack(model)  # where the warm-up chose quack: the dense gate/up/down into its products' layout
     if plan.extras_why and not cpu:  # what the room on the card bought, and why the rest was not taken
         taken = [f"frozen base kept dequantised ({dense_base.STATE['layers']} projections, "
                  f"{dense_base.STATE['gib']} GiB)"] if dense_base.STATE.get("layers") else []
@@ -430,6 +433,7 @@ def _save(run: _Run) -> tuple[Path, Path | None]:
     """The adapter, and (when the config asks) the merged 16-bit model that GGUF export reads."""
     config = run.config
     dense_base.restore(run.model)  # the 4-bit base back before saving and merging: the model as it was loaded
+    fused_mlp_gated.unpack(run.model)  # and quack's packed buffers (if any) let go
     adapter_dir = config.output_dir / "adapter"
     run.model.save_pretrained(str(adapter_dir))
     run.tokenizer.save_pretrained(str(adapter_dir))
