@@ -20,6 +20,8 @@ What the products need, and how forma gives it to them:
   refreshed from the adapter at each forward (N x 2r numbers), since the optimiser moves B between steps.
 * The backward's product is ``dY W_d`` plus ``s_d (dY B_d) A_d``, again as r more columns of K: ``dn`` [N, D + r]
   holds ``W_d^T`` and ``s_d A_d^T``; the down layer's weight is a view of it too.
+* ``dn`` also serves the forward's down projection: ``h dn`` gives the output's base part and ``s_d h A_d^T`` (what
+  the down LoRA term and its B gradient need) from one read of h.
 * The epilogue writes d_gate and d_up interleaved, so one product with ``gu`` gives the input gradient's base part
   and the rank-16 products ``[s_g d_gate B_g, s_u d_up B_u]`` the A gradients need, both at once.
 
@@ -194,14 +196,15 @@ def function() -> Any:
             pre = X2.new_empty(X2.shape[0], 2 * N)
             h = X2.new_empty(X2.shape[0], N)
             gated(torch.cat([X2, XA], 1), gu.view(2 * N, K).t(), pre, h)
-            Ad_, Bd_ = Ad.to(dtype), Bd.to(dtype)
-            hA = h @ Ad_.t()
-            out = h @ dn[:, :Dout]
-            out.addmm_(hA, Bd_.t(), alpha=scales[2])
+            Bd_ = Bd.to(dtype)
+            full = h @ dn  # [T, Dout + r]: the base output and sd h Ad^T from one read of h
+            del h
+            out, hA = full[:, :Dout], full[:, Dout:].contiguous()  # hA holds sd h Ad^T
+            out.addmm_(hA, Bd_.t())
             ctx.scales = scales
             ctx.packed = (gu, dn)
             ctx.save_for_backward(X, pre, XA, hA, A_gu, Bd_)  # h is rebuilt by the backward's epilogue
-            return out.view(*X.shape[:-1], Dout)
+            return out.view(*X.shape[:-1], Dout)  # a view with rows Dout + r apart: the residual add reads it
 
         @staticmethod
         @torch_amp_custom_bwd
@@ -220,7 +223,7 @@ def function() -> Any:
             h = X2.new_empty(X2.shape[0], N)
             dgated(torch.cat([dY2, dYB], 1), dn.t(), pre, dx, h)
             dAd = scaled(dYB.t() @ h, sd)  # [r, N]
-            dBd = scaled(dY2.t() @ hA, sd)  # [out, r]
+            dBd = dY2.t() @ hA  # [out, r]; hA already carries sd
             del h
             dB = dx.t() @ XA  # [2N, 2r]: gate rows against X Ag^T, up rows against X Au^T
             dBg = scaled(dB[0::2, :r].contiguous(), sg)
