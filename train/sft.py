@@ -345,6 +345,10 @@ def _load(config: TrainConfig, pre: Any, plan: MemoryPlan) -> tuple[Any, Any, An
     if qkv or mlp:
         print(f"fused LoRA: q/k/v with a bias in {qkv} layers, SwiGLU MLP in {mlp} layers{_mlp_choice(mlp)}",
               file=sys.stderr, flush=True)
+    forced = fused_mlp.CHOICE.get("forced")
+    if forced and not cpu and not fused_mlp.CHOICE.get("design"):  # forced by name, cannot run here: say why
+        why = fused_mlp.CHOICE.get("left_out", {}).get(forced, "it did not run")
+        print(f"FORMA_FUSED_MLP={forced}: not used, Unsloth's MLP runs instead ({why})", file=sys.stderr, flush=True)
     dense_base.STATE.clear()
     if plan.dense_base and not cpu:
         dense_base.install(model, dtype)
