@@ -393,9 +393,9 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
     chosen tile depends on the width and rank only (the autotuner's key), so it carries over. Why time the designs
     on the card: the row design reads less memory but does more per program, and which wins depends on the card.
 
-    With ``d`` (the model's hidden size) every design is timed with the matrix products it needs (``quack`` runs
-    them with SwiGLU in their epilogue; the others leave them to cuBLAS), and ``quack`` is among the designs where
-    it can run (:func:`candidates`); without ``d``, only the kernel designs are timed.
+    Where ``quack`` is a candidate (:func:`candidates`: it needs ``d``, the model's hidden size, among others)
+    every design is timed with the matrix products it needs (``quack`` runs them with SwiGLU in their epilogue;
+    the others leave them to cuBLAS); elsewhere only the kernel designs are timed.
     """
     import torch
 
@@ -405,12 +405,11 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
         "XA": torch.randn(tokens, 2 * r, **dev), "dYB": torch.randn(tokens, r, **dev),
         "Bg": torch.randn(n, r, **dev) * 0.05, "Bu": torch.randn(n, r, **dev) * 0.05,
         "Ad": torch.randn(r, n, **dev) * 0.05}
-    if d:
+    kinds, left_out = candidates(d, device)
+    if "quack" in kinds:  # only then are the products timed: elsewhere (a small card) they cost load time and memory
         tensors.update({"X": torch.randn(tokens, d, **dev), "dY": torch.randn(tokens, d, **dev),
                         "Wg": torch.randn(n, d, **dev) * d ** -0.5, "Wu": torch.randn(n, d, **dev) * d ** -0.5,
                         "Wd": torch.randn(d, n, **dev) * n ** -0.5})
-    kinds, left_out = candidates(d, device)
-    if "quack" in kinds:
         tensors["packed"] = gated.packed_weights(tensors["Wg"], tensors["Wu"], tensors["Wd"], r)
     # the check's tokens, copied before the timing's backward passes write over the tensors
     rows = ("e0", "g0", "dw", "XA", "dYB", "X", "dY")
@@ -435,6 +434,11 @@ def warm_up(n: int, r: int, dtype: Any, tokens: int = 8192, device: str = "cuda"
     return dict(CHOICE)
 
 
+def _adapter(proj: Any) -> str:
+    """The active adapter's name on a PEFT LoRA layer (``default`` where it names none)."""
+    return str(next(iter(getattr(proj, "active_adapters", None) or ["default"])))
+
+
 def install(model: Any, *, force: bool = False, dtype: Any = None, tokens: int = 8192) -> int:
     """Swap Unsloth's fused LoRA SwiGLU MLP for this one in every layer that has it; the count swapped.
 
@@ -456,8 +460,8 @@ def install(model: Any, *, force: bool = False, dtype: Any = None, tokens: int =
                if getattr(module.__dict__.get("forward"), "__func__", None) is fast_lora.apply_lora_mlp_swiglu]
     if targets and dtype is not None and torch.cuda.is_available():
         gate = targets[0].gate_proj
-        active = list(getattr(gate, "active_adapters", None) or ["default"])  # PEFT's LoraLayer
-        shape = gate.lora_B[active[0]].weight.shape if active[0] in gate.lora_B else None
+        name = _adapter(gate)
+        shape = gate.lora_B[name].weight.shape if name in gate.lora_B else None
         d = int(getattr(gate, "in_features", 0) or 0)
         if shape is not None and shape[1] % 16 == 0 and \
                 warm_up(shape[0], shape[1], dtype, tokens, d=d)["design"] is None:
@@ -477,9 +481,8 @@ def pack(model: Any) -> int:
     for module in model.modules():
         if getattr(module.__dict__.get("forward"), "__func__", None) is not apply_fused_mlp:
             continue
-        gate = module.gate_proj
-        active = list(getattr(gate, "active_adapters", None) or ["default"])
-        if active[0] in gate.lora_A and gated.pack(module, gate.lora_A[active[0]].weight.shape[0]):
+        gate, name = module.gate_proj, _adapter(module.gate_proj)
+        if name in gate.lora_A and gated.pack(module, gate.lora_A[name].weight.shape[0]):
             count += 1
     CHOICE["packed_layers"] = count
     return count
