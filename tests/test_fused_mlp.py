@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -237,6 +238,63 @@ CHOICE_CHECK = textwrap.dedent("""
     assert choice["design"] is None and "dense_base" in choice["left_out"]["quack"], choice
     print("CHOICE OK")
 """)
+
+
+def test_quack_tiles_are_timed_checked_and_the_fastest_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of the quack design's products gets the fastest tile that runs and agrees with the default: a tile that
+    raises or is off is left out with the reason. On the CPU the products are the torch arithmetic, so this checks
+    the choosing; the tiles' own arithmetic is checked on the card by the same code."""
+    from common.errors import FormaError
+    from train import fused_mlp_gated as gq
+
+    n, d, r, T = 64, 24, 16, 40
+    g = torch.Generator().manual_seed(0)
+    W = [torch.randn(n, d, generator=g), torch.randn(n, d, generator=g), torch.randn(d, n, generator=g)]
+    t = {"X": torch.randn(T, d, generator=g), "dY": torch.randn(T, d, generator=g),
+         "XA": torch.randn(T, 2 * r, generator=g), "dYB": torch.randn(T, r, generator=g),
+         "packed": gq.packed_weights(*W, r)}
+    gq.refresh(*t["packed"], torch.randn(n, r, generator=g), torch.randn(n, r, generator=g),
+               torch.randn(r, n, generator=g), (1.0, 1.0, 1.0))
+    tile = {"tile_m": 128, "tile_n": 128, "pingpong": True, "cluster_m": 1, "cluster_n": 1}
+    name = "128x128 pingpong cluster 1x1"
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps({"gated": [tile], "down": [tile], "dgrad": [tile]}))
+    monkeypatch.setenv("FORMA_QUACK_TILES", str(path))
+    monkeypatch.setattr(gq, "TILES", dict.fromkeys(gq.PRODUCTS))
+    right_gated, right_product = gq.gated, gq.product
+
+    def gated(A: Any, B: Any, pre: Any, h: Any, use_quack: bool | None = None) -> None:
+        if gq.TILES["gated"] is not None:
+            raise RuntimeError("smem overflow")
+        right_gated(A, B, pre, h, use_quack)
+
+    def product(which: str, A: Any, B: Any, use_quack: bool | None = None) -> Any:
+        out = right_product(which, A, B, use_quack)
+        return out * 2 if which == "down" and gq.TILES["down"] is not None else out
+
+    monkeypatch.setattr(gq, "gated", gated)
+    monkeypatch.setattr(gq, "product", product)
+    found = gq.tune(t, reps=2)
+    assert list(found) == list(gq.PRODUCTS), found
+    assert found["gated"]["tile"] == "quack default" and gq.TILES["gated"] is None
+    assert found["gated"]["left_out"] == {name: "RuntimeError: smem overflow"}, found
+    assert found["down"]["tile"] == "cuBLAS" and "differs from the default" in found["down"]["left_out"][name]
+    assert set(found["dgrad"]["ms"]) == {"cuBLAS", name} and not found["dgrad"]["left_out"], found
+    kept = found["dgrad"]["tile"]
+    assert gq.TILES["dgrad"] == (tile if kept == name else None) and \
+        found["dgrad"]["ms"][kept] == min(found["dgrad"]["ms"].values()), found
+    assert list(found["dgated"]["ms"]) == ["quack default"], found
+    # 'default' tries the default only; a file that cannot be read is an error naming it
+    monkeypatch.setenv("FORMA_QUACK_TILES", "default")
+    assert gq.tile_candidates() == {p: [None] for p in gq.PRODUCTS}
+    for text in ("{not json", '{"gated": [1]}'):
+        path.write_text(text)
+        monkeypatch.setenv("FORMA_QUACK_TILES", str(path))
+        with pytest.raises(FormaError, match=r"tiles\.json"):
+            gq.tile_candidates()
+    monkeypatch.setenv("FORMA_QUACK_TILES", str(tmp_path / "missing.json"))
+    with pytest.raises(FormaError, match=r"missing\.json"):
+        gq.tile_candidates()
 
 
 def test_warm_up_times_both_designs_and_leaves_out_one_that_is_wrong_or_fails(tmp_path: Path) -> None:

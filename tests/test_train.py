@@ -114,6 +114,13 @@ def test_a_bad_fused_mlp_setting_is_refused_before_the_model_loads(tmp_path: Pat
     for value in ("0", "auto", "tiles", "rows", "quack"):
         monkeypatch.setenv("FORMA_FUSED_MLP", value)
         preflight(_config(tmp_path, smollm2, dataset))
+    # so is a file of quack tiles that cannot be read: named, before the weights load
+    tiles = tmp_path / "tiles.json"
+    tiles.write_text('{"gate": []}')
+    monkeypatch.setenv("FORMA_QUACK_TILES", str(tiles))
+    with pytest.raises(FormaError, match=r"tiles\.json") as info:
+        preflight(_config(tmp_path, smollm2, dataset))
+    assert "expected an object of gated, dgated, down, dgrad" in str(info.value)
 
 
 def test_chat_template_that_is_not_chatml(tmp_path: Path, smollm2: Path, dataset: Path) -> None:

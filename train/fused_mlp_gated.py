@@ -33,11 +33,31 @@ with their LoRA terms (Unsloth rounds the base product first), and ``h`` comes f
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
+
+from common.errors import FormaError
 
 #: The attribute of an MLP module that holds its packed weights, ``(gu, dn)``.
 KEY = "forma_gated_mlp"
 _CACHE: dict[str, Any] = {}
+
+#: The design's four large products, whose tile the warm-up picks on the card (:func:`tune`): ``gated`` (the
+#: forward's product with SwiGLU), ``dgated`` (the backward's, with SwiGLU's backward), ``down`` (``h dn``) and
+#: ``dgrad`` (``dx gu``).
+PRODUCTS = ("gated", "dgated", "down", "dgrad")
+#: The tile each product runs with, as quack ``GemmConfig`` fields; None: quack's default tile for the gated
+#: products, cuBLAS for ``down`` and ``dgrad``.
+TILES: dict[str, dict[str, Any] | None] = dict.fromkeys(PRODUCTS)
+#: Tiles measured faster than the default (cuBLAS for the plain products) on the H200 at Qwen2.5-3B's shapes and
+#: 32,768 tokens by bench/probe/quack_tiles_check.py; the warm-up times them against the default on the card it
+#: runs on, so a card they do not suit keeps the default.
+MEASURED: dict[str, list[dict[str, Any]]] = {product: [] for product in PRODUCTS}
+#: ``FORMA_QUACK_TILES``: ``default`` (no tile but the default is tried), or a JSON file of more candidates
+#: (``{"gated": [GemmConfig fields, ...], ...}``, as the probe writes).
+TILES_ENV = "FORMA_QUACK_TILES"
 
 
 def unavailable(device: Any = None) -> str | None:
@@ -62,13 +82,58 @@ def _quack(t: Any, use_quack: bool | None) -> bool:
     return bool(t.is_cuda) if use_quack is None else use_quack
 
 
+def _config(product: str) -> Any:
+    """Product ``product``'s chosen tile as quack's ``GemmConfig``, or None (its default)."""
+    fields = TILES[product]
+    if fields is None:
+        return None
+    from quack.gemm_config import GemmConfig
+
+    return GemmConfig(**fields)
+
+
+def tile_name(fields: dict[str, Any] | None, product: str = "gated") -> str:
+    """A tile's short name for the report: ``128x192 pingpong cluster 2x1`` (``swap`` where A and B trade places),
+    or what runs where none is chosen."""
+    if fields is None:
+        return "cuBLAS" if product in ("down", "dgrad") else "quack default"
+    kind = "pingpong" if fields.get("pingpong", True) else "cooperative"
+    swap = " swap" if fields.get("swap_ab") else ""
+    return (f"{fields.get('tile_m')}x{fields.get('tile_n')} {kind} cluster "
+            f"{fields.get('cluster_m')}x{fields.get('cluster_n')}{swap}")
+
+
+def tile_candidates() -> dict[str, list[dict[str, Any] | None]]:
+    """The tiles the warm-up times for each product: the default first, then :data:`MEASURED` and the file that
+    ``FORMA_QUACK_TILES`` names (``default``: the default only). A file that cannot be read is an error naming it."""
+    setting = os.environ.get(TILES_ENV, "").strip()
+    found: dict[str, list[dict[str, Any] | None]] = {p: [None, *MEASURED[p]] for p in PRODUCTS}
+    if setting.lower() == "default":
+        return {p: [None] for p in PRODUCTS}
+    if not setting:
+        return found
+    path = Path(setting)
+    try:
+        extra = json.loads(path.read_text())
+        if not isinstance(extra, dict) or set(extra) - set(PRODUCTS) or \
+                not all(isinstance(f, dict) for tiles in extra.values() for f in tiles):
+            raise ValueError(f"expected an object of {', '.join(PRODUCTS)}, each a list of GemmConfig fields")
+    except (OSError, ValueError) as exc:
+        raise FormaError(f"{TILES_ENV}: cannot read {path}: {exc}", where=str(path),
+                         hint="name a JSON file as bench/probe/quack_tiles_check.py writes it, or 'default'") from exc
+    for product, tiles in extra.items():
+        found[product] += [fields for fields in tiles if fields not in found[product]]
+    return found
+
+
 def gated(A: Any, B: Any, pre: Any, h: Any, use_quack: bool | None = None) -> None:
     """``pre = A B`` ([T, 2N], gate and up columns interleaved) and ``h = silu(gate) * up`` ([T, N]), written into
     ``pre`` and ``h``. ``use_quack`` None: quack's product on CUDA, the torch arithmetic (float32 or better) else."""
     if _quack(A, use_quack):
-        from quack.gemm_interface import gemm_gated_out
+        from quack.gemm_interface import gemm_gated_tuned
 
-        gemm_gated_out(A, B, pre, h, activation="swiglu", tuned=False)
+        # the autotuner's own function with the tile chosen at load (None: quack's default tile, as tuned=False)
+        gemm_gated_tuned.fn(A, B, pre, h, activation="swiglu", config=_config("gated"))
         return
     import torch
 
@@ -83,9 +148,9 @@ def dgated(A: Any, B: Any, pre: Any, dx: Any, h: Any, use_quack: bool | None = N
     """With ``dh = A B`` ([T, N]) the gradient of ``h = silu(e) * g`` and ``pre`` the interleaved ``(e, g)``: ``dx``
     ([T, 2N], interleaved) gets ``(dh g silu'(e), dh silu(e))`` and ``h`` gets ``silu(e) g``."""
     if _quack(A, use_quack):
-        from quack.gemm_interface import gemm_dgated_out
+        from quack.gemm_interface import gemm_dgated_tuned
 
-        gemm_dgated_out(A, B, pre, dx, h, activation="swiglu", tuned=False)
+        gemm_dgated_tuned.fn(A, B, pre, dx, h, activation="swiglu", config=_config("dgated"))
         return
     import torch
 
@@ -96,6 +161,83 @@ def dgated(A: Any, B: Any, pre: Any, dx: Any, h: Any, use_quack: bool | None = N
     dx[:, 0::2] = dh * g * se * (1.0 + e * (1.0 - se))
     dx[:, 1::2] = dh * e * se
     h.copy_(e * se * g)
+
+
+def product(name: str, A: Any, B: Any, use_quack: bool | None = None) -> Any:
+    """``A B`` for the plain product ``name`` (``down`` or ``dgrad``): cuBLAS (torch) unless a quack tile was chosen
+    for it on CUDA."""
+    import torch
+
+    if _quack(A, use_quack) and TILES[name] is not None:
+        from quack.gemm_interface import gemm_tuned
+
+        out = torch.empty(A.shape[0], B.shape[1], dtype=A.dtype, device=A.device)
+        gemm_tuned.fn(A, B, out, config=_config(name))
+        return out
+    return A @ B
+
+
+def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: float = 2e-2) -> dict[str, Any]:
+    """Pick each product's tile on the card: time every candidate (:func:`tile_candidates`) on the warm-up's
+    tensors ``t`` (``X``, ``dY``, ``XA``, ``dYB`` and the ``packed`` weights, at the model's shapes and the step's
+    tokens) and keep the fastest in :data:`TILES`. A tile that does not compile or run here, or whose output
+    differs from the default's by more than ``tolerance`` of the largest value, is left out with the reason.
+
+    Why on the card and not a table: which tile hides the epilogue's memory traffic best depends on the card's
+    memory and SM count and on the shapes; :data:`MEASURED` only narrows the candidates to a few (each compiles once,
+    into quack's disk cache). Returns ``{product: {"tile", "ms", "left_out"}}`` for the training report."""
+    import time
+
+    import torch
+
+    gu, dn = t["packed"]
+    T, n, K = t["X"].shape[0], gu.shape[0], gu.shape[2]
+    sync = torch.cuda.synchronize if gu.is_cuda else (lambda: None)
+    Xc, dYc = torch.cat([t["X"], t["XA"]], 1), torch.cat([t["dY"], t["dYB"]], 1)
+    pre, h, dx, h2 = (Xc.new_empty(T, w) for w in (2 * n, n, 2 * n, n))
+
+    def run_gated() -> tuple[Any, ...]:
+        gated(Xc, gu.view(2 * n, K).t(), pre, h)
+        return pre, h
+
+    def run_dgated() -> tuple[Any, ...]:
+        dgated(dYc, dn.t(), pre, dx, h2)
+        return dx, h2
+
+    runs: dict[str, Any] = {  # in this order: each product's inputs are the ones before it wrote
+        "gated": run_gated, "dgated": run_dgated,
+        "down": lambda: (product("down", h, dn),), "dgrad": lambda: (product("dgrad", dx, gu.view(2 * n, K)),)}
+    TILES.update(dict.fromkeys(PRODUCTS))
+    found: dict[str, Any] = {}
+    for name, tiles in tile_candidates().items():
+        ms: dict[str, float] = {}
+        left_out: dict[str, str] = {}
+        reference: tuple[Any, ...] = ()
+        for fields in tiles:
+            label = tile_name(fields, name)
+            TILES[name] = fields
+            try:
+                got = runs[name]()  # compiles (or loads from quack's cache) and checks
+                sync()
+                if fields is None:
+                    reference = tuple(x[:check_rows].clone() for x in got)
+                else:
+                    diff = max(float((a[:check_rows].float() - b.float()).abs().max() / b.float().abs().max())
+                               for a, b in zip(got, reference, strict=True))
+                    if not diff < tolerance:
+                        left_out[label] = f"differs from the default by {diff:.2e} of the largest value"
+                        continue
+                started = time.perf_counter()
+                for _ in range(reps):
+                    runs[name]()
+                sync()
+                ms[label] = round((time.perf_counter() - started) * 1000 / reps, 4)
+            except Exception as exc:  # a tile this card cannot compile or run: the default stays
+                left_out[label] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        best = min(ms, key=ms.__getitem__) if ms else tile_name(None, name)
+        TILES[name] = next((f for f in tiles if tile_name(f, name) == best), None)
+        found[name] = {"tile": best, "ms": ms, "left_out": left_out}
+    return found  # the buffers go with this frame, before the design timings allocate theirs
 
 
 def packed_weights(Wg: Any, Wu: Any, Wd: Any, r: int) -> tuple[Any, Any]:
@@ -197,7 +339,7 @@ def function() -> Any:
             h = X2.new_empty(X2.shape[0], N)
             gated(torch.cat([X2, XA], 1), gu.view(2 * N, K).t(), pre, h)
             Bd_ = Bd.to(dtype)
-            full = h @ dn  # [T, Dout + r]: the base output and sd h Ad^T from one read of h
+            full = product("down", h, dn)  # [T, Dout + r]: the base output and sd h Ad^T from one read of h
             del h
             out, hA = full[:, :Dout], full[:, Dout:].contiguous()  # hA holds sd h Ad^T
             out.addmm_(hA, Bd_.t())
@@ -228,7 +370,7 @@ def function() -> Any:
             dB = dx.t() @ XA  # [2N, 2r]: gate rows against X Ag^T, up rows against X Au^T
             dBg = scaled(dB[0::2, :r].contiguous(), sg)
             dBu = scaled(dB[1::2, r:].contiguous(), su)
-            full = dx @ gu.view(2 * N, K)  # [T, D + 2r]: the base part of dX, then [sg d_gate Bg, su d_up Bu]
+            full = product("dgrad", dx, gu.view(2 * N, K))  # [T, D + 2r]: dX's base part, [sg d_gate Bg, su d_up Bu]
             del dx
             G = full[:, D:].contiguous()
             dA = G.t() @ X2  # [2r, in]

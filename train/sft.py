@@ -101,6 +101,7 @@ def preflight(config: TrainConfig) -> Preflight:
                          "max_position_embeddings)", where="max_seq_length", hint=f"use at most {limit}")
     device = resolve_device(config.device)
     fused_mlp.setting()  # a bad FORMA_FUSED_MLP is an error now, not after the model has loaded
+    fused_mlp.gated.tile_candidates()  # and so is a FORMA_QUACK_TILES file that cannot be read
     if config.quantization == "4bit" and device != "cuda":
         raise FormaError("quantization: 4bit (QLoRA) needs a CUDA GPU (bitsandbytes)", where="quantization",
                          hint="use quantization: 16bit on CPU")
@@ -368,8 +369,10 @@ def _mlp_choice(layers: int) -> str:
         return ""
     ms = ", ".join(f"{kind} {t:.2f} ms" for kind, t in choice["ms_per_layer"].items())
     how = "forced by FORMA_FUSED_MLP" if choice.get("forced") else "the faster on this card"
+    tiles = choice.get("quack_tiles") if choice["design"] == "quack" else None
+    picked = "; tiles: " + ", ".join(f"{name} {found['tile']}" for name, found in tiles.items()) if tiles else ""
     return (f" ({choice['design']} kernels, {how}; forward + backward a layer at {choice['tokens']:,} tokens: {ms}"
-            + "".join(f"; {kind} left out: {why}" for kind, why in choice["left_out"].items()) + ")")
+            + picked + "".join(f"; {kind} left out: {why}" for kind, why in choice["left_out"].items()) + ")")
 
 
 def _deferred_logging(trainer: Any) -> dict[str, int] | None:
