@@ -259,7 +259,12 @@ def test_quack_tiles_are_timed_checked_and_the_fastest_kept(tmp_path: Path, monk
     name = "128x128 pingpong cluster 1x1"
     path = tmp_path / "tiles.json"
     path.write_text(json.dumps({"gated": [tile], "down": [tile], "dgrad": [tile]}))
+    # without the variable: the default first, then the tiles measured on the H200
+    monkeypatch.delenv("FORMA_QUACK_TILES", raising=False)
+    assert gq.tile_candidates() == {p: [None, *gq.MEASURED[p]] for p in gq.PRODUCTS}
+    assert gq.tile_name(gq.MEASURED["dgated"][0], "dgated") == "128x160 pingpong cluster 2x1 swap"
     monkeypatch.setenv("FORMA_QUACK_TILES", str(path))
+    monkeypatch.setattr(gq, "MEASURED", {p: [] for p in gq.PRODUCTS})  # only the file's tiles, below
     monkeypatch.setattr(gq, "TILES", dict.fromkeys(gq.PRODUCTS))
     right_gated, right_product = gq.gated, gq.product
 

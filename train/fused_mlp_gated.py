@@ -51,10 +51,24 @@ PRODUCTS = ("gated", "dgated", "down", "dgrad")
 #: The tile each product runs with, as quack ``GemmConfig`` fields; None: quack's default tile for the gated
 #: products, cuBLAS for ``down`` and ``dgrad``.
 TILES: dict[str, dict[str, Any] | None] = dict.fromkeys(PRODUCTS)
-#: Tiles measured faster than the default (cuBLAS for the plain products) on the H200 at Qwen2.5-3B's shapes and
-#: 32,768 tokens by bench/probe/quack_tiles_check.py; the warm-up times them against the default on the card it
-#: runs on, so a card they do not suit keeps the default.
-MEASURED: dict[str, list[dict[str, Any]]] = {product: [] for product in PRODUCTS}
+
+
+def _hopper(tile_m: int, tile_n: int, cluster_m: int, cluster_n: int, swap_ab: bool = False) -> dict[str, Any]:
+    """A Hopper pingpong tile as quack's own Hopper candidates are (static persistent scheduler)."""
+    return {"tile_m": tile_m, "tile_n": tile_n, "pingpong": True, "is_dynamic_persistent": False,
+            "cluster_m": cluster_m, "cluster_n": cluster_n, "swap_ab": swap_ab, "device_capacity": 9}
+
+
+#: Tiles that beat the default on the H200 at Qwen2.5-3B's shapes and 32,768 tokens in quack's autotuner and then in
+#: bench/probe/quack_tiles_check.py's own timing (bench/results/quack_tiles-h200-2026-12-03.log: of 44 Hopper tiles
+#: for ``dgated``, 128 x 160 with A and B swapped ran 2.75 ms against the default's 3.28; of 18 for ``gated`` only
+#: 192 x 128 beat the default, by 1.2%). The warm-up times them against the default on the card it runs on, so a
+#: card or a model they do not suit keeps the default. ``down`` and ``dgrad`` (cuBLAS, ~770 TFLOP/s there) were not
+#: reached in that run.
+MEASURED: dict[str, list[dict[str, Any]]] = {
+    "gated": [_hopper(192, 128, 1, 2)],
+    "dgated": [_hopper(128, 160, 2, 1, swap_ab=True), _hopper(128, 128, 1, 2, swap_ab=True), _hopper(128, 128, 2, 1)],
+    "down": [], "dgrad": []}
 #: ``FORMA_QUACK_TILES``: ``default`` (no tile but the default is tried), or a JSON file of more candidates
 #: (``{"gated": [GemmConfig fields, ...], ...}``, as the probe writes).
 TILES_ENV = "FORMA_QUACK_TILES"
@@ -121,8 +135,9 @@ def tile_candidates() -> dict[str, list[dict[str, Any] | None]]:
     except (OSError, ValueError) as exc:
         raise FormaError(f"{TILES_ENV}: cannot read {path}: {exc}", where=str(path),
                          hint="name a JSON file as bench/probe/quack_tiles_check.py writes it, or 'default'") from exc
-    for product, tiles in extra.items():
-        found[product] += [fields for fields in tiles if fields not in found[product]]
+    for product, tiles in extra.items():  # a tile already there (by its name) is timed once
+        names = {tile_name(fields, product) for fields in found[product]}
+        found[product] += [fields for fields in tiles if tile_name(fields, product) not in names]
     return found
 
 

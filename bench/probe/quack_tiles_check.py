@@ -12,8 +12,9 @@ worker processes), then times every candidate again here with ``triton.testing.d
 default tile and cuBLAS, and writes the fastest few per product as JSON that ``FORMA_QUACK_TILES`` reads (the
 warm-up then times them against the default on the model's own shapes and keeps the fastest).
 
-Run on the GPU machine with bench/pack_fa4.sh's archive on PYTHONPATH:
-    python3 bench/probe/quack_tiles_check.py OUT.json
+Run on the GPU machine with bench/pack_fa4.sh's archive on PYTHONPATH (quack's autotuner took ~200 s a product on
+the H200 with QUACK_COMPILE_WORKERS=14, so name a few products per command under a 10-minute limit):
+    python3 bench/probe/quack_tiles_check.py OUT.json [gated dgated down dgrad]
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def main() -> int:
     from quack.gemm_interface import default_config, gemm_dgated_tuned, gemm_gated_tuned, gemm_tuned
 
     out_path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("quack_tiles.json")
+    wanted = sys.argv[2:] or list(gq.PRODUCTS)
+    if set(wanted) - set(gq.PRODUCTS):
+        unknown = ", ".join(sorted(set(wanted) - set(gq.PRODUCTS)))
+        raise SystemExit(f"products are {', '.join(gq.PRODUCTS)}, not {unknown}")
     torch.manual_seed(0)
     dev = {"device": "cuda", "dtype": torch.bfloat16}
     Wg, Wu = torch.randn(N, D, **dev) * D ** -0.5, torch.randn(N, D, **dev) * D ** -0.5
@@ -84,6 +89,8 @@ def main() -> int:
     found: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, Any] = {"device": torch.cuda.get_device_name(), "tokens": T, "products": {}}
     for name, (call, configs, cublas, flops) in products.items():
+        if name not in wanted:  # its inputs are still made above: dgated reads gated's pre-activation
+            continue
         started = time.perf_counter()
         call(default_config(Xc.device))
         torch.cuda.synchronize()
