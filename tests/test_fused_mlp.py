@@ -289,10 +289,21 @@ def test_quack_tiles_are_timed_checked_and_the_fastest_kept(tmp_path: Path, monk
     assert gq.TILES["dgrad"] == (tile if kept == name else None) and \
         found["dgrad"]["ms"][kept] == min(found["dgrad"]["ms"].values()), found
     assert list(found["dgated"]["ms"]) == ["quack default"], found
+    # where the default itself does not run, no other tile is tried (nothing to check it against)
+    path.write_text(json.dumps({"dgated": [tile]}))
+
+    def dgated(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no kernel image")
+
+    monkeypatch.setattr(gq, "dgated", dgated)
+    found = gq.tune(t, reps=1)["dgated"]
+    assert found["tile"] == "quack default" and not found["ms"] and gq.TILES["dgated"] is None, found
+    assert found["left_out"] == {"quack default": "RuntimeError: no kernel image",
+                                 name: "not tried: the default did not run, so there is nothing to check it against"}
     # 'default' tries the default only; a file that cannot be read is an error naming it
     monkeypatch.setenv("FORMA_QUACK_TILES", "default")
     assert gq.tile_candidates() == {p: [None] for p in gq.PRODUCTS}
-    for text in ("{not json", '{"gated": [1]}'):
+    for text in ("{not json", '{"gated": [1]}', '{"gated": 5}', "[]"):
         path.write_text(text)
         monkeypatch.setenv("FORMA_QUACK_TILES", str(path))
         with pytest.raises(FormaError, match=r"tiles\.json"):

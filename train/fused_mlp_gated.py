@@ -29,8 +29,8 @@ Only where the dense base is kept (train/dense_base.py: a card with room) and on
 measured); the check at load (train/fused_mlp.py's warm-up) compares it with the torch arithmetic below and times
 it against the other designs with their products; before that, :func:`tune` picks each product's tile on the card
 (on the H200 the backward's product ran 20% faster with a tile other than quack's default). The rounding is not
-Unsloth's: ``e`` and ``g`` are rounded once,
-with their LoRA terms (Unsloth rounds the base product first), and ``h`` comes from the float32 values.
+Unsloth's: ``e`` and ``g`` are rounded once, with their LoRA terms (Unsloth rounds the base product first), and
+``h`` comes from the float32 values.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def tile_candidates() -> dict[str, list[dict[str, Any] | None]]:
     try:
         extra = json.loads(path.read_text())
         if not isinstance(extra, dict) or set(extra) - set(PRODUCTS) or \
-                not all(isinstance(f, dict) for tiles in extra.values() for f in tiles):
+                not all(isinstance(tiles, list) and all(isinstance(f, dict) for f in tiles)
+                        for tiles in extra.values()):
             raise ValueError(f"expected an object of {', '.join(PRODUCTS)}, each a list of GemmConfig fields")
     except (OSError, ValueError) as exc:
         raise FormaError(f"{TILES_ENV}: cannot read {path}: {exc}", where=str(path),
@@ -232,6 +233,9 @@ def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: f
         reference: tuple[Any, ...] = ()
         for fields in tiles:
             label = tile_name(fields, name)
+            if fields is not None and not reference:
+                left_out[label] = "not tried: the default did not run, so there is nothing to check it against"
+                continue
             TILES[name] = fields
             try:
                 got = runs[name]()  # compiles (or loads from quack's cache) and checks
