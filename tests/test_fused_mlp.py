@@ -252,9 +252,8 @@ def test_quack_tiles_are_timed_checked_and_the_fastest_kept(tmp_path: Path, monk
     W = [torch.randn(n, d, generator=g), torch.randn(n, d, generator=g), torch.randn(d, n, generator=g)]
     t = {"X": torch.randn(T, d, generator=g), "dY": torch.randn(T, d, generator=g),
          "XA": torch.randn(T, 2 * r, generator=g), "dYB": torch.randn(T, r, generator=g),
-         "packed": gq.packed_weights(*W, r)}
-    gq.refresh(*t["packed"], torch.randn(n, r, generator=g), torch.randn(n, r, generator=g),
-               torch.randn(r, n, generator=g), (1.0, 1.0, 1.0))
+         "Bg": torch.randn(n, r, generator=g), "Bu": torch.randn(n, r, generator=g),
+         "Ad": torch.randn(r, n, generator=g), "packed": gq.packed_weights(*W, r)}
     tile = {"tile_m": 128, "tile_n": 128, "pingpong": True, "cluster_m": 1, "cluster_n": 1}
     name = "128x128 pingpong cluster 1x1"
     path = tmp_path / "tiles.json"

@@ -300,8 +300,6 @@ def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:
 def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
     """Forward + backward milliseconds of design ``kind`` on ``tensors`` (after one call that compiles and tunes).
     With the model's weights in ``tensors`` (``X``...), each design is timed with the matrix products it needs."""
-    import time
-
     import torch
 
     t = tensors
@@ -321,11 +319,20 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
                         kind=kind, store_h=store_h)
 
     once()
+    return timed_ms(once, reps, cuda)
+
+
+def timed_ms(fn: Any, reps: int, cuda: bool) -> float:
+    """Milliseconds a call of ``fn`` takes, over ``reps`` calls (the caller has made the first, which compiles)."""
+    import time
+
+    import torch
+
     if cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(reps):
-        once()
+        fn()
     if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - started) * 1000 / reps
@@ -334,16 +341,8 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
 def _quack_pass(t: dict[str, Any], use_quack: bool | None = None) -> tuple[Any, ...]:
     """The ``quack`` design's forward and backward products on ``t`` (as the Function runs them, LoRA columns
     refreshed): ``(pre, h, dx, h from the backward)``."""
-    import torch
-
-    gu, dn = t["packed"]
-    gated.refresh(gu, dn, t["Bg"], t["Bu"], t["Ad"], (1.0, 1.0, 1.0))
-    T, n = t["X"].shape[0], gu.shape[0]
-    pre, h = t["X"].new_empty(T, 2 * n), t["X"].new_empty(T, n)
-    gated.gated(torch.cat([t["X"], t["XA"]], 1), gu.view(2 * n, gu.shape[2]).t(), pre, h, use_quack)
-    dx, h2 = t["X"].new_empty(T, 2 * n), t["X"].new_empty(T, n)
-    gated.dgated(torch.cat([t["dY"], t["dYB"]], 1), dn.t(), pre, dx, h2, use_quack)
-    return pre, h, dx, h2
+    runs = gated.product_runs(t, use_quack)
+    return (*runs["gated"](), *runs["dgated"]())
 
 
 def _check_design(kind: str, t: dict[str, Any]) -> float:

@@ -99,13 +99,17 @@ def _quack(t: Any, use_quack: bool | None) -> bool:
 
 
 def _config(product: str) -> Any:
-    """Product ``product``'s chosen tile as quack's ``GemmConfig``, or None (its default)."""
+    """Product ``product``'s chosen tile as quack's ``GemmConfig``, or None (its default). Made once per tile: this
+    runs at every layer's forward and backward."""
     fields = TILES[product]
     if fields is None:
         return None
-    from quack.gemm_config import GemmConfig
+    key = "config " + json.dumps(fields, sort_keys=True)
+    if key not in _CACHE:
+        from quack.gemm_config import GemmConfig
 
-    return GemmConfig(**fields)
+        _CACHE[key] = GemmConfig(**fields)
+    return _CACHE[key]
 
 
 def tile_name(fields: dict[str, Any] | None, product: str = "gated") -> str:
@@ -195,36 +199,44 @@ def product(name: str, A: Any, B: Any, use_quack: bool | None = None) -> Any:
     return A @ B
 
 
-def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: float = 2e-2) -> dict[str, Any]:
-    """Pick each product's tile on the card: time every candidate (:func:`tile_candidates`) on the warm-up's
-    tensors ``t`` (``X``, ``dY``, ``XA``, ``dYB`` and the ``packed`` weights, at the model's shapes and the step's
-    tokens) and keep the fastest in :data:`TILES`. A tile that does not compile or run here, or whose output
-    differs from the default's by more than ``tolerance`` of the largest value, is left out with the reason.
-
-    Why on the card and not a table: which tile hides the epilogue's memory traffic best depends on the card's
-    memory and SM count and on the shapes; :data:`MEASURED` only narrows the candidates to a few (each compiles once,
-    into quack's disk cache). Returns ``{product: {"tile", "ms", "left_out"}}`` for the training report."""
-    import time
-
+def product_runs(t: dict[str, Any], use_quack: bool | None = None) -> dict[str, Any]:
+    """The design's four products on the warm-up's tensors ``t`` (``X``, ``dY``, ``XA``, ``dYB``, ``Bg``, ``Bu``,
+    ``Ad`` and the ``packed`` weights, LoRA columns refreshed) as the Function runs them: ``{product: call}``, each
+    call returning what it wrote, in the order they must run (each reads what the one before wrote)."""
     import torch
 
     gu, dn = t["packed"]
+    refresh(gu, dn, t["Bg"], t["Bu"], t["Ad"], (1.0, 1.0, 1.0))
     T, n, K = t["X"].shape[0], gu.shape[0], gu.shape[2]
-    sync = torch.cuda.synchronize if gu.is_cuda else (lambda: None)
     Xc, dYc = torch.cat([t["X"], t["XA"]], 1), torch.cat([t["dY"], t["dYB"]], 1)
     pre, h, dx, h2 = (Xc.new_empty(T, w) for w in (2 * n, n, 2 * n, n))
 
     def run_gated() -> tuple[Any, ...]:
-        gated(Xc, gu.view(2 * n, K).t(), pre, h)
+        gated(Xc, gu.view(2 * n, K).t(), pre, h, use_quack)
         return pre, h
 
     def run_dgated() -> tuple[Any, ...]:
-        dgated(dYc, dn.t(), pre, dx, h2)
+        dgated(dYc, dn.t(), pre, dx, h2, use_quack)
         return dx, h2
 
-    runs: dict[str, Any] = {  # in this order: each product's inputs are the ones before it wrote
-        "gated": run_gated, "dgated": run_dgated,
-        "down": lambda: (product("down", h, dn),), "dgrad": lambda: (product("dgrad", dx, gu.view(2 * n, K)),)}
+    return {"gated": run_gated, "dgated": run_dgated,
+            "down": lambda: (product("down", h, dn, use_quack),),
+            "dgrad": lambda: (product("dgrad", dx, gu.view(2 * n, K), use_quack),)}
+
+
+def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: float = 2e-2) -> dict[str, Any]:
+    """Pick each product's tile on the card: time every candidate (:func:`tile_candidates`) on the warm-up's
+    tensors ``t`` (:func:`product_runs`: the model's shapes at the step's tokens) and keep the fastest in
+    :data:`TILES`. A tile that does not compile or run here, or whose output differs from the default's by more
+    than ``tolerance`` of the largest value, is left out with the reason.
+
+    Why on the card and not a table: which tile hides the epilogue's memory traffic best depends on the card's
+    memory and SM count and on the shapes; :data:`MEASURED` only narrows the candidates to a few (each compiles once,
+    into quack's disk cache). Returns ``{product: {"tile", "ms", "left_out"}}`` for the training report."""
+    from train.fused_mlp import _max_rel_diff, timed_ms  # imported here: train.fused_mlp imports this module
+
+    cuda = t["packed"][0].is_cuda
+    runs = product_runs(t)
     TILES.update(dict.fromkeys(PRODUCTS))
     found: dict[str, Any] = {}
     for name, tiles in tile_candidates().items():
@@ -238,21 +250,13 @@ def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: f
                 continue
             TILES[name] = fields
             try:
-                got = runs[name]()  # compiles (or loads from quack's cache) and checks
-                sync()
+                got = tuple(x[:check_rows].clone() for x in runs[name]())  # compiles (or loads from the cache)
                 if fields is None:
-                    reference = tuple(x[:check_rows].clone() for x in got)
-                else:
-                    diff = max(float((a[:check_rows].float() - b.float()).abs().max() / b.float().abs().max())
-                               for a, b in zip(got, reference, strict=True))
-                    if not diff < tolerance:
-                        left_out[label] = f"differs from the default by {diff:.2e} of the largest value"
-                        continue
-                started = time.perf_counter()
-                for _ in range(reps):
-                    runs[name]()
-                sync()
-                ms[label] = round((time.perf_counter() - started) * 1000 / reps, 4)
+                    reference = got
+                elif not (diff := _max_rel_diff(got, reference)) < tolerance:
+                    left_out[label] = f"differs from the default by {diff:.2e} of the largest value"
+                    continue
+                ms[label] = round(timed_ms(runs[name], reps, cuda), 4)
             except Exception as exc:  # a tile this card cannot compile or run: the default stays
                 left_out[label] = f"{type(exc).__name__}: {str(exc)[:200]}"
         best = min(ms, key=ms.__getitem__) if ms else tile_name(None, name)
