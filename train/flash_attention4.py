@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from train import switched_off
-from train.fused_mlp import _max_rel_diff
+from train.kernel_checks import max_rel_diff
 
 # What install() and the first calls decided; copied into the training report.
 STATE: dict[str, Any] = {"installed": False, "reason": None, "layouts": {}}
@@ -69,7 +69,7 @@ def agreement_error(candidate: Callable[..., Any], reference: Callable[..., Any]
     for name, got, ref in zip(("output", "dQ", "dK", "dV"), results[1], results[0], strict=True):
         if got is None or not bool(torch.isfinite(got).all()):
             return f"{name} is missing or not finite"
-        diff = _max_rel_diff((got,), (ref,))
+        diff = max_rel_diff((got,), (ref,))
         if diff > _TOLERANCE:
             return f"{name} differs from the bundled flash kernel by {diff:.3g} of its largest value"
     return None

@@ -45,6 +45,7 @@ from typing import Any
 from common.errors import FormaError
 from train import OFF, lora_guard
 from train import fused_mlp_gated as gated
+from train.kernel_checks import max_rel_diff, timed_ms
 
 #: FORMA_FUSED_MLP values: off, on (the design chosen at load), or a design forced.
 ON = ("", "1", "true", "yes", "on", "auto")
@@ -291,12 +292,6 @@ def apply_fused_mlp(self: Any, X: Any) -> Any:
     return lora._apply(_CACHE["function"], X, Wg, Qg, Ag, Bg, Wu, Qu, Au, Bu, Wd, Qd, Ad, Bd, scales)
 
 
-def _max_rel_diff(got: tuple[Any, ...], ref: tuple[Any, ...]) -> float:
-    """The largest difference of any output, relative to the largest value of that output in ``ref``."""
-    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
-               for a, b in zip(got, ref, strict=True))
-
-
 def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
     """Forward + backward milliseconds of design ``kind`` on ``tensors`` (after one call that compiles and tunes).
     With the model's weights in ``tensors`` (``X``...), each design is timed with the matrix products it needs."""
@@ -322,22 +317,6 @@ def _time_design(kind: str, tensors: dict[str, Any], reps: int) -> float:
     return timed_ms(once, reps, cuda)
 
 
-def timed_ms(fn: Any, reps: int, cuda: bool) -> float:
-    """Milliseconds a call of ``fn`` takes, over ``reps`` calls (the caller has made the first, which compiles)."""
-    import time
-
-    import torch
-
-    if cuda:
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) * 1000 / reps
-
-
 def _quack_pass(t: dict[str, Any], use_quack: bool | None = None) -> tuple[Any, ...]:
     """The ``quack`` design's forward and backward products on ``t`` (as the Function runs them, LoRA columns
     refreshed): ``(pre, h, dx, h from the backward)``."""
@@ -349,16 +328,16 @@ def _check_design(kind: str, t: dict[str, Any]) -> float:
     """Largest relative difference between design ``kind`` and the torch arithmetic on ``t`` (left as it was), in
     the backward variant training will run (with or without h written)."""
     if kind == "quack":
-        return _max_rel_diff(_quack_pass(t), _quack_pass(t, use_quack=False))
+        return max_rel_diff(_quack_pass(t), _quack_pass(t, use_quack=False))
     fwd = (t["e0"], t["g0"], t["XA"], t["Bg"], t["Bu"], t["Ad"], 1.0, 1.0)
-    diff = _max_rel_diff(swiglu_forward(*fwd, kind=kind), swiglu_forward(*fwd, use_triton=False))
+    diff = max_rel_diff(swiglu_forward(*fwd, kind=kind), swiglu_forward(*fwd, use_triton=False))
     bwd = (t["dYB"], t["Ad"], t["XA"], t["Bg"], t["Bu"], 1.0, 1.0, 1.0)
     store_h = not OPTIONS["keep_h"]
     got = swiglu_backward(t["dw"].clone(), t["e0"].clone(), t["g0"].clone(), *bwd, kind=kind, store_h=store_h)
     ref = swiglu_backward(t["dw"].clone(), t["e0"].clone(), t["g0"].clone(), *bwd, use_triton=False,
                           store_h=store_h)
     start = 0 if store_h else 1  # without h written, the first output is None on both sides
-    return max(diff, _max_rel_diff(got[start:], ref[start:]))
+    return max(diff, max_rel_diff(got[start:], ref[start:]))
 
 
 def candidates(d: int, device: str) -> tuple[list[str], dict[str, str]]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FormaError
+from train.kernel_checks import max_rel_diff, timed_ms
 
 #: The attribute of an MLP module that holds its packed weights, ``(gu, dn)``.
 KEY = "forma_gated_mlp"
@@ -233,8 +234,6 @@ def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: f
     Why on the card and not a table: which tile hides the epilogue's memory traffic best depends on the card's
     memory and SM count and on the shapes; :data:`MEASURED` only narrows the candidates to a few (each compiles once,
     into quack's disk cache). Returns ``{product: {"tile", "ms", "left_out"}}`` for the training report."""
-    from train.fused_mlp import _max_rel_diff, timed_ms  # imported here: train.fused_mlp imports this module
-
     cuda = t["packed"][0].is_cuda
     runs = product_runs(t)
     TILES.update(dict.fromkeys(PRODUCTS))
@@ -253,7 +252,7 @@ def tune(t: dict[str, Any], reps: int = 10, check_rows: int = 4096, tolerance: f
                 got = tuple(x[:check_rows].clone() for x in runs[name]())  # compiles (or loads from the cache)
                 if fields is None:
                     reference = got
-                elif not (diff := _max_rel_diff(got, reference)) < tolerance:
+                elif not (diff := max_rel_diff(got, reference)) < tolerance:
                     left_out[label] = f"differs from the default by {diff:.2e} of the largest value"
                     continue
                 ms[label] = round(timed_ms(runs[name], reps, cuda), 4)

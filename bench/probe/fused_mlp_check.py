@@ -31,6 +31,7 @@ from triton.testing import do_bench  # noqa: E402
 from unsloth.kernels.swiglu import swiglu_DWf_DW_dfg_kernel, swiglu_fg_kernel  # noqa: E402
 
 from train import fused_mlp, fused_mlp_kernels  # noqa: E402
+from train.kernel_checks import max_rel_diff  # noqa: E402
 
 T, N, R = 32768, 11008, 16
 TOLERANCE = 2e-2  # a few bf16 ulps, relative to the largest value
@@ -96,12 +97,12 @@ def main(sweep: bool) -> int:
     for kind in KINDS:
         got_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args, kind=kind)
         ref_f = fused_mlp.swiglu_forward(e0, g0, *fwd_args, use_triton=False)
-        worst.update({f"{kind} forward {n}": fused_mlp._max_rel_diff((a,), (b,))
+        worst.update({f"{kind} forward {n}": max_rel_diff((a,), (b,))
                       for n, a, b in zip(("h", "hA"), got_f, ref_f, strict=True)})
         del got_f, ref_f
         got = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args, kind=kind)
         ref = fused_mlp.swiglu_backward(DW.clone(), e0.clone(), g0.clone(), *bwd_args, use_triton=False)
-        worst.update({f"{kind} backward {n}": fused_mlp._max_rel_diff((a,), (b,))
+        worst.update({f"{kind} backward {n}": max_rel_diff((a,), (b,))
                       for n, a, b in zip(("h", "d_up", "d_gate", "G"), got, ref, strict=True)})
         del got, ref
     for name, r in worst.items():

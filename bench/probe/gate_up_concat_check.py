@@ -51,7 +51,7 @@ def main() -> None:
 
     e, g = fwd_two()
     one = fwd_one()
-    # train.fused_mlp._max_rel_diff's arithmetic, written here: importing train needs pydantic, which the GPU
+    # train.kernel_checks.max_rel_diff's arithmetic, written here: importing train needs pydantic, which the GPU
     # image lacks, and this probe runs there with torch alone
     rel_f = float(max((e - one[:, :N]).abs().max(), (g - one[:, N:]).abs().max()) / e.abs().max())
     rel_b = float((bwd_two().float() - bwd_one().float()).abs().max() / bwd_two().float().abs().max())

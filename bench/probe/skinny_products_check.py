@@ -52,7 +52,7 @@ def main() -> None:
             return X @ B.t().contiguous().t()
 
         a, b = as_stored(), column_major()
-        # train.fused_mlp._max_rel_diff's arithmetic, written here: importing train needs pydantic, which the GPU
+        # train.kernel_checks.max_rel_diff's arithmetic, written here: importing train needs pydantic, which the GPU
         # image lacks, and this probe runs there with torch alone
         diff = float((a.float() - b.float()).abs().max() / a.float().abs().max())
         ms_a, ms_b = do_bench(as_stored, warmup=50, rep=300), do_bench(column_major, warmup=50, rep=300)
