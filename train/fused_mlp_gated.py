@@ -128,9 +128,9 @@ def tile_candidates() -> dict[str, list[dict[str, Any] | None]]:
     """The tiles the warm-up times for each product: the default first, then :data:`MEASURED` and the file that
     ``FORMA_QUACK_TILES`` names (``default``: the default only). A file that cannot be read is an error naming it."""
     setting = os.environ.get(TILES_ENV, "").strip()
-    found: dict[str, list[dict[str, Any] | None]] = {p: [None, *MEASURED[p]] for p in PRODUCTS}
     if setting.lower() == "default":
         return {p: [None] for p in PRODUCTS}
+    found: dict[str, list[dict[str, Any] | None]] = {p: [None, *MEASURED[p]] for p in PRODUCTS}
     if not setting:
         return found
     path = Path(setting)
